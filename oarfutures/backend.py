@@ -1,0 +1,95 @@
+"""The small interface every scheduler adapter implements; the executor core knows nothing else about them.
+
+An adapter renders and submits one array per batch, cancels jobs, and reports the state of many jobs in one call,
+mapped onto the few states the core acts on. Adding a scheduler means one new module implementing this.
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+
+class JobState(enum.Enum):
+    PENDING = "PENDING"  # queued, held, requeued, resubmitted and waiting again
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"  # the worker exited normally: its result file must exist
+    FAILED = "FAILED"  # non-zero exit, killed, node failure, out of memory
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"  # walltime exceeded
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    native_state: str = ""
+    exit_code: Optional[str] = None
+    reason: str = ""
+    follow_up: Optional[str] = None  # a job id that continues this one (OAR resubmission)
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """One array to submit: tasks ``first .. first+count-1`` of ``batch``, all running ``worker_command``."""
+
+    batch: str
+    first: int
+    count: int
+    folder: str
+    python: str
+    max_running: Optional[int]  # cap on running tasks, for schedulers with a native array throttle
+    options: Dict[str, object]  # per-call parameter overrides (validated by the adapter)
+
+    def worker_command(self, index_expression: str) -> str:
+        """Shell command running the worker; ``index_expression`` is shell arithmetic giving the task index."""
+        import shlex
+
+        return (
+            f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "
+            f"{shlex.quote(self.folder)} {shlex.quote(self.batch)} $(( {index_expression} ))"
+        )
+
+
+class Backend(abc.ABC):
+    """A scheduler (or the local machine) as seen by the executor core."""
+
+    name: str = ""
+    #: True when the backend itself keeps at most max_workers tasks running (Slurm's %N, the local pool)
+    throttles: bool = False
+    #: seconds between state queries: the first after a submission, growing to the last while nothing changes
+    query_interval: Tuple[float, float] = (1.0, 5.0)
+    #: how long a job may be over, with no result file yet, before its future fails (shared filesystems lag)
+    result_grace: float = 5.0
+
+    @abc.abstractmethod
+    def submit(self, submission: BatchSubmission) -> List[str]:
+        """Submit one array; return the job id of each task, in task order. Raise with the scheduler's message."""
+
+    @abc.abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel these jobs (queued or running) in as few scheduler calls as possible."""
+
+    @abc.abstractmethod
+    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        """States of many jobs in one scheduler call; a job the scheduler no longer knows is simply absent."""
+
+    def query_group(self) -> object:
+        """Backends with the same key share one state query per poll (one squeue for all executors)."""
+        return type(self)
+
+    def log_paths(self, job_id: str) -> List[str]:
+        """Files holding the job's stdout and stderr."""
+        return []
+
+    def validate_options(self, options: Dict[str, object]) -> None:
+        """Reject per-call options this backend does not know (before anything is written or submitted)."""
+        if options:
+            raise TypeError(f"{type(self).__name__} takes no per-call options, got {sorted(options)}")
+
+    def close(self) -> None:
+        """Release what the backend holds (threads, processes) once the executor is shut down."""

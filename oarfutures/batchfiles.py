@@ -1,0 +1,107 @@
+"""Client side of the file protocol (see ``layout``): write a batch's task files, read a task's result.
+
+The functions of a batch are pickled once, however many calls it has (a closure holding a large model is written
+once, not once per element); every task's calls go into one file with an offset index, so a map of 100,000
+calls creates three files, not 100,000.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import warnings
+from typing import Any, Callable, List, Sequence, Tuple
+
+import cloudpickle
+
+from oarfutures import layout
+from oarfutures.errors import RemoteError, RemoteTraceback
+
+Call = Tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _origin(fn: Callable) -> Any:
+    """The file a function's code comes from (cloudpickle hides it for code pickled by value)."""
+    code = getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    return getattr(code, "co_filename", None)
+
+
+def client_sys_path() -> List[str]:
+    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+
+
+def write_batch(
+    folder: str, batch: str, functions: Sequence[Callable], tasks: Sequence[Sequence[Call]], warn_bytes: int
+) -> None:
+    """Write the batch's files; raise in the caller (nothing submitted) when anything cannot be pickled."""
+    try:
+        fn_blob = cloudpickle.dumps(list(functions))
+    except Exception as exc:
+        names = ", ".join(getattr(f, "__qualname__", repr(f)) for f in functions)
+        raise TypeError(f"cannot pickle the function to run ({names}): {exc}") from exc
+    _warn_if_large(fn_blob, warn_bytes, "the pickled function")
+    blobs = []
+    for number, calls in enumerate(tasks):
+        try:
+            blobs.append(cloudpickle.dumps(list(calls)))
+        except Exception as exc:
+            raise TypeError(f"cannot pickle the arguments of task {number}: {exc}") from exc
+        _warn_if_large(blobs[-1], warn_bytes, f"the pickled arguments of task {number}")
+    offsets = [0]
+    for blob in blobs:
+        offsets.append(offsets[-1] + len(blob))
+    meta = {"sys_path": client_sys_path(), "origins": [_origin(f) for f in functions]}
+    _write_private(layout.functions_path(folder, batch), pickle.dumps((meta, fn_blob)))
+    _write_private(layout.args_path(folder, batch), b"".join(blobs))
+    _write_private(layout.index_path(folder, batch), struct.pack(f"<{len(offsets)}Q", *offsets))
+
+
+def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
+    if limit and len(blob) > limit:
+        warnings.warn(
+            f"{what} is {len(blob) / 1e6:.1f} MB: pass large data as a file path instead "
+            f"(this warning starts at warn_pickle_bytes={limit})",
+            stacklevel=4,
+        )
+
+
+def remove_batch_files(folder: str, batch: str) -> None:
+    for path in (layout.functions_path(folder, batch), layout.args_path(folder, batch), layout.index_path(folder, batch)):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+class CorruptResultError(Exception):
+    """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
+
+
+def read_outcomes(path: str) -> list:
+    try:
+        with open(path, "rb") as f:
+            outcomes = pickle.load(f)
+    except Exception as exc:
+        raise CorruptResultError(f"result file {path} cannot be read: {exc!r}") from exc
+    if not isinstance(outcomes, list):
+        raise CorruptResultError(f"result file {path} does not hold a list of outcomes")
+    return outcomes
+
+
+def outcome_to_exception(outcome: tuple) -> BaseException:
+    """Rebuild the remote exception with its traceback text as ``__cause__``, or a RemoteError stand-in."""
+    _, blob, type_name, message, text = outcome
+    exc: BaseException
+    try:
+        exc = pickle.loads(blob) if blob is not None else RemoteError(type_name, message, text)
+    except Exception:
+        exc = RemoteError(type_name, message, text)
+    exc.__cause__ = RemoteTraceback(text)
+    return exc

@@ -1,0 +1,87 @@
+"""Running scheduler commands: transient controller errors are retried with backoff, others raise at once.
+
+Controllers on shared clusters time out now and then ("Socket timed out on send/recv operation"); a retry a
+second later usually works. Errors that will not go away (unknown queue, bad option) raise straight away with the
+scheduler's own message.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+logger = logging.getLogger("oarfutures")
+
+TRANSIENT_MARKERS = (
+    "socket timed out",
+    "unable to contact slurm controller",
+    "connection refused",
+    "temporarily unavailable",
+    "try again",
+    "slurm_persist_conn_open",
+    "can't connect to the oar server",
+    "cannot connect to the database",
+    "could not connect to server",
+)
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class SchedulerCommandError(RuntimeError):
+    """A scheduler command failed; carries the command, its exit status and what it printed."""
+
+    def __init__(self, command: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.command = list(command)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        message = (stderr.strip() or stdout.strip() or "no output").splitlines()
+        super().__init__(f"{command[0]} exited with status {returncode}: {' | '.join(message[-5:])}")
+
+    @property
+    def transient(self) -> bool:
+        text = (self.stderr + self.stdout).lower()
+        return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def run(
+    command: Sequence[str],
+    *,
+    env: Optional[Dict[str, str]] = None,
+    retry: bool = True,
+    before_retry: Optional[Callable[["SchedulerCommandError"], Optional[str]]] = None,
+    timeout: float = 120.0,
+) -> str:
+    """Run a command and return its stdout; retry transient failures, then raise SchedulerCommandError.
+
+    ``before_retry(error)`` may return a stdout to use instead of retrying: a submission that timed out may still
+    have gone through, and submitting it twice would run the work twice.
+    """
+    delays = list(RETRY_DELAYS) if retry else []
+    while True:
+        try:
+            done = subprocess.run(
+                list(command), capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+            error = None if done.returncode == 0 else SchedulerCommandError(command, done.returncode, done.stdout, done.stderr)
+        except subprocess.TimeoutExpired as exc:
+            error = SchedulerCommandError(command, -1, "", f"socket timed out: no answer after {exc.timeout} s")
+        except FileNotFoundError as exc:
+            raise SchedulerCommandError(command, 127, "", f"{command[0]} not found on PATH ({exc})") from None
+        if error is None:
+            return done.stdout
+        if not delays or not error.transient:
+            raise error
+        if before_retry is not None:
+            recovered = before_retry(error)
+            if recovered is not None:
+                return recovered
+        delay = delays.pop(0)
+        logger.warning("%s; retrying in %.1f s", error, delay)
+        time.sleep(delay)
+
+
+def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> Dict[str, str]:
+    """This process's environment without the variables a surrounding job set (nested submission)."""
+    return {k: v for k, v in os.environ.items() if k in keep or not k.startswith(tuple(prefixes))}

@@ -1,0 +1,499 @@
+"""The executor core: ``concurrent.futures.Executor`` semantics on top of any ``Backend``.
+
+::
+
+    user thread                          poller thread (one per process)            job
+    -----------                          -------------------------------            ---
+    submit/map --> batch files --------------------------------------------------> python -m oarfutures.worker
+               +-> backend.submit (one array per call)                              runs the calls, writes
+    futures <------ resolve <-- one scandir of results/ per tick <------------------ results/<task>.pkl
+                           +--- one backend.query per group for all live jobs, less often than file scans
+
+The core knows no scheduler: it writes files, keeps the futures of live tasks, and turns what the backend says
+(running, ended) and what lands in ``results/`` into future transitions. A job that ended with no result file
+within ``result_grace`` seconds fails its futures with ``JobFailedError``: no future waits forever.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from concurrent import futures as cf
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from oarfutures import batchfiles, layout
+from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.errors import JobFailedError
+from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
+from oarfutures.poller import get_poller
+
+logger = logging.getLogger("oarfutures")
+
+LOG_TAIL_BYTES = 2000
+
+
+@dataclass(eq=False)
+class Task:
+    """One array element: its calls' futures and the job that runs it."""
+
+    batch: str
+    index: int
+    futures: List[JobFuture]
+    options: Dict[str, object]
+    job_id: Optional[str] = None
+    phase: str = "waiting"  # waiting (in our queue) -> submitting -> submitted
+    submitted_at: float = 0.0
+    ended_since: Optional[float] = None  # when the backend first said the job is over (result not seen yet)
+    last_status: Optional[JobStatus] = None
+    running: bool = False
+
+    @property
+    def task_id(self) -> str:
+        return layout.task_id(self.batch, self.index)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """Tasks of one batch not submitted yet (the backend cannot cap running tasks, so we submit in waves)."""
+
+    batch: str
+    tasks: Deque[Task] = field(default_factory=collections.deque)
+
+
+def resolve_folder(folder: Optional[str], kind: str) -> str:
+    """The absolute job folder, created private; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
+    if folder is None:
+        base = os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
+        folder = os.path.join(base, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    folder = os.path.abspath(os.fspath(folder))
+    layout.make_folder(folder)
+    return folder
+
+
+def check_max_workers(max_workers: Optional[int]) -> None:
+    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
+        raise TypeError(f"max_workers must be a positive int or None, got {max_workers!r}")
+    if max_workers is not None and max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+
+
+class JobExecutor(cf.Executor):
+    """Scheduler-agnostic executor; ``LocalPoolExecutor``, ``SlurmPoolExecutor``, ``OarPoolExecutor`` build on it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_workers: Optional[int],
+        folder: Optional[str],
+        python: Optional[str],
+        keep_files: bool = False,
+        result_grace: Optional[float] = None,
+        warn_pickle_bytes: int = 100_000_000,
+        default_max_workers: int = 1024,
+    ) -> None:
+        check_max_workers(max_workers)
+        self.backend = backend
+        self._throttle = max_workers
+        #: what dask and joblib read as the pool size; a positive int even when no cap is set
+        self._max_workers = max_workers or default_max_workers
+        self.folder = resolve_folder(folder, backend.name)
+        self.python = os.path.abspath(python or sys.executable)
+        self.keep_files = keep_files
+        self.result_grace = backend.result_grace if result_grace is None else float(result_grace)
+        self.warn_pickle_bytes = warn_pickle_bytes
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # serialises waves of throttled submissions
+        self._tasks: Dict[str, Task] = {}
+        self._waiting: Deque[_Waiting] = collections.deque()
+        self._batch_left: Dict[str, int] = {}
+        self._cancelled: Set[Task] = set()
+        self._shutdown = False
+        self._closed = False
+        self.query_wait = backend.query_interval[0]
+        self.next_query = 0.0
+
+    # ------------------------------------------------------------------ the Executor API
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        """Run ``fn(*args, **kwargs)`` as one job; the future stays PENDING while the job is queued."""
+        return self._submit_batch([fn], [[(0, args, kwargs)]], {})[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """One array for all calls (``chunksize`` calls per array task), results in input order.
+
+        Everything is submitted before this returns; ``timeout`` is one deadline for the whole iteration; closing
+        the iterator early cancels the calls not yet returned.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls: List[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
+        tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+        futures = self._submit_batch([fn], tasks, {}) if tasks else []
+        return _results_in_order(futures, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            live = [f for task in self._tasks.values() for f in task.futures]
+        if cancel_futures:
+            for future in live:
+                future.cancel()
+        if wait:
+            cf.wait(live)
+        get_poller().wake()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""
+        if exc_type is not None:
+            self.abort(f"the with block raised {exc_type.__name__}")
+        self.shutdown(wait=True)
+        return False
+
+    # ------------------------------------------------------------------ beyond the Executor API
+    def abort(self, reason: str = "aborted") -> None:
+        """Cancel every unfinished job of this executor now, queued or running; their futures fail or cancel."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+            self._tasks.clear()
+            self._waiting.clear()
+        job_ids = [t.job_id for t in tasks if t.job_id is not None]
+        if job_ids:
+            self.backend.cancel(job_ids)
+        for task in tasks:
+            for future in task.futures:
+                if not future.cancel():
+                    set_exception(future, JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason))
+        self._close_if_idle()
+
+    def status(self) -> Dict[str, int]:
+        """How many calls of this executor are pending (queued) and running now."""
+        with self._lock:
+            live = [f for task in self._tasks.values() for f in task.futures]
+        return {
+            "pending": sum(1 for f in live if not f.running() and not f.done()),
+            "running": sum(1 for f in live if f.running()),
+        }
+
+    # ------------------------------------------------------------------ submission
+    def _submit_batch(
+        self, functions: Sequence[Callable[..., Any]], tasks: Sequence[Sequence[batchfiles.Call]], options: Dict
+    ) -> List[JobFuture]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self.backend.validate_options(options)
+        batch = f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}"
+        batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes)
+        records = []
+        for index, calls in enumerate(tasks):
+            futures = [JobFuture(layout.task_id(batch, index)) for _ in calls]
+            records.append(Task(batch, index, futures, options))
+            for future in futures:
+                future._on_cancel = self._on_future_cancelled
+        with self._lock:
+            if self._shutdown:  # shut down by another thread meanwhile
+                batchfiles.remove_batch_files(self.folder, batch)
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            for task in records:
+                self._tasks[task.task_id] = task
+            self._batch_left[batch] = len(records)
+            self._waiting.append(_Waiting(batch, collections.deque(records)))
+        poller = get_poller()
+        poller.watch(self)
+        self._submit_waiting(raise_for=batch)
+        self.query_wait = self.backend.query_interval[0]
+        self.next_query = min(self.next_query, time.monotonic() + self.query_wait)
+        poller.wake()
+        return [future for task in records for future in task.futures]
+
+    def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
+        """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
+
+        A wave the scheduler refuses is forgotten with its files; the error is raised when it belongs to
+        ``raise_for`` (the batch the caller is submitting), else it fails that wave's futures.
+        """
+        with self._submit_lock:
+            while True:
+                with self._lock:
+                    wave = self._next_wave()
+                if not wave:
+                    return
+                first = wave[0]
+                submission = BatchSubmission(
+                    batch=first.batch,
+                    first=first.index,
+                    count=len(wave),
+                    folder=self.folder,
+                    python=self.python,
+                    max_running=self._throttle,
+                    options=first.options,
+                )
+                try:
+                    job_ids = self.backend.submit(submission)
+                except BaseException as exc:
+                    if first.batch == raise_for:
+                        self._forget_batch(first.batch)
+                        raise
+                    for task in wave:
+                        self._finish(task, lambda future, e=exc: set_exception(future, e))
+                    continue
+                now = time.monotonic()
+                for task, job_id in zip(wave, job_ids):
+                    task.job_id, task.submitted_at, task.phase = job_id, now, "submitted"
+                    for future in task.futures:
+                        future.job_ids.append(job_id)
+                logger.info("submitted %d task(s) of batch %s as %s..%s", len(wave), first.batch, job_ids[0], job_ids[-1])
+
+    def _next_wave(self) -> List[Task]:
+        """Take the next contiguous run of waiting tasks of one batch that fits under the cap (lock held)."""
+        while self._waiting and not self._waiting[0].tasks:
+            self._waiting.popleft()
+        if not self._waiting:
+            return []
+        room = len(self._waiting[0].tasks)
+        if self._throttle is not None and not self.backend.throttles:
+            busy = sum(1 for t in self._tasks.values() if t.phase != "waiting")
+            room = min(room, self._throttle - busy)
+        queue = self._waiting[0].tasks
+        wave: List[Task] = []
+        while queue and len(wave) < room:
+            task = queue.popleft()
+            if all(f.cancelled() for f in task.futures):
+                self._drop(task)
+                continue
+            if wave and task.index != wave[-1].index + 1:
+                queue.appendleft(task)
+                break
+            task.phase = "submitting"
+            wave.append(task)
+        return wave
+
+    def _forget_batch(self, batch: str) -> None:
+        """Undo a batch the scheduler refused: nothing of it runs, its files go."""
+        with self._lock:
+            for task_id in [k for k, t in self._tasks.items() if t.batch == batch]:
+                del self._tasks[task_id]
+            self._waiting = collections.deque(w for w in self._waiting if w.batch != batch)
+            self._batch_left.pop(batch, None)
+        batchfiles.remove_batch_files(self.folder, batch)
+
+    def _on_future_cancelled(self, future: JobFuture) -> None:
+        with self._lock:
+            task = self._tasks.get(future.task_id)
+            if task is not None:
+                self._cancelled.add(task)
+        get_poller().wake()
+
+    # ------------------------------------------------------------------ called by the poller thread
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._tasks) or bool(self._cancelled)
+
+    def live_job_ids(self) -> List[str]:
+        with self._lock:
+            return [t.job_id for t in self._tasks.values() if t.phase == "submitted" and t.job_id is not None]
+
+    def collect_results(self) -> int:
+        """One directory scan; resolve every live task whose result file is there. Returns how many."""
+        results_dir = os.path.join(self.folder, layout.RESULTS)
+        found = []
+        with os.scandir(results_dir) as entries:
+            names = [e.name for e in entries if e.name.endswith(layout.RESULT_SUFFIX)]
+        with self._lock:
+            for name in names:
+                task = self._tasks.get(name[: -len(layout.RESULT_SUFFIX)])
+                if task is not None:
+                    found.append(task)
+        for task in found:
+            self._resolve_from_file(task)
+        return len(found)
+
+    def _resolve_from_file(self, task: Task) -> None:
+        path = layout.result_path(self.folder, task.batch, task.index)
+        try:
+            outcomes = batchfiles.read_outcomes(path)
+        except batchfiles.CorruptResultError as exc:
+            self._finish(task, lambda future: set_exception(future, exc))
+            return
+        if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
+            outcomes = outcomes * len(task.futures)
+        pairs = dict(zip(task.futures, outcomes))
+
+        def resolve(future: JobFuture) -> None:
+            outcome = pairs[future]
+            if outcome[0] == "ok":
+                set_result(future, outcome[1])
+            else:
+                set_exception(future, batchfiles.outcome_to_exception(outcome))
+
+        if not self.keep_files:
+            _remove(path)  # before the futures resolve: whoever waits on them finds the folder tidy
+        self._finish(task, resolve)
+
+    def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
+        """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
+        changed = False
+        with self._lock:
+            tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
+        for task in tasks:
+            status = statuses.get(task.job_id or "")
+            if status is not None and status.follow_up:  # resubmitted under a new job id: follow it
+                task.job_id, task.ended_since = status.follow_up, None
+                for future in task.futures:
+                    future.job_ids.append(status.follow_up)
+                changed = True
+                continue
+            if status is None:
+                if now - task.submitted_at > self.result_grace and task.ended_since is None:
+                    task.ended_since = now  # the scheduler forgot the job (purged) and we have no result
+                continue
+            if status != task.last_status:
+                changed = True
+                task.last_status = status
+            if status.state is JobState.RUNNING:
+                task.ended_since = None
+                if not task.running:
+                    task.running = True
+                    for future in task.futures:
+                        mark_running(future)
+            elif status.state.ended:
+                if task.ended_since is None:
+                    task.ended_since = now
+            else:
+                task.ended_since = None
+        return changed
+
+    def fail_ended_jobs(self, now: float) -> None:
+        """Fail tasks whose job has been over for ``result_grace`` seconds without a result file."""
+        with self._lock:
+            overdue = [
+                t for t in self._tasks.values() if t.ended_since is not None and now - t.ended_since >= self.result_grace
+            ]
+        for task in overdue:
+            if os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
+                self._resolve_from_file(task)  # landed after the last directory scan
+                continue
+            status = task.last_status
+            error = JobFailedError(
+                task.task_id,
+                task.job_id,
+                status.native_state or status.state.value if status else "UNKNOWN",
+                status.exit_code if status else None,
+                (status.reason if status else "") or _no_result_reason(status),
+                self._log_tail(task.job_id),
+            )
+            logger.info("%s", error)
+            self._finish(task, lambda future: set_exception(future, error))
+
+    def process_cancellations(self) -> None:
+        """Cancel the jobs of tasks whose every future was cancelled (one backend call)."""
+        with self._lock:
+            candidates, self._cancelled = self._cancelled, set()
+            to_cancel, retry = [], set()
+            for task in candidates:
+                if task.task_id not in self._tasks or not all(f.cancelled() for f in task.futures):
+                    continue
+                if task.phase == "submitting":
+                    retry.add(task)  # the job id is not known yet
+                elif task.phase == "submitted":
+                    to_cancel.append(task)
+                    self._drop(task)
+                else:
+                    self._drop(task)
+            self._cancelled |= retry
+        if to_cancel:
+            self.backend.cancel([t.job_id for t in to_cancel if t.job_id])
+            logger.info("cancelled %d job(s)", len(to_cancel))
+
+    def refill(self) -> None:
+        """Submit the next wave when capped tasks finished; close the backend once shut down and idle."""
+        with self._lock:
+            pending_waves = any(w.tasks for w in self._waiting)
+        if pending_waves:
+            self._submit_waiting()
+        self._close_if_idle()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _finish(self, task: Task, resolve: Callable[[JobFuture], None]) -> None:
+        with self._lock:
+            if self._tasks.pop(task.task_id, None) is None:
+                return  # resolved by another path meanwhile
+            self._release_batch(task.batch)
+        for future in task.futures:  # outside the lock: callbacks may submit
+            resolve(future)
+
+    def _drop(self, task: Task) -> None:
+        """Forget a task that will never run (lock held)."""
+        if self._tasks.pop(task.task_id, None) is not None:
+            self._release_batch(task.batch)
+
+    def _release_batch(self, batch: str) -> None:
+        self._batch_left[batch] -= 1
+        if self._batch_left[batch] == 0:
+            del self._batch_left[batch]
+            if not self.keep_files:
+                batchfiles.remove_batch_files(self.folder, batch)
+
+    def _close_if_idle(self) -> None:
+        with self._lock:
+            idle = self._shutdown and not self._tasks and not self._closed
+            if idle:
+                self._closed = True
+        if idle:
+            self.backend.close()
+
+    def _log_tail(self, job_id: Optional[str]) -> str:
+        parts = []
+        for path in self.backend.log_paths(job_id) if job_id else []:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+                    text = f.read().decode(errors="replace").strip()
+            except OSError:
+                continue
+            if text:
+                parts.append(f"[{os.path.basename(path)}]\n{text}")
+        return "\n".join(parts)
+
+
+def _no_result_reason(status: Optional[JobStatus]) -> str:
+    if status is None:
+        return "the scheduler no longer knows the job and no result was written"
+    if status.state is JobState.COMPLETED:
+        return "the job completed but its worker wrote no result"
+    return "no result was written"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _results_in_order(futures: List[JobFuture], deadline: Optional[float]) -> Iterator[Any]:
+    """Yield results in submission order; on early close, error or timeout, cancel what was not returned."""
+    futures.reverse()
+    try:
+        while futures:
+            future = futures.pop()
+            try:
+                result = future.result(None if deadline is None else deadline - time.monotonic())
+            except BaseException:
+                future.cancel()
+                raise
+            del future
+            yield result
+    finally:
+        for future in futures:
+            future.cancel()

@@ -1,0 +1,294 @@
+"""Slurm: every batch is one ``sbatch --array`` (split only where MaxArraySize forces it).
+
+States come from ``sacct`` where accounting is on, else from ``squeue -t all`` (which forgets a job after
+MinJobAge: the core then fails the future rather than waiting). Both are asked once per poll for every live array
+of the process, by array id, never once per job.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from oarfutures import commands, layout, params
+from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+
+STATES = {
+    "PENDING": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "REVOKED": JobState.CANCELLED,
+    "CANCELLED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+}
+
+#: the parameters a SlurmPoolExecutor takes, with their defaults
+PARAMETERS: Dict[str, Any] = {
+    "partition": None,
+    "walltime": None,
+    "nodes": 1,
+    "cpus_per_task": 1,
+    "mem": None,
+    "gpus_per_node": None,
+    "account": None,
+    "qos": None,
+    "name": "oarfutures",
+    "setup": (),
+    "additional_parameters": None,
+}
+
+# Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
+NESTED_JOB_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
+KEEP_VARIABLES = ("SLURM_CONF",)
+
+
+def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check and normalise Slurm parameters; raise naming the first bad one."""
+    params.check_names(values, PARAMETERS, "SlurmPoolExecutor parameter")
+    checked = dict(values)
+    for key in ("partition", "mem", "account", "qos", "name"):
+        if key in checked:
+            checked[key] = params.token(key, checked[key])
+    for key in ("nodes", "cpus_per_task", "gpus_per_node"):
+        if key in checked:
+            checked[key] = params.positive_int(key, checked[key])
+    if "walltime" in checked:
+        checked["walltime"] = params.walltime_seconds("walltime", checked["walltime"])
+    if "setup" in checked:
+        checked["setup"] = params.setup_lines(checked["setup"])
+    if "additional_parameters" in checked:
+        checked["additional_parameters"] = params.extra_options("additional_parameters", checked["additional_parameters"])
+    return checked
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    throttles = True
+    query_interval = (1.0, 5.0)
+    result_grace = 5.0
+
+    def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: Optional[int] = None) -> None:
+        self.folder = folder
+        self.parameters = {**PARAMETERS, **validate(parameters)}
+        self._max_array_size = max_array_size
+        self._accounting: Optional[bool] = None
+        self.environment = commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES)
+
+    # ------------------------------------------------------------------ configuration read once from Slurm
+    def _config(self) -> None:
+        text = commands.run(["scontrol", "show", "config"], env=self.environment)
+        found = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.M)
+        if self._max_array_size is None:
+            self._max_array_size = int(found.group(1)) if found else 1001
+        storage = re.search(r"^AccountingStorageType\s*=\s*(\S+)", text, re.M)
+        self._accounting = bool(storage and storage.group(1) != "accounting_storage/none")
+
+    @property
+    def max_array_size(self) -> int:
+        if self._max_array_size is None:
+            self._config()
+        return self._max_array_size  # type: ignore[return-value]
+
+    @property
+    def accounting(self) -> bool:
+        if self._accounting is None:
+            self._config()
+        return bool(self._accounting)
+
+    # ------------------------------------------------------------------ submission
+    def validate_options(self, options: Dict[str, object]) -> None:
+        validate(options)
+
+    def render_script(self, submission: BatchSubmission, first: int, count: int) -> str:
+        """The sbatch script of one array: tasks ``first .. first+count-1`` of the batch."""
+        p = {**self.parameters, **validate(submission.options)}
+        logs = os.path.join(submission.folder, layout.LOGS)
+        array = f"0-{count - 1}" + (f"%{submission.max_running}" if submission.max_running else "")
+        lines = ["#!/bin/bash", f"#SBATCH --job-name={p['name']}", f"#SBATCH --array={array}"]
+        lines += [f"#SBATCH --output={logs}/%A_%a.out", f"#SBATCH --error={logs}/%A_%a.err"]
+        lines += [f"#SBATCH --nodes={p['nodes']}", f"#SBATCH --cpus-per-task={p['cpus_per_task']}"]
+        if p["walltime"]:
+            lines.append(f"#SBATCH --time={_slurm_time(p['walltime'])}")
+        for key, option in (("partition", "partition"), ("mem", "mem"), ("account", "account"), ("qos", "qos")):
+            if p[key]:
+                lines.append(f"#SBATCH --{option}={p[key]}")
+        if p["gpus_per_node"]:
+            lines.append(f"#SBATCH --gpus-per-node={p['gpus_per_node']}")
+        for key, value in (p["additional_parameters"] or {}).items():
+            option = key.replace("_", "-")
+            lines.append(f"#SBATCH --{option}" if value is True else f"#SBATCH --{option}={value}")
+        lines += list(p["setup"])
+        lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
+        return "\n".join(lines) + "\n"
+
+    def submit(self, submission: BatchSubmission) -> List[str]:
+        job_ids: List[str] = []
+        previous = None
+        step = self.max_array_size
+        try:
+            for first in range(submission.first, submission.first + submission.count, step):
+                count = min(step, submission.first + submission.count - first)
+                script = layout.script_path(submission.folder, f"{submission.batch}-{first}")
+                with open(script, "w") as f:
+                    f.write(self.render_script(submission, first, count))
+                command = ["sbatch", "--parsable"]
+                if previous and submission.max_running:  # keep the running cap across split arrays
+                    command.append(f"--dependency=afterany:{previous}")
+                array_id = commands.run(command + [script], env=self.environment).strip().split(";")[0]
+                previous = array_id
+                job_ids += [f"{array_id}_{i}" for i in range(count)]
+        except BaseException:
+            if job_ids:  # part of the batch went in: take it back, the caller gets the error and nothing runs
+                self.cancel(sorted({j.split("_")[0] for j in job_ids}))
+            raise
+        return job_ids
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            commands.run(["scancel", *job_ids], env=self.environment)
+
+    # ------------------------------------------------------------------ state
+    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+        wanted = set(job_ids)
+        if self.accounting:
+            rows = self._sacct(arrays)
+        else:
+            rows = self._squeue(arrays)
+        return {job_id: status for job_id, status in rows if job_id in wanted}
+
+    def _sacct(self, arrays: Sequence[str]) -> Iterable:
+        out = commands.run(
+            ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"], env=self.environment
+        )
+        for row in out.splitlines():
+            fields = row.split("|")
+            if len(fields) < 3:
+                continue
+            job, state, exit_code = fields[0], fields[1], fields[2]
+            reason = fields[3] if len(fields) > 3 else ""
+            for job_id in _expand(job):
+                yield job_id, _status(state, exit_code, reason)
+
+    def _squeue(self, arrays: Sequence[str]) -> Iterable:
+        try:
+            out = commands.run(
+                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"], env=self.environment
+            )
+        except commands.SchedulerCommandError as exc:
+            if "Invalid job id" not in exc.stderr:
+                raise
+            if len(arrays) == 1:  # purged (older than MinJobAge): absent from the answer
+                return
+            # one purged array fails the whole call: ask for each array alone
+            for array in arrays:
+                yield from self._squeue([array])
+            return
+        for row in out.splitlines():
+            fields = row.split("|")
+            if len(fields) >= 2:
+                for job_id in _expand(fields[0]):
+                    yield job_id, _status(fields[1], None, fields[2] if len(fields) > 2 else "")
+
+    def log_paths(self, job_id: str) -> List[str]:
+        base = os.path.join(self.folder, layout.LOGS, job_id)
+        return [base + ".out", base + ".err"]
+
+
+def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
+    word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
+    common = STATES.get(word, JobState.PENDING)
+    return JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
+
+
+def _expand(job: str) -> List[str]:
+    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> ['12_4', '12_5', '12_6', '12_9']."""
+    found = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job)
+    if not found:
+        return [job]
+    array, spec = found.group(1), found.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{array}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+def _slurm_time(seconds: int) -> str:
+    minutes = -(-seconds // 60)  # Slurm counts whole minutes
+    return f"{minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00"
+
+
+class SlurmPoolExecutor(JobExecutor):
+    """Runs calls as Slurm jobs: ``submit`` is one ``sbatch``, ``map`` one job array.
+
+    Parameters keep their ``sbatch`` meaning: ``partition``, ``walltime`` (seconds, timedelta or "H:MM:SS"),
+    ``nodes``, ``cpus_per_task``, ``mem`` ("4G"), ``gpus_per_node``, ``account``, ``qos``, ``name``; ``setup`` lines
+    run before the worker (module load, conda activate); ``additional_parameters`` adds any other ``#SBATCH``
+    option (``{"constraint": "v100"}``). ``max_workers`` caps running tasks (``--array=...%N``).
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        *,
+        folder: Optional[str] = None,
+        partition: Optional[str] = None,
+        walltime: Union[None, int, float, str, datetime.timedelta] = None,
+        nodes: int = 1,
+        cpus_per_task: int = 1,
+        mem: Optional[str] = None,
+        gpus_per_node: Optional[int] = None,
+        account: Optional[str] = None,
+        qos: Optional[str] = None,
+        name: str = "oarfutures",
+        setup: Sequence[str] = (),
+        additional_parameters: Optional[Mapping[str, Any]] = None,
+        python: Optional[str] = None,
+        max_array_size: Optional[int] = None,
+        keep_files: bool = False,
+        result_grace: Optional[float] = None,
+        warn_pickle_bytes: int = 100_000_000,
+    ) -> None:
+        check_max_workers(max_workers)
+        parameters = dict(
+            partition=partition,
+            walltime=walltime,
+            nodes=nodes,
+            cpus_per_task=cpus_per_task,
+            mem=mem,
+            gpus_per_node=gpus_per_node,
+            account=account,
+            qos=qos,
+            name=name,
+            setup=setup,
+            additional_parameters=additional_parameters,
+        )
+        folder = resolve_folder(folder, SlurmBackend.name)
+        backend = SlurmBackend(folder, parameters, max_array_size)
+        super().__init__(backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes)
+
+    def update_parameters(self, **parameters: Any) -> None:
+        """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""
+        self.backend.parameters.update(validate(parameters))  # type: ignore[attr-defined]
+

@@ -1,0 +1,153 @@
+"""The process a job runs: ``python -m oarfutures.worker FOLDER BATCH INDEX``.
+
+It loads task INDEX of BATCH by our own task id (the scheduler's job id plays no part), runs its calls, and
+writes their outcomes to ``results/<batch>_<index>.pkl`` through a temp file and a rename, so the client never
+reads half a result. It starts once per task, so it imports only what it needs: ``pickle.load`` pulls in
+cloudpickle (or anything else) only when a payload asks for it, and tblib/traceback only when a call fails.
+"""
+import os
+import pickle
+import struct
+import sys
+
+from oarfutures import layout
+
+DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
+
+
+def read_task(folder, batch, index):
+    """Return (functions, calls) of one task; calls is a list of (function index, args, kwargs)."""
+    fn_file = layout.functions_path(folder, batch)
+    resume = layout.resume_path(folder, batch, index)
+    args_file = layout.args_path(folder, batch)
+    layout.check_private(folder, os.path.join(folder, layout.TASKS), fn_file)
+    with open(fn_file, "rb") as f:
+        meta, fn_blob = pickle.load(f)
+    # The client's import path, after ours: modules next to the user's script (or a test folder) import here too.
+    sys.path.extend(p for p in meta["sys_path"] if p not in sys.path)
+    functions = pickle.loads(fn_blob)
+    restore_file_names(functions, meta["origins"])
+    if os.path.exists(resume):
+        layout.check_private(resume)
+        with open(resume, "rb") as f:
+            return functions, pickle.load(f)
+    layout.check_private(args_file)
+    with open(layout.index_path(folder, batch), "rb") as f:
+        f.seek(8 * index)
+        start, end = struct.unpack("<QQ", f.read(16))
+    with open(args_file, "rb") as f:
+        f.seek(start)
+        return functions, pickle.loads(f.read(end - start))
+
+
+def restore_file_names(functions, origins):
+    """Give code pickled by value its real file name back, so remote tracebacks show the user's source lines.
+
+    cloudpickle names such code ``<dynamic-code>``; the client recorded where each function came from.
+    Functions it calls from the same module share its globals and get the same name.
+    """
+    for fn, origin in zip(functions, origins):
+        if origin is None:
+            continue
+        targets = [fn] + [v for v in getattr(fn, "__globals__", {}).values() if callable(v)]
+        targets += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_filled(c)]
+        for target in targets:
+            for candidate in [target] + list(getattr(target, "__dict__", {}).values()):
+                code = getattr(candidate, "__code__", None)
+                if code is not None and code.co_filename == DYNAMIC_CODE:
+                    try:
+                        candidate.__code__ = _renamed(code, origin)
+                    except (AttributeError, TypeError):
+                        pass
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _renamed(code, filename):
+    consts = tuple(_renamed(c, filename) if hasattr(c, "co_filename") else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def run_calls(functions, calls):
+    outcomes = []
+    for fn_index, args, kwargs in calls:
+        try:
+            outcomes.append(("ok", functions[fn_index](*args, **kwargs)))
+        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are results too
+            outcomes.append(error_outcome(exc, skip_frames=1))
+    return outcomes
+
+
+def error_outcome(exc, skip_frames=0):
+    """("error", pickled exception or None, type name, message, formatted traceback)."""
+    import traceback
+
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    exc.__traceback__ = tb
+    try:
+        from tblib import pickling_support
+
+        pickling_support.install(exc)
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: find out here, not in the client
+    except Exception:
+        blob = None
+    return ("error", blob, type(exc).__qualname__, str(exc), text)
+
+
+def dump_outcomes(outcomes):
+    """Pickle the outcomes; a value that cannot be pickled becomes a PicklingError naming its type."""
+    try:
+        return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    safe = []
+    for outcome in outcomes:
+        try:
+            pickle.dumps(outcome)
+            safe.append(outcome)
+        except Exception as exc:
+            kind = type(outcome[1]).__qualname__ if outcome[0] == "ok" else outcome[2]
+            what = "result" if outcome[0] == "ok" else "exception"
+            problem = pickle.PicklingError(f"the {what} of type {kind} cannot be pickled: {exc!r}")
+            safe.append(error_outcome(problem))
+    return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def write_result(folder, batch, index, blob):
+    final = layout.result_path(folder, batch, index)
+    temp = f"{final}.tmp-{os.getpid()}"
+    with open(temp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, final)
+
+
+def main(argv):
+    folder, batch, index = argv[0], argv[1], int(argv[2])
+    # Functions may want to know where they run (checkpoint files, logs of their own)
+    os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
+    try:
+        functions, calls = read_task(folder, batch, index)
+    except layout.UnsafeFolderError as exc:
+        print(f"oarfutures worker: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. a module the function needs is missing here: one outcome for all calls
+        write_result(folder, batch, index, dump_outcomes([error_outcome(exc)]))
+        return 0
+    write_result(folder, batch, index, dump_outcomes(run_calls(functions, calls)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

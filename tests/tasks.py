@@ -1,0 +1,81 @@
+"""Functions the tests run in workers (importable there: the client's sys.path travels with the task)."""
+import os
+import signal
+import time
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def raise_value_error(message):
+    raise ValueError(message, 42)
+
+
+def echo_kwargs(*args, **kwargs):
+    return args, kwargs
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unpicklable(message):
+    raise UnpicklableError(message)
+
+
+def return_lock():
+    return __import__("threading").Lock()
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_hard(code):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def sleep_and_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def record_interval(folder, name, seconds):
+    """Write start and end times, so a test can see how many calls ran at once."""
+    start = time.time()
+    time.sleep(seconds)
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(f"{start} {time.time()}")
+    return name
+
+
+def touch_and_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return path
+
+
+def corrupt_own_result():
+    """Write garbage where the worker will look for this task's result, then exit without replacing it."""
+    folder, task = os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"]
+    with open(os.path.join(folder, "results", task + ".pkl"), "wb") as f:
+        f.write(b"\x80\x05garbage")
+    os._exit(0)
+
+
+def size_of(data):
+    return len(data)

@@ -1,0 +1,297 @@
+"""The executor core on the local backend: the same worker, files and poller as on a cluster."""
+import asyncio
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import Future, as_completed, wait
+
+import pytest
+
+import tasks
+from oarfutures import JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
+
+
+def test_submit_returns_a_standard_future_with_the_result(local):
+    future = local.submit(tasks.add, 5, 7)
+    assert isinstance(future, Future) and isinstance(future, JobFuture)
+    assert future.result(timeout=30) == 12
+
+
+def test_submit_passes_fn_and_self_keywords_through(local):
+    assert local.submit(tasks.echo_kwargs, 1, fn=2, self=3).result(timeout=30) == ((1,), {"fn": 2, "self": 3})
+
+
+def test_map_returns_results_in_input_order_with_chunks(local):
+    assert list(local.map(tasks.add, range(10), range(10, 20), chunksize=3)) == [a + a + 10 for a in range(10)]
+
+
+def test_map_is_one_batch_with_the_function_pickled_once(folder):
+    payload = b"x" * 2_000_000  # captured by the closure below: must be written once, not once per call
+    with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:
+        results = list(executor.map(lambda i: len(payload) + i, range(20)))
+        task_files = os.listdir(os.path.join(folder, "tasks"))
+        total = sum(os.path.getsize(os.path.join(folder, "tasks", name)) for name in task_files)
+    assert results == [2_000_000 + i for i in range(20)]
+    assert len(task_files) == 3  # functions, concatenated arguments, their index
+    assert total < 3_000_000
+
+
+def test_chunksize_below_one_is_a_value_error(local):
+    with pytest.raises(ValueError):
+        local.map(tasks.square, [1], chunksize=0)
+
+
+def test_remote_exception_keeps_type_args_and_traceback(local):
+    future = local.submit(tasks.raise_value_error, "boom")
+    with pytest.raises(ValueError) as info:
+        future.result(timeout=30)
+    assert info.value.args == ("boom", 42)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "raise ValueError(message, 42)" in info.value.__cause__.text  # the failing source line
+    assert "tasks.py" in "".join(__import__("traceback").format_tb(info.value.__traceback__))
+
+
+def test_remote_traceback_shows_source_lines_of_functions_defined_in_main(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from oarfutures import LocalPoolExecutor
+
+            def fails():
+                raise KeyError("from main")
+
+            with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
+                try:
+                    ex.submit(fails).result(timeout=30)
+                except KeyError as exc:
+                    print(exc.__cause__.text)
+            """
+        )
+    )
+    output = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60).stdout
+    assert f'File "{script}"' in output
+    assert 'raise KeyError("from main")' in output
+
+
+def test_an_exception_that_cannot_be_pickled_becomes_remote_error(local):
+    with pytest.raises(RemoteError) as info:
+        local.submit(tasks.raise_unpicklable, "locked").result(timeout=30)
+    assert info.value.type_name == "UnpicklableError"
+    assert info.value.message == "locked"
+    assert "raise UnpicklableError(message)" in info.value.traceback_text
+
+
+def test_a_result_that_cannot_be_pickled_is_a_pickling_error_naming_its_type(local):
+    with pytest.raises(pickle.PicklingError, match="lock"):
+        local.submit(tasks.return_lock).result(timeout=30)
+
+
+def test_an_unpicklable_argument_fails_at_submit_and_submits_nothing(local, folder):
+    with pytest.raises(TypeError, match="cannot pickle the arguments"):
+        local.submit(tasks.size_of, threading.Lock())
+    assert os.listdir(os.path.join(folder, "tasks")) == []
+    assert local.status() == {"pending": 0, "running": 0}
+
+
+@pytest.mark.parametrize(
+    "function, args, how",
+    [
+        (tasks.kill_self, (), "SIGKILL"),
+        (tasks.exit_hard, (3,), "status 3"),
+        (tasks.segfault, (), "SIGSEGV"),
+    ],
+)
+def test_a_worker_that_dies_fails_its_future_with_job_failed_error(local, function, args, how):
+    with pytest.raises(JobFailedError) as info:
+        local.submit(function, *args).result(timeout=30)
+    assert info.value.state == "FAILED"
+    assert how in info.value.reason
+    assert info.value.job_id is not None
+
+
+def test_job_failed_error_carries_the_tail_of_the_logs(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        os.chmod(folder, 0o777)  # the worker must refuse: others could have written these pickles
+        with pytest.raises(JobFailedError) as info:
+            executor.submit(tasks.square, 2).result(timeout=30)
+        os.chmod(folder, 0o700)
+    assert "writable by other users" in info.value.log_tail
+
+
+def test_a_corrupted_result_file_fails_that_future_and_not_the_others(local):
+    bad = local.submit(tasks.corrupt_own_result)
+    good = local.submit(tasks.square, 4)
+    with pytest.raises(Exception, match="cannot be read"):
+        bad.result(timeout=30)
+    assert good.result(timeout=30) == 16
+
+
+def test_max_workers_caps_how_many_calls_run_at_once(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with LocalPoolExecutor(2, folder=str(tmp_path / "jobs")) as executor:
+        list(executor.map(tasks.record_interval, [str(marks)] * 6, [f"c{i}" for i in range(6)], [0.5] * 6))
+    spans = [tuple(map(float, (marks / f"c{i}").read_text().split())) for i in range(6)]
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most == 2
+
+
+def test_max_workers_is_a_positive_int_dask_can_read(folder):
+    assert LocalPoolExecutor(3, folder=folder)._max_workers == 3
+    assert LocalPoolExecutor(folder=folder)._max_workers == os.cpu_count()
+    with pytest.raises(ValueError):
+        LocalPoolExecutor(0, folder=folder)
+
+
+def test_cancel_while_queued_cancels_the_job_and_notifies_waiters(tmp_path):
+    with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
+        blocker = executor.submit(tasks.sleep_and_return, 1.0, "first")
+        queued = executor.submit(tasks.touch_and_sleep, str(tmp_path / "ran"), 0)
+        assert queued.cancel()
+        done, _ = wait([queued], timeout=5)
+        assert done == {queued} and queued.cancelled()
+        assert blocker.result(timeout=30) == "first"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_map_iterator_closed_early_cancels_the_calls_not_returned(tmp_path):
+    with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
+        paths = [str(tmp_path / f"m{i}") for i in range(5)]
+        results = executor.map(tasks.touch_and_sleep, paths, [0.3] * 5)
+        assert next(results) == paths[0]
+        results.close()
+    assert sum(os.path.exists(p) for p in paths) <= 2  # at most the one running when the iterator closed
+
+
+def test_map_timeout_is_one_deadline_for_the_whole_iteration(local):
+    results = local.map(tasks.sleep_and_return, [0.1, 5, 5], [1, 2, 3], timeout=2)
+    assert next(results) == 1
+    with pytest.raises(TimeoutError):
+        list(results)
+
+
+def test_callbacks_may_submit_more_work(local):
+    chained = Future()
+
+    def on_done(first):
+        chained.set_result(local.submit(tasks.square, first.result()))
+
+    local.submit(tasks.add, 1, 2).add_done_callback(on_done)
+    assert chained.result(timeout=30).result(timeout=30) == 9
+
+
+def test_many_threads_may_submit_at_once(local):
+    futures, lock = [], threading.Lock()
+
+    def submit_some(offset):
+        for i in range(5):
+            future = local.submit(tasks.square, offset + i)
+            with lock:
+                futures.append((offset + i, future))
+
+    threads = [threading.Thread(target=submit_some, args=(10 * t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted((x, f.result(timeout=60)) for x, f in futures) == sorted((x, x * x) for x, _ in futures)
+
+
+def test_as_completed_yields_every_future(local):
+    futures = [local.submit(tasks.sleep_and_return, 0.3 - 0.1 * i, i) for i in range(3)]
+    assert sorted(f.result() for f in as_completed(futures, timeout=30)) == [0, 1, 2]
+
+
+def test_asyncio_wrap_future_and_run_in_executor(local):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = await asyncio.wrap_future(local.submit(tasks.square, 5))
+        b = await loop.run_in_executor(local, tasks.square, 6)
+        return a, b
+
+    assert asyncio.run(main()) == (25, 36)
+
+
+def test_cancelling_an_asyncio_task_cancels_the_queued_job(tmp_path):
+    with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
+        executor.submit(tasks.sleep_and_return, 1.0, None)
+        queued = executor.submit(tasks.touch_and_sleep, str(tmp_path / "ran"), 0)
+
+        async def main():
+            task = asyncio.ensure_future(asyncio.wrap_future(queued))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert queued.cancelled()
+    assert not (tmp_path / "ran").exists()
+
+
+def test_dask_compute_accepts_the_executor_as_scheduler(local):
+    dask = pytest.importorskip("dask")
+    values = [dask.delayed(tasks.square)(i) for i in range(4)]
+    total = dask.delayed(sum)(values)
+    assert dask.compute(total, scheduler=local)[0] == 14
+
+
+def test_joblib_runs_through_the_executor(local):
+    joblib = pytest.importorskip("joblib")
+    futures = [local.submit(tasks.square, i) for i in range(3)]
+    assert joblib.Parallel(n_jobs=1)(joblib.delayed(f.result)() for f in futures) == [0, 1, 4]
+
+
+def test_submit_after_shutdown_raises(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    executor.shutdown()
+    executor.shutdown()  # idempotent
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(tasks.square, 1)
+
+
+def test_shutdown_cancel_futures_cancels_the_queued_ones(tmp_path):
+    executor = LocalPoolExecutor(1, folder=str(tmp_path / "jobs"))
+    running = executor.submit(tasks.sleep_and_return, 0.5, "done")
+    queued = [executor.submit(tasks.touch_and_sleep, str(tmp_path / f"q{i}"), 0) for i in range(3)]
+    time.sleep(0.3)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert running.result() == "done"
+    assert all(f.cancelled() for f in queued)
+    assert not any((tmp_path / f"q{i}").exists() for i in range(3))
+
+
+def test_keyboard_interrupt_in_the_with_block_kills_running_jobs(tmp_path):
+    marker = tmp_path / "pid"
+    with pytest.raises(KeyboardInterrupt):
+        with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
+            future = executor.submit(tasks.touch_and_sleep, str(marker), 60)
+            deadline = time.time() + 30
+            while not marker.exists() or not marker.read_text():
+                assert time.time() < deadline
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+    assert future.done()
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
+        future.result()
+    pid = int(marker.read_text())
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_task_and_result_files_are_removed_and_logs_kept(folder):
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        assert list(executor.map(tasks.square, range(4))) == [0, 1, 4, 9]
+    assert os.listdir(os.path.join(folder, "tasks")) == []
+    assert os.listdir(os.path.join(folder, "results")) == []
+    assert len(os.listdir(os.path.join(folder, "logs"))) == 8
+
+
+def test_the_folder_is_private(folder):
+    LocalPoolExecutor(1, folder=folder)
+    assert os.stat(folder).st_mode & 0o777 == 0o700
