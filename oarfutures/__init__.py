@@ -1,9 +1,38 @@
-"""Run Python functions on OAR, Slurm or this machine behind the standard ``concurrent.futures.Executor``."""
-from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
-from oarfutures.futures import JobFuture
-from oarfutures.local import LocalPoolExecutor
-from oarfutures.slurm import SlurmPoolExecutor
+"""Run Python functions on OAR, Slurm or this machine behind the standard ``concurrent.futures.Executor``.
+
+Names are imported on first use: the worker (``python -m oarfutures.worker``) starts once per task and must not
+pay for the client's imports (cloudpickle, threads, the executors).
+"""
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobFailedError", "JobFuture", "LocalPoolExecutor", "RemoteError", "RemoteTraceback", "SlurmPoolExecutor", "__version__"]
+_EXPORTS = {
+    "JobFailedError": "oarfutures.errors",
+    "RemoteError": "oarfutures.errors",
+    "RemoteTraceback": "oarfutures.errors",
+    "JobFuture": "oarfutures.futures",
+    "LocalPoolExecutor": "oarfutures.local",
+    "OarPoolExecutor": "oarfutures.oar",
+    "SlurmPoolExecutor": "oarfutures.slurm",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
+    from oarfutures.futures import JobFuture
+    from oarfutures.local import LocalPoolExecutor
+    from oarfutures.oar import OarPoolExecutor
+    from oarfutures.slurm import SlurmPoolExecutor
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'oarfutures' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list:
+    return __all__

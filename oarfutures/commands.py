@@ -24,6 +24,7 @@ TRANSIENT_MARKERS = (
     "can't connect to the oar server",
     "cannot connect to the database",
     "could not connect to server",
+    "cannot connect to executor",  # oarsub: Almighty not listening; the job was killed, a retry is no duplicate
 )
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 

@@ -112,6 +112,7 @@ class JobExecutor(cf.Executor):
         self._waiting: Deque[_Waiting] = collections.deque()
         self._batch_left: Dict[str, int] = {}
         self._cancelled: Set[Task] = set()
+        self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._shutdown = False
         self._closed = False
         self.query_wait = backend.query_interval[0]
@@ -151,6 +152,7 @@ class JobExecutor(cf.Executor):
                 future.cancel()
         if wait:
             cf.wait(live)
+        self._close_if_idle()
         get_poller().wake()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -165,8 +167,11 @@ class JobExecutor(cf.Executor):
         """Cancel every unfinished job of this executor now, queued or running; their futures fail or cancel."""
         with self._lock:
             tasks = list(self._tasks.values())
+            batches = list(self._batch_left)
             self._tasks.clear()
             self._waiting.clear()
+            self._ended.clear()
+            self._batch_left.clear()
         job_ids = [t.job_id for t in tasks if t.job_id is not None]
         if job_ids:
             self.backend.cancel(job_ids)
@@ -174,6 +179,9 @@ class JobExecutor(cf.Executor):
             for future in task.futures:
                 if not future.cancel():
                     set_exception(future, JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason))
+        if not self.keep_files:
+            for batch in batches:
+                batchfiles.remove_batch_files(self.folder, batch)
         self._close_if_idle()
 
     def status(self) -> Dict[str, int]:
@@ -347,38 +355,44 @@ class JobExecutor(cf.Executor):
             tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
         for task in tasks:
             status = statuses.get(task.job_id or "")
-            if status is not None and status.follow_up:  # resubmitted under a new job id: follow it
-                task.job_id, task.ended_since = status.follow_up, None
+            if status is None:  # unknown to the scheduler: purged, or not visible yet just after submission
+                if now - task.submitted_at > self.result_grace:
+                    self._mark_ended(task, now)
+                continue
+            if status.follow_up:  # resubmitted under a new job id: follow it
+                task.job_id = status.follow_up
                 for future in task.futures:
                     future.job_ids.append(status.follow_up)
+                self._mark_ended(task, None)
                 changed = True
-                continue
-            if status is None:
-                if now - task.submitted_at > self.result_grace and task.ended_since is None:
-                    task.ended_since = now  # the scheduler forgot the job (purged) and we have no result
                 continue
             if status != task.last_status:
                 changed = True
                 task.last_status = status
-            if status.state is JobState.RUNNING:
-                task.ended_since = None
-                if not task.running:
-                    task.running = True
-                    for future in task.futures:
-                        mark_running(future)
-            elif status.state.ended:
-                if task.ended_since is None:
-                    task.ended_since = now
-            else:
-                task.ended_since = None
+            if status.state.ended:
+                self._mark_ended(task, now)
+                continue
+            self._mark_ended(task, None)
+            if status.state is JobState.RUNNING and not task.running:
+                task.running = True
+                for future in task.futures:
+                    mark_running(future)
         return changed
+
+    def _mark_ended(self, task: Task, now: Optional[float]) -> None:
+        """Start the result grace period of a job that is over (keeping its first time), or cancel it (None)."""
+        with self._lock:
+            if now is None:
+                task.ended_since = None
+                self._ended.discard(task)
+            elif task.ended_since is None and task.task_id in self._tasks:
+                task.ended_since = now
+                self._ended.add(task)
 
     def fail_ended_jobs(self, now: float) -> None:
         """Fail tasks whose job has been over for ``result_grace`` seconds without a result file."""
         with self._lock:
-            overdue = [
-                t for t in self._tasks.values() if t.ended_since is not None and now - t.ended_since >= self.result_grace
-            ]
+            overdue = [t for t in self._ended if now - t.ended_since >= self.result_grace]  # type: ignore[operator]
         for task in overdue:
             if os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
                 self._resolve_from_file(task)  # landed after the last directory scan
@@ -428,6 +442,7 @@ class JobExecutor(cf.Executor):
         with self._lock:
             if self._tasks.pop(task.task_id, None) is None:
                 return  # resolved by another path meanwhile
+            self._ended.discard(task)
             self._release_batch(task.batch)
         for future in task.futures:  # outside the lock: callbacks may submit
             resolve(future)
@@ -435,6 +450,7 @@ class JobExecutor(cf.Executor):
     def _drop(self, task: Task) -> None:
         """Forget a task that will never run (lock held)."""
         if self._tasks.pop(task.task_id, None) is not None:
+            self._ended.discard(task)
             self._release_batch(task.batch)
 
     def _release_batch(self, batch: str) -> None:

@@ -1,36 +1,41 @@
 """The local backend: the same worker and files as on a cluster, in subprocesses on this machine.
 
-It is a tiny scheduler: a thread pool of ``max_workers`` slots, each running one worker process at a time, so the
-concurrency cap is real (submitit's local executor has none). Job ids are our task ids.
+It is a tiny scheduler: a queue and ``max_workers`` slot threads, each running one worker process at a time, so
+the concurrency cap is real (submitit's local executor has none). Job ids are our task ids.
 """
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 from oarfutures import layout
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
 from oarfutures.poller import get_poller
 
+QUEUED = JobStatus(JobState.PENDING, "PENDING")
+RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
+
 
 class LocalBackend(Backend):
     name = "local"
     throttles = True
-    query_interval = (0.02, 0.2)
+    # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
+    query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling
 
     def __init__(self, max_workers: int, folder: str) -> None:
         self.folder = folder
         self.max_workers = max_workers
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="oarfutures-local")
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._queue: Deque[Tuple[str, List[str]]] = collections.deque()
+        self._slots: List[threading.Thread] = []
+        self._closing = False
         self._states: Dict[str, JobStatus] = {}
-        self._slots: Dict[str, Future] = {}
         self._processes: Dict[str, subprocess.Popen] = {}
         self._killed: Dict[str, str] = {}  # job id -> why we killed it
 
@@ -38,30 +43,43 @@ class LocalBackend(Backend):
         return self  # job ids are only meaningful to this backend
 
     def submit(self, submission: BatchSubmission) -> List[str]:
-        job_ids = []
-        for index in range(submission.first, submission.first + submission.count):
-            job_id = layout.task_id(submission.batch, index)
-            command = [submission.python, "-u", "-m", "oarfutures.worker", submission.folder, submission.batch, str(index)]
-            with self._lock:
-                self._states[job_id] = JobStatus(JobState.PENDING, "PENDING")
-                self._slots[job_id] = self._pool.submit(self._run, job_id, command)
-            job_ids.append(job_id)
+        job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]
+        base = [submission.python, "-u", "-m", "oarfutures.worker", submission.folder, submission.batch]
+        with self._lock:
+            for index, job_id in enumerate(job_ids, submission.first):
+                self._states[job_id] = QUEUED
+                self._queue.append((job_id, base + [str(index)]))
+            while len(self._slots) < min(self.max_workers, len(self._queue) + len(self._processes)):
+                slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
+                self._slots.append(slot)
+                slot.start()
+            self._lock.notify(len(job_ids))
         return job_ids
 
-    def _run(self, job_id: str, command: List[str]) -> None:
-        out_path, err_path = self.log_paths(job_id)
-        with self._lock:
-            if job_id in self._killed:
-                return
+    def _slot(self) -> None:
+        """One slot: run queued workers one after the other until the backend closes."""
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._lock.wait()
+                if self._closing:
+                    return
+                job_id, command = self._queue.popleft()
+                if job_id in self._killed:
+                    continue
+                self._states[job_id] = RUNNING
+            out_path, err_path = self.log_paths(job_id)
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
                 process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-            self._processes[job_id] = process
-            self._states[job_id] = JobStatus(JobState.RUNNING, "RUNNING")
-        code = process.wait()
-        with self._lock:
-            del self._processes[job_id]
-            self._states[job_id] = self._ended_status(job_id, code)
-        get_poller().wake()
+            with self._lock:
+                self._processes[job_id] = process
+                if job_id in self._killed:  # cancelled while it was starting
+                    process.kill()
+            code = process.wait()
+            with self._lock:
+                del self._processes[job_id]
+                self._states[job_id] = self._ended_status(job_id, code)
+            get_poller().wake()
 
     def _ended_status(self, job_id: str, code: int) -> JobStatus:
         if job_id in self._killed:
@@ -77,12 +95,11 @@ class LocalBackend(Backend):
         with self._lock:
             for job_id in job_ids:
                 self._killed.setdefault(job_id, "cancelled")
-                slot = self._slots.get(job_id)
-                if slot is not None and slot.cancel():
-                    self._states[job_id] = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
                 process = self._processes.get(job_id)
                 if process is not None:
                     process.kill()
+                elif self._states.get(job_id) is QUEUED:  # its slot will skip it
+                    self._states[job_id] = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
 
     def signal(self, job_id: str, signum: int) -> bool:
         """Send a signal to a running worker (the local way to simulate preemption)."""
@@ -98,8 +115,8 @@ class LocalBackend(Backend):
             statuses = {job_id: self._states[job_id] for job_id in job_ids if job_id in self._states}
             for job_id, status in statuses.items():  # an ended job is reported once, then forgotten
                 if status.state.ended:
-                    self._states.pop(job_id, None)
-                    self._slots.pop(job_id, None)
+                    del self._states[job_id]
+                    self._killed.pop(job_id, None)
             return statuses
 
     def log_paths(self, job_id: str) -> List[str]:
@@ -107,7 +124,10 @@ class LocalBackend(Backend):
         return [base + ".out", base + ".err"]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closing = True
+            self._queue.clear()
+            self._lock.notify_all()
 
 
 class LocalPoolExecutor(JobExecutor):

@@ -58,7 +58,7 @@ PARAMETERS: Dict[str, Any] = {
 }
 
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
-NESTED_JOB_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
+NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
 KEEP_VARIABLES = ("SLURM_CONF",)
 
 
@@ -126,6 +126,7 @@ class SlurmBackend(Backend):
         array = f"0-{count - 1}" + (f"%{submission.max_running}" if submission.max_running else "")
         lines = ["#!/bin/bash", f"#SBATCH --job-name={p['name']}", f"#SBATCH --array={array}"]
         lines += [f"#SBATCH --output={logs}/%A_%a.out", f"#SBATCH --error={logs}/%A_%a.err"]
+        lines.append("#SBATCH --open-mode=append")  # a requeued task keeps the logs of its earlier runs
         lines += [f"#SBATCH --nodes={p['nodes']}", f"#SBATCH --cpus-per-task={p['cpus_per_task']}"]
         if p["walltime"]:
             lines.append(f"#SBATCH --time={_slurm_time(p['walltime'])}")
@@ -196,14 +197,9 @@ class SlurmBackend(Backend):
                 ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"], env=self.environment
             )
         except commands.SchedulerCommandError as exc:
-            if "Invalid job id" not in exc.stderr:
+            if "Invalid job id specified" not in exc.stderr:
                 raise
-            if len(arrays) == 1:  # purged (older than MinJobAge): absent from the answer
-                return
-            # one purged array fails the whole call: ask for each array alone
-            for array in arrays:
-                yield from self._squeue([array])
-            return
+            return  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
         for row in out.splitlines():
             fields = row.split("|")
             if len(fields) >= 2:

@@ -9,6 +9,7 @@ import os
 import pickle
 import struct
 import sys
+import types
 
 from oarfutures import layout
 
@@ -44,21 +45,26 @@ def restore_file_names(functions, origins):
     """Give code pickled by value its real file name back, so remote tracebacks show the user's source lines.
 
     cloudpickle names such code ``<dynamic-code>``; the client recorded where each function came from.
-    Functions it calls from the same module share its globals and get the same name.
+    Functions and classes it uses from the same module (its globals, its closure) get the same name.
     """
     for fn, origin in zip(functions, origins):
-        if origin is None:
-            continue
-        targets = [fn] + [v for v in getattr(fn, "__globals__", {}).values() if callable(v)]
+        if origin is None or not _is_dynamic(fn) and not _is_dynamic(type(fn).__call__):
+            continue  # pickled by reference: its code already names its file
+        targets = [fn, type(fn)] + list(getattr(fn, "__globals__", {}).values())
         targets += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_filled(c)]
         for target in targets:
-            for candidate in [target] + list(getattr(target, "__dict__", {}).values()):
-                code = getattr(candidate, "__code__", None)
-                if code is not None and code.co_filename == DYNAMIC_CODE:
+            members = list(vars(target).values()) if isinstance(target, type) else []
+            for candidate in [target] + members:
+                if _is_dynamic(candidate):
                     try:
-                        candidate.__code__ = _renamed(code, origin)
+                        candidate.__code__ = _renamed(candidate.__code__, origin)
                     except (AttributeError, TypeError):
                         pass
+
+
+def _is_dynamic(obj):
+    code = getattr(obj, "__code__", None)
+    return isinstance(code, types.CodeType) and code.co_filename == DYNAMIC_CODE
 
 
 def _cell_filled(cell):

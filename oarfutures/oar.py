@@ -1,0 +1,268 @@
+"""OAR 2.5: every batch is one ``oarsub --array N``; tasks find their input through ``OAR_ARRAY_INDEX``.
+
+The options are written as ``#OAR`` lines into ``jobs/<batch>-<first>.sh`` (for the user to read, and valid for
+``oarsub -S`` by hand) and passed to ``oarsub`` on its command line with the command ``exec <script>``: OAR runs
+the command through the user's login shell and signals that one process, so only an ``exec`` chain (login shell
+-> script -> python) lets the checkpoint signal reach the worker whatever the login shell (dash forks under
+``-S``, and its death would orphan the worker).
+
+Subjobs are matched to tasks by their ``array_index`` as OAR reports it, never by sorting job ids. States come
+from one ``oarstat -f -J`` call per poll for every live job; a job OAR resubmitted (idempotent, exit 99) is
+followed to its new id.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from oarfutures import commands, layout, params
+from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+
+PENDING_STATES = {"Waiting", "Hold", "toLaunch", "Launching", "toAckReservation"}
+RUNNING_STATES = {"Running", "Finishing", "Suspended", "Resuming", "toError"}
+
+PARAMETERS: Dict[str, Any] = {
+    "queue": None,
+    "walltime": None,
+    "nodes": 1,
+    "cores": None,
+    "gpus_per_node": None,
+    "resources": None,
+    "properties": None,
+    "project": None,
+    "name": "oarfutures",
+    "job_types": (),
+    "setup": (),
+    "additional_parameters": None,
+}
+
+
+def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check and normalise OAR parameters; raise naming the first bad one."""
+    params.check_names(values, PARAMETERS, "OarPoolExecutor parameter")
+    checked = dict(values)
+    for key in ("queue", "project", "name"):
+        if key in checked:
+            checked[key] = params.token(key, checked[key])
+    for key in ("nodes", "cores", "gpus_per_node"):
+        if key in checked:
+            checked[key] = params.positive_int(key, checked[key])
+    if "walltime" in checked:
+        checked["walltime"] = params.walltime_seconds("walltime", checked["walltime"])
+    for key in ("resources", "properties"):
+        if checked.get(key) is not None:
+            checked[key] = params.line(key, checked[key])
+    if "job_types" in checked:
+        checked["job_types"] = params.as_tuple("job_types", checked["job_types"])
+    if "setup" in checked:
+        checked["setup"] = params.setup_lines(checked["setup"])
+    if "additional_parameters" in checked:
+        checked["additional_parameters"] = params.extra_options("additional_parameters", checked["additional_parameters"])
+    return checked
+
+
+def resource_request(p: Mapping[str, Any]) -> str:
+    """The ``-l`` value: ``/nodes=1/core=4,walltime=0:10:00``; one core on one node unless told otherwise."""
+    if p["resources"]:
+        request = p["resources"]
+    else:
+        request = f"/nodes={p['nodes']}"
+        if p["gpus_per_node"]:
+            request += f"/gpu={p['gpus_per_node']}"
+        if p["cores"] or not p["gpus_per_node"]:
+            request += f"/core={p['cores'] or 1}"
+    if p["walltime"] and "walltime" not in request:
+        request += f",walltime={params.hms(p['walltime'])}"
+    return request
+
+
+def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optional[str]]]:
+    """(option, value) pairs, rendered both as ``#OAR`` lines and as ``oarsub`` arguments."""
+    logs = os.path.join(folder, layout.LOGS)
+    options: List[Tuple[str, Optional[str]]] = [
+        ("-l", resource_request(p)),
+        ("-n", p["name"]),
+        ("-O", f"{logs}/%jobid%.out"),
+        ("-E", f"{logs}/%jobid%.err"),
+    ]
+    if p["queue"]:
+        options.append(("-q", p["queue"]))
+    if p["properties"]:
+        options.append(("-p", p["properties"]))
+    if p["project"]:
+        options.append(("--project", p["project"]))
+    options += [("-t", job_type) for job_type in p["job_types"]]
+    for key, value in (p["additional_parameters"] or {}).items():
+        option = f"-{key}" if len(key) == 1 else f"--{key.replace('_', '-')}"
+        options.append((option, None if value is True else str(value)))
+    return options
+
+
+class OarBackend(Backend):
+    name = "oar"
+    throttles = False  # OAR arrays have no running cap: the core submits in waves
+    query_interval = (2.0, 10.0)  # each oarstat costs ~0.2 s or more on the server
+    result_grace = 5.0
+
+    def __init__(self, folder: str, parameters: Mapping[str, Any]) -> None:
+        self.folder = folder
+        self.parameters = {**PARAMETERS, **validate(parameters)}
+
+    def validate_options(self, options: Dict[str, object]) -> None:
+        validate(options)
+
+    def render_script(self, submission: BatchSubmission) -> Tuple[str, List[str]]:
+        """The job script (with its options as ``#OAR`` lines) and the matching ``oarsub`` arguments."""
+        p = {**self.parameters, **validate(submission.options)}
+        options = oarsub_options(p, submission.folder)
+        lines = ["#!/bin/bash"]
+        arguments = []
+        for option, value in options:
+            lines.append(f"#OAR {option}" + (f" {value}" if value is not None else ""))
+            arguments += [option] + ([value] if value is not None else [])
+        lines.append(f"#OAR --array {submission.count}")
+        lines += list(p["setup"])
+        lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
+        return "\n".join(lines) + "\n", arguments
+
+    def submit(self, submission: BatchSubmission) -> List[str]:
+        text, arguments = self.render_script(submission)
+        script = layout.script_path(submission.folder, f"{submission.batch}-{submission.first}")
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        out = commands.run(["oarsub", "--array", str(submission.count), *arguments, f"exec {script}"])
+        job_ids = re.findall(r"^OAR_JOB_ID=(\d+)$", out, re.M)
+        if len(job_ids) != submission.count:
+            self.cancel(job_ids)
+            raise commands.SchedulerCommandError(["oarsub"], 0, out, f"expected {submission.count} OAR_JOB_ID lines")
+        if len(job_ids) == 1:  # no OAR_ARRAY_ID line for an array of one
+            return job_ids
+        array = re.search(r"^OAR_ARRAY_ID=(\d+)$", out, re.M)
+        return self._by_index(array.group(1) if array else job_ids[0], job_ids)
+
+    def _by_index(self, array_id: str, job_ids: List[str]) -> List[str]:
+        """Job ids in task order, from OAR's own array_index of each subjob."""
+        out = commands.run(["oarstat", "-J", "--array", array_id])
+        jobs = json.loads(out) if out.strip() else {}
+        by_index = {int(job["array_index"]): str(job_id) for job_id, job in jobs.items()}
+        ordered = [by_index.get(i + 1) for i in range(len(job_ids))]
+        if None in ordered:  # OAR forgot nothing it just created; if it did, its printed order is all we have
+            return job_ids
+        return ordered  # type: ignore[return-value]
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            commands.run(["oardel", *job_ids])
+        except commands.SchedulerCommandError as exc:
+            # a job OAR already forgot makes oardel exit 1 ("Cannot frag N"), after it handled the others
+            if any(not line.startswith("Cannot frag") for line in exc.stderr.strip().splitlines()):
+                raise
+
+    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        arguments = [a for job_id in job_ids for a in ("-j", job_id)]
+        out = commands.run(["oarstat", "-f", "-J", *arguments])
+        jobs = json.loads(out) if out.strip() else {}
+        return {str(job_id): job_status(job) for job_id, job in jobs.items()}
+
+    def log_paths(self, job_id: str) -> List[str]:
+        base = os.path.join(self.folder, layout.LOGS, job_id)
+        return [base + ".out", base + ".err"]
+
+
+def job_status(job: Mapping[str, Any]) -> JobStatus:
+    """Map one ``oarstat -f -J`` record onto the common states."""
+    state = job.get("state", "")
+    events = job.get("events") or []
+    kinds = [event.get("type", "") for event in events]
+    exit_code = _exit_code(job.get("exit_code"))
+    for event in events:
+        if event.get("type") == "RESUBMIT_JOB_AUTOMATICALLY":
+            found = re.search(r"=>\s*(\d+)", event.get("description", ""))
+            if found:
+                return JobStatus(JobState.PENDING, state, exit_code, "resubmitted by OAR", follow_up=found.group(1))
+    reason = "; ".join(f"{e.get('type')}: {e.get('description', '')}".strip() for e in events if e.get("type") != "SWITCH_INTO_TERMINATE_STATE")
+    if state in PENDING_STATES:
+        return JobStatus(JobState.PENDING, state)
+    if state in RUNNING_STATES:
+        return JobStatus(JobState.RUNNING, state)
+    if state == "Terminated":
+        common = JobState.COMPLETED if job.get("exit_code") == 0 else JobState.FAILED
+        return JobStatus(common, state, exit_code, reason)
+    if "WALLTIME" in kinds:
+        return JobStatus(JobState.TIMEOUT, "Error (walltime exceeded)", exit_code, reason)
+    if "FRAG_JOB_REQUEST" in kinds:
+        return JobStatus(JobState.CANCELLED, "Error (deleted)", exit_code, reason)
+    return JobStatus(JobState.FAILED, state or "Error", exit_code, reason)
+
+
+def _exit_code(status: Optional[int]) -> Optional[str]:
+    """OAR's exit_code is a raw wait status (exit 3 is 768): say it as a person would."""
+    if status is None:
+        return None
+    if status & 0x7F:
+        return f"signal {status & 0x7F}"
+    return str(status >> 8)
+
+
+class OarPoolExecutor(JobExecutor):
+    """Runs calls as OAR jobs: ``submit`` is one ``oarsub``, ``map`` one ``oarsub --array``.
+
+    ``queue`` -> ``-q``; ``nodes``/``cores``/``gpus_per_node``/``walltime`` -> one ``-l`` line such as
+    ``/nodes=1/core=4,walltime=0:10:00`` (one core on one node by default; ``resources`` gives the raw ``-l``
+    text instead); ``properties`` -> ``-p``; ``project`` -> ``--project``; ``job_types`` -> ``-t`` (besteffort,
+    idempotent...); ``additional_parameters`` -> any other option (``{"t": "besteffort"}`` -> ``#OAR -t
+    besteffort``); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
+    cap of their own, so tasks are submitted in waves as earlier ones finish.
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        *,
+        folder: Optional[str] = None,
+        queue: Optional[str] = None,
+        walltime: Union[None, int, float, str, datetime.timedelta] = None,
+        nodes: int = 1,
+        cores: Optional[int] = None,
+        gpus_per_node: Optional[int] = None,
+        resources: Optional[str] = None,
+        properties: Optional[str] = None,
+        project: Optional[str] = None,
+        name: str = "oarfutures",
+        job_types: Sequence[str] = (),
+        setup: Sequence[str] = (),
+        additional_parameters: Optional[Mapping[str, Any]] = None,
+        python: Optional[str] = None,
+        keep_files: bool = False,
+        result_grace: Optional[float] = None,
+        warn_pickle_bytes: int = 100_000_000,
+    ) -> None:
+        check_max_workers(max_workers)
+        parameters = dict(
+            queue=queue,
+            walltime=walltime,
+            nodes=nodes,
+            cores=cores,
+            gpus_per_node=gpus_per_node,
+            resources=resources,
+            properties=properties,
+            project=project,
+            name=name,
+            job_types=job_types,
+            setup=setup,
+            additional_parameters=additional_parameters,
+        )
+        folder = resolve_folder(folder, OarBackend.name)
+        backend = OarBackend(folder, parameters)
+        super().__init__(backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes)
+
+    def update_parameters(self, **parameters: Any) -> None:
+        """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""
+        self.backend.parameters.update(validate(parameters))  # type: ignore[attr-defined]
