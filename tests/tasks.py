@@ -79,3 +79,17 @@ def corrupt_own_result():
 
 def size_of(data):
     return len(data)
+
+
+def allocate_megabytes(megabytes):
+    block = bytearray(megabytes * 1024 * 1024)
+    time.sleep(5)
+    return len(block)
+
+
+def nested_slurm_square(folder, x):
+    """Runs inside a Slurm job and submits another one; True if the inner job saw no leaked array index."""
+    from oarfutures import SlurmPoolExecutor
+
+    with SlurmPoolExecutor(folder=folder) as executor:
+        return executor.submit(square, x).result(timeout=120), executor.submit(os.environ.get, "SLURM_ARRAY_TASK_ID").result(timeout=120) == "0"

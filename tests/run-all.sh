@@ -1,0 +1,70 @@
+#!/bin/bash
+# The whole test suite on a fresh machine, as CI runs it (.ci/run calls exactly this):
+#   1. a virtual environment from /usr/bin/python3 under /var/tmp, readable by every user (OAR jobs run as a
+#      normal user with a fresh environment: the worker's interpreter must be an absolute path they can read);
+#   2. the real Slurm and OAR clusters, installed from Debian's packages and started by tests/clusters/*;
+#   3. pytest: local and Slurm tests as root, Slurm again with accounting (slurmdbd + sacct), OAR tests as the
+#      unprivileged user OAR requires.
+# A cluster that does not come up fails the run; nothing is skipped. The last line sums up every phase.
+#   OARFUTURES_CI_DIR   where the venv and the test copy live           [/var/tmp/oarfutures-ci]
+#   PYTEST_ARGS         extra pytest arguments for every phase (e.g. "-x -k cancel")
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${OARFUTURES_CI_DIR:-/var/tmp/oarfutures-ci}
+USER_OAR=alice
+T0=$(date +%s)
+step() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
+die() { echo "run-all.sh: $*" >&2; exit 1; }
+
+step "virtual environment in $RUN/venv"
+mkdir -p "$RUN" && chmod 755 "$RUN"
+if [ ! -x "$RUN/venv/bin/python" ]; then
+    /usr/bin/python3 -m venv "$RUN/venv" 2>/dev/null || {
+        apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null
+        /usr/bin/python3 -m venv "$RUN/venv"; } || die "cannot create a virtual environment"
+fi
+# a regular (not editable) install: the package then lives inside the venv, readable by the OAR test user
+"$RUN/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$REPO[test]" || die "pip install failed"
+rm -rf "$RUN/src" && mkdir -p "$RUN/src" && cp -r "$REPO/tests" "$REPO/examples" "$REPO/pyproject.toml" "$RUN/src/"
+chmod -R a+rX "$RUN"
+PYTEST=("$RUN/venv/bin/python" -m pytest -p no:cacheprovider -q -rfE ${PYTEST_ARGS:-})
+
+step "Slurm (no accounting)"
+WITH_SLURMDBD=0 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm did not start"
+step "OAR"
+bash "$REPO/tests/clusters/oar/start.sh" || die "OAR did not start"
+
+status=0
+phase() { # NAME USER PYTEST-ARGS...
+    local name=$1 user=$2; shift 2
+    step "pytest: $name"
+    if [ "$user" = root ]; then
+        (cd "$RUN/src" && "${PYTEST[@]}" --junitxml="$RUN/$name.xml" "$@") || status=1
+    else
+        (cd "$RUN/src" && runuser -u "$user" -- env CI="${CI:-}" HOME="/home/$user" PATH="$PATH" \
+            "${PYTEST[@]}" -o cache_dir=/tmp --basetemp="/tmp/oarfutures-pytest-$user" --junitxml="/tmp/$name.xml" "$@") || status=1
+        cp "/tmp/$name.xml" "$RUN/$name.xml" 2>/dev/null || true
+    fi
+}
+rm -f "$RUN"/*.xml
+phase local-and-slurm root tests -m "not oar and not accounting"
+step "Slurm with accounting (slurmdbd)"
+WITH_SLURMDBD=1 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
+OARFUTURES_EXPECT_ACCOUNTING=1 phase slurm-accounting root tests -m "slurm and (accounting or not slow)"
+phase oar "$USER_OAR" tests -m oar
+
+step "summary"
+"$RUN/venv/bin/python" - "$RUN"/*.xml <<'PY'
+import sys, xml.etree.ElementTree as ET
+total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for path in sys.argv[1:]:
+    root = ET.parse(path).getroot()
+    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        for key in total:
+            total[key] += int(suite.get(key, 0))
+failed = total["failures"] + total["errors"]
+passed = total["tests"] - failed - total["skipped"]
+print(f"all phases: {passed} passed, {failed} failed, {total['skipped']} skipped")
+PY
+[ "$status" = 0 ] || echo "run-all.sh: at least one phase failed" >&2
+exit $status
