@@ -65,6 +65,19 @@ class _Waiting:
     tasks: Deque[Task] = field(default_factory=collections.deque)
 
 
+_interpreter_exiting = False
+
+
+def _refuse_new_work() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+# Like concurrent.futures' own pools: once the interpreter is exiting, submit() raises instead of queueing work
+# that nothing would run. (threading._register_atexit hooks run before non-daemon threads are joined.)
+getattr(threading, "_register_atexit", __import__("atexit").register)(_refuse_new_work)
+
+
 def resolve_folder(folder: Optional[str], kind: str) -> str:
     """The absolute job folder, created private; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
@@ -199,6 +212,8 @@ class JobExecutor(cf.Executor):
     ) -> List[JobFuture]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self.backend.validate_options(options)
         batch = f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes)
@@ -502,14 +517,16 @@ def _results_in_order(futures: List[JobFuture], deadline: Optional[float]) -> It
     futures.reverse()
     try:
         while futures:
-            future = futures.pop()
-            try:
-                result = future.result(None if deadline is None else deadline - time.monotonic())
-            except BaseException:
-                future.cancel()
-                raise
-            del future
-            yield result
+            # yielded straight from the call: a suspended generator must not keep the last result alive
+            yield _result_or_cancel(futures.pop(), deadline)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: JobFuture, deadline: Optional[float]) -> Any:
+    try:
+        return future.result(None if deadline is None else deadline - time.monotonic())
+    except BaseException:
+        future.cancel()
+        raise

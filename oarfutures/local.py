@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 from oarfutures import layout
@@ -19,6 +20,16 @@ from oarfutures.poller import get_poller
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
+
+
+def _finish_local_work_at_exit() -> None:
+    """At interpreter exit, run what was submitted to local backends (ProcessPoolExecutor does the same)."""
+    for backend in list(_backends):
+        backend.drain()
+
+
+_backends: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
+getattr(threading, "_register_atexit", __import__("atexit").register)(_finish_local_work_at_exit)
 
 
 class LocalBackend(Backend):
@@ -38,6 +49,13 @@ class LocalBackend(Backend):
         self._states: Dict[str, JobStatus] = {}
         self._processes: Dict[str, subprocess.Popen] = {}
         self._killed: Dict[str, str] = {}  # job id -> why we killed it
+        self._busy = 0  # slots between taking a job and seeing its worker exit
+        _backends.add(self)
+
+    def drain(self) -> None:
+        """Wait until every queued worker has run."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._closing or not (self._queue or self._busy))
 
     def query_group(self) -> object:
         return self  # job ids are only meaningful to this backend
@@ -49,7 +67,7 @@ class LocalBackend(Backend):
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
                 self._queue.append((job_id, base + [str(index)]))
-            while len(self._slots) < min(self.max_workers, len(self._queue) + len(self._processes)):
+            while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
                 slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
                 self._slots.append(slot)
                 slot.start()
@@ -66,8 +84,10 @@ class LocalBackend(Backend):
                     return
                 job_id, command = self._queue.popleft()
                 if job_id in self._killed:
+                    self._lock.notify_all()
                     continue
                 self._states[job_id] = RUNNING
+                self._busy += 1
             out_path, err_path = self.log_paths(job_id)
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
                 process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -79,6 +99,8 @@ class LocalBackend(Backend):
             with self._lock:
                 del self._processes[job_id]
                 self._states[job_id] = self._ended_status(job_id, code)
+                self._busy -= 1
+                self._lock.notify_all()
             get_poller().wake()
 
     def _ended_status(self, job_id: str, code: int) -> JobStatus:

@@ -47,10 +47,12 @@ phase() { # NAME USER PYTEST-ARGS...
     fi
 }
 rm -f "$RUN"/*.xml
-phase local-and-slurm root tests -m "not oar and not accounting"
-step "Slurm with accounting (slurmdbd)"
-WITH_SLURMDBD=1 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
-OARFUTURES_EXPECT_ACCOUNTING=1 phase slurm-accounting root tests -m "slurm and (accounting or not slow)"
+phase local-and-slurm root tests -m "not oar and not accounting and not array_limit"
+step "Slurm with accounting (slurmdbd) and Slurm's default MaxArraySize"
+WITH_SLURMDBD=1 MAX_ARRAY_SIZE=1001 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
+export OARFUTURES_EXPECT_ACCOUNTING=1
+phase slurm-accounting root tests -m "slurm and not slow"
+unset OARFUTURES_EXPECT_ACCOUNTING
 phase oar "$USER_OAR" tests -m oar
 
 step "summary"

