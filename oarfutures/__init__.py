@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Checkpointable": "oarfutures.checkpoint",
+    "Resubmission": "oarfutures.checkpoint",
     "JobFailedError": "oarfutures.errors",
     "RemoteError": "oarfutures.errors",
     "RemoteTraceback": "oarfutures.errors",
@@ -21,6 +23,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:
+    from oarfutures.checkpoint import Checkpointable, Resubmission
     from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
     from oarfutures.futures import JobFuture
     from oarfutures.local import LocalPoolExecutor

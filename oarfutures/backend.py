@@ -44,6 +44,7 @@ class BatchSubmission:
     python: str
     max_running: Optional[int]  # cap on running tasks, for schedulers with a native array throttle
     options: Dict[str, object]  # per-call parameter overrides (validated by the adapter)
+    checkpointable: bool = False  # ask the scheduler for a checkpoint signal and to run the task again
 
     def worker_command(self, index_expression: str) -> str:
         """Shell command running the worker; ``index_expression`` is shell arithmetic giving the task index."""
@@ -81,6 +82,10 @@ class Backend(abc.ABC):
     def query_group(self) -> object:
         """Backends with the same key share one state query per poll (one squeue for all executors)."""
         return type(self)
+
+    def interrupt(self, job_id: str) -> None:
+        """Send the checkpoint signal to a running job, as a preemption would."""
+        raise NotImplementedError(f"{type(self).__name__} cannot interrupt jobs")
 
     def log_paths(self, job_id: str) -> List[str]:
         """Files holding the job's stdout and stderr."""

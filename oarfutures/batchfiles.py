@@ -38,7 +38,12 @@ def client_sys_path() -> List[str]:
 
 
 def write_batch(
-    folder: str, batch: str, functions: Sequence[Callable], tasks: Sequence[Sequence[Call]], warn_bytes: int
+    folder: str,
+    batch: str,
+    functions: Sequence[Callable],
+    tasks: Sequence[Sequence[Call]],
+    warn_bytes: int,
+    max_resubmissions: int = 3,
 ) -> None:
     """Write the batch's files; raise in the caller (nothing submitted) when anything cannot be pickled."""
     try:
@@ -57,7 +62,11 @@ def write_batch(
     offsets = [0]
     for blob in blobs:
         offsets.append(offsets[-1] + len(blob))
-    meta = {"sys_path": client_sys_path(), "origins": [_origin(f) for f in functions]}
+    meta = {
+        "sys_path": client_sys_path(),
+        "origins": [_origin(f) for f in functions],
+        "max_resubmissions": max_resubmissions,
+    }
     _write_private(layout.functions_path(folder, batch), pickle.dumps((meta, fn_blob)))
     _write_private(layout.args_path(folder, batch), b"".join(blobs))
     _write_private(layout.index_path(folder, batch), struct.pack(f"<{len(offsets)}Q", *offsets))
@@ -84,15 +93,18 @@ class CorruptResultError(Exception):
     """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
 
 
-def read_outcomes(path: str) -> list:
+def read_result(path: str) -> Tuple[list, int]:
+    """The outcomes of a task's calls, and how many times the task was resubmitted after a checkpoint."""
     try:
         with open(path, "rb") as f:
-            outcomes = pickle.load(f)
+            result = pickle.load(f)
+        return list(result["outcomes"]), int(result["resubmissions"])
     except Exception as exc:
         raise CorruptResultError(f"result file {path} cannot be read: {exc!r}") from exc
-    if not isinstance(outcomes, list):
-        raise CorruptResultError(f"result file {path} does not hold a list of outcomes")
-    return outcomes
+
+
+def is_checkpointable(function: Callable) -> bool:
+    return callable(getattr(function, "checkpoint", None))
 
 
 def outcome_to_exception(outcome: tuple) -> BaseException:

@@ -45,6 +45,7 @@ class Task:
     index: int
     futures: List[JobFuture]
     options: Dict[str, object]
+    checkpointable: bool = False
     job_id: Optional[str] = None
     phase: str = "waiting"  # waiting (in our queue) -> submitting -> submitted
     submitted_at: float = 0.0
@@ -107,6 +108,7 @@ class JobExecutor(cf.Executor):
         keep_files: bool = False,
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
+        max_resubmissions: int = 3,
         default_max_workers: int = 1024,
     ) -> None:
         check_max_workers(max_workers)
@@ -119,6 +121,7 @@ class JobExecutor(cf.Executor):
         self.keep_files = keep_files
         self.result_grace = backend.result_grace if result_grace is None else float(result_grace)
         self.warn_pickle_bytes = warn_pickle_bytes
+        self.max_resubmissions = max_resubmissions
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # serialises waves of throttled submissions
         self._tasks: Dict[str, Task] = {}
@@ -197,6 +200,22 @@ class JobExecutor(cf.Executor):
                 batchfiles.remove_batch_files(self.folder, batch)
         self._close_if_idle()
 
+    def interrupt(self, future: JobFuture) -> None:
+        """Send the checkpoint signal to the job running ``future``, as a preemption would (to test checkpointing)."""
+        if future.job_id is None or future.done():
+            raise RuntimeError(f"task {future.task_id} is not running: nothing to interrupt")
+        self.backend.interrupt(future.job_id)
+
+    def logs(self, future: JobFuture) -> str:
+        """stdout and stderr of every job that ran this future's task, in order (resubmissions included)."""
+        parts = []
+        for job_id in dict.fromkeys(future.job_ids):
+            for path in self.backend.log_paths(job_id):
+                if os.path.exists(path):
+                    with open(path, errors="replace") as f:
+                        parts.append(f"==> {path} <==\n{f.read()}")
+        return "\n".join(parts)
+
     def status(self) -> Dict[str, int]:
         """How many calls of this executor are pending (queued) and running now."""
         with self._lock:
@@ -216,11 +235,12 @@ class JobExecutor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self.backend.validate_options(options)
         batch = f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}"
-        batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes)
+        batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
+        checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         records = []
         for index, calls in enumerate(tasks):
             futures = [JobFuture(layout.task_id(batch, index)) for _ in calls]
-            records.append(Task(batch, index, futures, options))
+            records.append(Task(batch, index, futures, options, checkpointable))
             for future in futures:
                 future._on_cancel = self._on_future_cancelled
         with self._lock:
@@ -260,6 +280,7 @@ class JobExecutor(cf.Executor):
                     python=self.python,
                     max_running=self._throttle,
                     options=first.options,
+                    checkpointable=first.checkpointable,
                 )
                 try:
                     job_ids = self.backend.submit(submission)
@@ -344,7 +365,7 @@ class JobExecutor(cf.Executor):
     def _resolve_from_file(self, task: Task) -> None:
         path = layout.result_path(self.folder, task.batch, task.index)
         try:
-            outcomes = batchfiles.read_outcomes(path)
+            outcomes, resubmissions = batchfiles.read_result(path)
         except batchfiles.CorruptResultError as exc:
             self._finish(task, lambda future: set_exception(future, exc))
             return
@@ -354,6 +375,7 @@ class JobExecutor(cf.Executor):
 
         def resolve(future: JobFuture) -> None:
             outcome = pairs[future]
+            future.resubmissions = resubmissions
             if outcome[0] == "ok":
                 set_result(future, outcome[1])
             else:

@@ -20,6 +20,7 @@ class JobFuture(Future):
         super().__init__()
         self.task_id = task_id
         self.job_ids: List[str] = []  # every scheduler job that ran this task, resubmissions included
+        self.resubmissions = 0  # how many times a checkpoint brought the task back (known once it is done)
         self._transition = threading.RLock()
         self._notified = False
         self._on_cancel: Optional[Callable[["JobFuture"], None]] = None

@@ -17,6 +17,7 @@ from oarfutures import layout
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
 from oarfutures.poller import get_poller
+from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
@@ -89,8 +90,9 @@ class LocalBackend(Backend):
                 self._states[job_id] = RUNNING
                 self._busy += 1
             out_path, err_path = self.log_paths(job_id)
+            environment = {**os.environ, "OARFUTURES_JOB_ID": job_id}
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
-                process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment)
             with self._lock:
                 self._processes[job_id] = process
                 if job_id in self._killed:  # cancelled while it was starting
@@ -98,8 +100,13 @@ class LocalBackend(Backend):
             code = process.wait()
             with self._lock:
                 del self._processes[job_id]
-                self._states[job_id] = self._ended_status(job_id, code)
                 self._busy -= 1
+                if code == RESUBMIT and job_id not in self._killed:  # checkpointed: run it again, same job id
+                    self._states[job_id] = QUEUED
+                    self._queue.append((job_id, command))
+                    self._lock.notify_all()
+                    continue
+                self._states[job_id] = self._ended_status(job_id, code)
                 self._lock.notify_all()
             get_poller().wake()
 
@@ -123,14 +130,13 @@ class LocalBackend(Backend):
                 elif self._states.get(job_id) is QUEUED:  # its slot will skip it
                     self._states[job_id] = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
 
-    def signal(self, job_id: str, signum: int) -> bool:
-        """Send a signal to a running worker (the local way to simulate preemption)."""
+    def interrupt(self, job_id: str) -> None:
+        """The checkpoint signal to a running worker: what a preemption does on a cluster."""
         with self._lock:
             process = self._processes.get(job_id)
             if process is None:
-                return False
-            process.send_signal(signum)
-            return True
+                raise RuntimeError(f"job {job_id} is not running: nothing to interrupt")
+            process.send_signal(CHECKPOINT_SIGNAL)
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         with self._lock:
@@ -168,9 +174,12 @@ class LocalPoolExecutor(JobExecutor):
         keep_files: bool = False,
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
+        max_resubmissions: int = 3,
     ) -> None:
         check_max_workers(max_workers)
         folder = resolve_folder(folder, LocalBackend.name)
         backend = LocalBackend(max_workers or os.cpu_count() or 1, folder)
-        super().__init__(backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes)
+        super().__init__(
+            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+        )
         self._max_workers = backend.max_workers

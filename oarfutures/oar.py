@@ -38,6 +38,7 @@ PARAMETERS: Dict[str, Any] = {
     "job_types": (),
     "setup": (),
     "additional_parameters": None,
+    "checkpoint_seconds": 90,
 }
 
 
@@ -48,7 +49,7 @@ def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
     for key in ("queue", "project", "name"):
         if key in checked:
             checked[key] = params.token(key, checked[key])
-    for key in ("nodes", "cores", "gpus_per_node"):
+    for key in ("nodes", "cores", "gpus_per_node", "checkpoint_seconds"):
         if key in checked:
             checked[key] = params.positive_int(key, checked[key])
     if "walltime" in checked:
@@ -124,8 +125,15 @@ class OarBackend(Backend):
         for option, value in options:
             lines.append(f"#OAR {option}" + (f" {value}" if value is not None else ""))
             arguments += [option] + ([value] if value is not None else [])
+        if submission.checkpointable:  # the signal before the walltime, and resubmission on exit 99
+            for option, value in (("-t", "idempotent"), ("--checkpoint", str(p["checkpoint_seconds"])), ("--signal", "12")):
+                lines.append(f"#OAR {option} {value}")
+                arguments += [option, value]
         lines.append(f"#OAR --array {submission.count}")
         lines += list(p["setup"])
+        lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
+        if submission.checkpointable:  # OAR resubmits only jobs that ran for more than 60 s
+            lines.append("export OARFUTURES_MIN_RUNTIME=62")
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
         return "\n".join(lines) + "\n", arguments
 
@@ -164,6 +172,9 @@ class OarBackend(Backend):
             # a job OAR already forgot makes oardel exit 1 ("Cannot frag N"), after it handled the others
             if any(not line.startswith("Cannot frag") for line in exc.stderr.strip().splitlines()):
                 raise
+
+    def interrupt(self, job_id: str) -> None:
+        commands.run(["oardel", "-c", job_id])
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         arguments = [a for job_id in job_ids for a in ("-j", job_id)]
@@ -239,10 +250,12 @@ class OarPoolExecutor(JobExecutor):
         job_types: Sequence[str] = (),
         setup: Sequence[str] = (),
         additional_parameters: Optional[Mapping[str, Any]] = None,
+        checkpoint_seconds: int = 90,
         python: Optional[str] = None,
         keep_files: bool = False,
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
+        max_resubmissions: int = 3,
     ) -> None:
         check_max_workers(max_workers)
         parameters = dict(
@@ -258,10 +271,13 @@ class OarPoolExecutor(JobExecutor):
             job_types=job_types,
             setup=setup,
             additional_parameters=additional_parameters,
+            checkpoint_seconds=checkpoint_seconds,
         )
         folder = resolve_folder(folder, OarBackend.name)
         backend = OarBackend(folder, parameters)
-        super().__init__(backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes)
+        super().__init__(
+            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+        )
 
     def update_parameters(self, **parameters: Any) -> None:
         """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""

@@ -55,6 +55,7 @@ PARAMETERS: Dict[str, Any] = {
     "name": "oarfutures",
     "setup": (),
     "additional_parameters": None,
+    "checkpoint_seconds": 90,
 }
 
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
@@ -69,7 +70,7 @@ def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
     for key in ("partition", "mem", "account", "qos", "name"):
         if key in checked:
             checked[key] = params.token(key, checked[key])
-    for key in ("nodes", "cpus_per_task", "gpus_per_node"):
+    for key in ("nodes", "cpus_per_task", "gpus_per_node", "checkpoint_seconds"):
         if key in checked:
             checked[key] = params.positive_int(key, checked[key])
     if "walltime" in checked:
@@ -138,7 +139,12 @@ class SlurmBackend(Backend):
         for key, value in (p["additional_parameters"] or {}).items():
             option = key.replace("_", "-")
             lines.append(f"#SBATCH --{option}" if value is True else f"#SBATCH --{option}={value}")
+        if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
+            lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
         lines += list(p["setup"])
+        lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+        if submission.checkpointable:
+            lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue $SLURM_JOB_ID"')
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
         return "\n".join(lines) + "\n"
 
@@ -167,6 +173,9 @@ class SlurmBackend(Backend):
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             commands.run(["scancel", *job_ids], env=self.environment)
+
+    def interrupt(self, job_id: str) -> None:
+        commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
 
     # ------------------------------------------------------------------ state
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
@@ -260,11 +269,13 @@ class SlurmPoolExecutor(JobExecutor):
         name: str = "oarfutures",
         setup: Sequence[str] = (),
         additional_parameters: Optional[Mapping[str, Any]] = None,
+        checkpoint_seconds: int = 90,
         python: Optional[str] = None,
         max_array_size: Optional[int] = None,
         keep_files: bool = False,
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
+        max_resubmissions: int = 3,
     ) -> None:
         check_max_workers(max_workers)
         parameters = dict(
@@ -279,10 +290,13 @@ class SlurmPoolExecutor(JobExecutor):
             name=name,
             setup=setup,
             additional_parameters=additional_parameters,
+            checkpoint_seconds=checkpoint_seconds,
         )
         folder = resolve_folder(folder, SlurmBackend.name)
         backend = SlurmBackend(folder, parameters, max_array_size)
-        super().__init__(backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes)
+        super().__init__(
+            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+        )
 
     def update_parameters(self, **parameters: Any) -> None:
         """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""

@@ -7,17 +7,25 @@ cloudpickle (or anything else) only when a payload asks for it, and tblib/traceb
 """
 import os
 import pickle
+import signal
 import struct
 import sys
+import time
 import types
 
 from oarfutures import layout
 
 DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
+RESUBMIT = 99  # exit status of a checkpointed task that must run again (OAR resubmits idempotent jobs on it)
+CHECKPOINT_SIGNAL = signal.SIGUSR2  # what Slurm's --signal=B:USR2, OAR's --signal=12 and interrupt() send
 
 
 def read_task(folder, batch, index):
-    """Return (functions, calls) of one task; calls is a list of (function index, args, kwargs)."""
+    """Return (meta, functions, calls, outcomes so far, resubmissions so far) of one task.
+
+    calls is a list of (function index, args, kwargs). A checkpointed task's resume file, when there is one,
+    replaces its slice of the batch: the calls still to run, with what the earlier runs already returned.
+    """
     fn_file = layout.functions_path(folder, batch)
     resume = layout.resume_path(folder, batch, index)
     args_file = layout.args_path(folder, batch)
@@ -31,14 +39,15 @@ def read_task(folder, batch, index):
     if os.path.exists(resume):
         layout.check_private(resume)
         with open(resume, "rb") as f:
-            return functions, pickle.load(f)
+            state = pickle.load(f)
+        return meta, state["functions"], state["calls"], state["done"], state["resubmissions"]
     layout.check_private(args_file)
     with open(layout.index_path(folder, batch), "rb") as f:
         f.seek(8 * index)
         start, end = struct.unpack("<QQ", f.read(16))
     with open(args_file, "rb") as f:
         f.seek(start)
-        return functions, pickle.loads(f.read(end - start))
+        return meta, functions, pickle.loads(f.read(end - start)), [], 0
 
 
 def restore_file_names(functions, origins):
@@ -80,14 +89,101 @@ def _renamed(code, filename):
     return code.replace(co_filename=filename, co_consts=consts)
 
 
-def run_calls(functions, calls):
-    outcomes = []
-    for fn_index, args, kwargs in calls:
+class Interrupted(BaseException):
+    """Raised inside a checkpointable call by the checkpoint signal (preemption, walltime near)."""
+
+
+class _Task:
+    """One run of a task: its calls, and what to do when the checkpoint signal interrupts one of them."""
+
+    def __init__(self, folder, batch, index):
+        self.folder, self.batch, self.index = folder, batch, index
+        self.started = time.monotonic()
+        self.in_call = False
+
+    def on_signal(self, signum, frame):
+        if self.in_call:
+            self.in_call = False  # one checkpoint per run
+            raise Interrupted(signum)
+
+    def run(self, meta, functions, calls, done, resubmissions):
+        """Run the calls; return the exit status (RESUBMIT when the task must come back)."""
+        if any(callable(getattr(f, "checkpoint", None)) for f in functions):
+            signal.signal(CHECKPOINT_SIGNAL, self.on_signal)
+        outcomes = list(done)
+        for position, (fn_index, args, kwargs) in enumerate(calls):
+            function = functions[fn_index]
+            try:
+                self.in_call = True
+                outcomes.append(("ok", function(*args, **kwargs)))
+            except Interrupted:
+                remaining = calls[position + 1 :]
+                return self.checkpoint(meta, functions, function, args, kwargs, remaining, outcomes, resubmissions)
+            except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are results too
+                outcomes.append(error_outcome(exc, skip_frames=1))
+            finally:
+                self.in_call = False
+        self.write(outcomes, resubmissions)
+        return 0
+
+    def checkpoint(self, meta, functions, function, args, kwargs, remaining, outcomes, resubmissions):
+        """Save what to run next under the same task id and ask to run again; or record why not."""
+        job = os.environ.get("OARFUTURES_JOB_ID")
+        task_id = layout.task_id(self.batch, self.index)
         try:
-            outcomes.append(("ok", functions[fn_index](*args, **kwargs)))
-        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are results too
-            outcomes.append(error_outcome(exc, skip_frames=1))
-    return outcomes
+            following = function.checkpoint(*args, **kwargs)
+        except BaseException as exc:  # noqa: B036
+            return self.give_up(outcomes, remaining, resubmissions, error_outcome(exc))
+        if following is None:
+            reason = "the job was interrupted (preempted or walltime near) and checkpoint() returned None"
+            return self.give_up(outcomes, remaining, resubmissions, _failure(task_id, job, reason))
+        if resubmissions >= meta["max_resubmissions"]:
+            reason = f"interrupted again after {resubmissions} resubmissions (max_resubmissions={meta['max_resubmissions']})"
+            return self.give_up(outcomes, remaining, resubmissions, _failure(task_id, job, reason))
+        import cloudpickle
+
+        state = {
+            "functions": list(functions) + [following.function],
+            "calls": [(len(functions), following.args, following.kwargs)] + list(remaining),
+            "done": outcomes,
+            "resubmissions": resubmissions + 1,
+        }
+        path = layout.resume_path(self.folder, self.batch, self.index)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(cloudpickle.dumps(state))
+        os.replace(path + ".tmp", path)
+        print(f"oarfutures: task {task_id} checkpointed in job {job}; resubmission {resubmissions + 1}", file=sys.stderr)
+        requeue = os.environ.get("OARFUTURES_REQUEUE_COMMAND")
+        if requeue:
+            import shlex
+            import subprocess
+
+            subprocess.run(shlex.split(requeue), check=False)
+        # OAR resubmits an idempotent job only if it ran long enough: stay until then
+        time.sleep(max(0.0, float(os.environ.get("OARFUTURES_MIN_RUNTIME", 0)) - (time.monotonic() - self.started)))
+        return RESUBMIT
+
+    def give_up(self, outcomes, remaining, resubmissions, outcome):
+        self.write(outcomes + [outcome] * (1 + len(remaining)), resubmissions)
+        return 0
+
+    def write(self, outcomes, resubmissions):
+        """Write the result through a temp file and a rename: the client sees all of it or nothing."""
+        blob = dump_outcomes(outcomes, resubmissions)
+        final = layout.result_path(self.folder, self.batch, self.index)
+        temp = f"{final}.tmp-{os.getpid()}"
+        with open(temp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+
+
+def _failure(task_id, job_id, reason):
+    from oarfutures.errors import JobFailedError
+
+    return error_outcome(JobFailedError(task_id, job_id, "INTERRUPTED", reason=reason))
 
 
 def error_outcome(exc, skip_frames=0):
@@ -110,10 +206,10 @@ def error_outcome(exc, skip_frames=0):
     return ("error", blob, type(exc).__qualname__, str(exc), text)
 
 
-def dump_outcomes(outcomes):
+def dump_outcomes(outcomes, resubmissions=0):
     """Pickle the outcomes; a value that cannot be pickled becomes a PicklingError naming its type."""
     try:
-        return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps({"outcomes": outcomes, "resubmissions": resubmissions}, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
     safe = []
@@ -126,33 +222,23 @@ def dump_outcomes(outcomes):
             what = "result" if outcome[0] == "ok" else "exception"
             problem = pickle.PicklingError(f"the {what} of type {kind} cannot be pickled: {exc!r}")
             safe.append(error_outcome(problem))
-    return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def write_result(folder, batch, index, blob):
-    final = layout.result_path(folder, batch, index)
-    temp = f"{final}.tmp-{os.getpid()}"
-    with open(temp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, final)
+    return pickle.dumps({"outcomes": safe, "resubmissions": resubmissions}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def main(argv):
     folder, batch, index = argv[0], argv[1], int(argv[2])
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
+    task = _Task(folder, batch, index)
     try:
-        functions, calls = read_task(folder, batch, index)
+        loaded = read_task(folder, batch, index)
     except layout.UnsafeFolderError as exc:
         print(f"oarfutures worker: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # e.g. a module the function needs is missing here: one outcome for all calls
-        write_result(folder, batch, index, dump_outcomes([error_outcome(exc)]))
+        task.write([error_outcome(exc)], 0)
         return 0
-    write_result(folder, batch, index, dump_outcomes(run_calls(functions, calls)))
-    return 0
+    return task.run(*loaded)
 
 
 if __name__ == "__main__":

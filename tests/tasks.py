@@ -93,3 +93,45 @@ def nested_slurm_square(folder, x):
 
     with SlurmPoolExecutor(folder=folder) as executor:
         return executor.submit(square, x).result(timeout=120), executor.submit(os.environ.get, "SLURM_ARRAY_TASK_ID").result(timeout=120) == "0"
+
+
+def oar_environment():
+    """What OAR told the job about itself (the test compares it with the future's job id)."""
+    return {key: os.environ.get(key) for key in ("OAR_JOB_ID", "OAR_ARRAY_ID", "OAR_ARRAY_INDEX", "OAR_JOB_NAME")}
+
+
+from oarfutures import Checkpointable, Resubmission  # noqa: E402
+
+
+class Counter(Checkpointable):
+    """Counts to a target, one step at a time; remembers at which count each run started."""
+
+    def __init__(self):
+        self.count = 0
+        self.run_starts = []
+
+    def __call__(self, target, step_seconds):
+        self.run_starts.append(self.count)
+        started = os.path.join(os.environ["OARFUTURES_JOB_FOLDER"], "logs", os.environ["OARFUTURES_TASK_ID"] + ".started")
+        open(started, "a").close()  # lets a test wait until the call is really running
+        while self.count < target:
+            time.sleep(step_seconds)
+            self.count += 1
+        return self.count, self.run_starts
+
+
+class GivingUpCounter(Counter):
+    def checkpoint(self, *args, **kwargs):
+        return None
+
+
+def count_slowly(target, step_seconds):
+    """A plain function: not checkpointable."""
+    started = os.path.join(os.environ["OARFUTURES_JOB_FOLDER"], "logs", os.environ["OARFUTURES_TASK_ID"] + ".started")
+    open(started, "a").close()
+    for _ in range(target):
+        time.sleep(step_seconds)
+    return target
+
+
+__all__ = ["Resubmission"]  # re-exported for tests that build resubmissions by hand
