@@ -64,6 +64,8 @@ class Backend(abc.ABC):
     throttles: bool = False
     #: seconds between state queries: the first after a submission, growing to the last while nothing changes
     query_interval: Tuple[float, float] = (1.0, 5.0)
+    #: False when jobs die with the client that submitted them (the local backend): attach() runs them again
+    jobs_outlive_client: bool = True
     #: how long a job may be over, with no result file yet, before its future fails (shared filesystems lag)
     result_grace: float = 5.0
 

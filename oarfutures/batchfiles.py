@@ -81,8 +81,12 @@ def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
         )
 
 
-def remove_batch_files(folder: str, batch: str) -> None:
-    for path in (layout.functions_path(folder, batch), layout.args_path(folder, batch), layout.index_path(folder, batch)):
+def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
+    """Remove the batch's task files and its delivered results (logs and the record stay)."""
+    paths = [layout.functions_path(folder, batch), layout.args_path(folder, batch), layout.index_path(folder, batch)]
+    for index in range(tasks):
+        paths += [layout.delivered_path(folder, batch, index), layout.resume_path(folder, batch, index)]
+    for path in paths:
         try:
             os.remove(path)
         except FileNotFoundError:

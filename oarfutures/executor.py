@@ -26,7 +26,7 @@ from concurrent import futures as cf
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from oarfutures import batchfiles, layout
+from oarfutures import batchfiles, layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
 from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
@@ -127,6 +127,7 @@ class JobExecutor(cf.Executor):
         self._tasks: Dict[str, Task] = {}
         self._waiting: Deque[_Waiting] = collections.deque()
         self._batch_left: Dict[str, int] = {}
+        self._records: Dict[str, records.BatchRecord] = {}
         self._cancelled: Set[Task] = set()
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._shutdown = False
@@ -183,11 +184,12 @@ class JobExecutor(cf.Executor):
         """Cancel every unfinished job of this executor now, queued or running; their futures fail or cancel."""
         with self._lock:
             tasks = list(self._tasks.values())
-            batches = list(self._batch_left)
+            batches = list(self._records.values())
             self._tasks.clear()
             self._waiting.clear()
             self._ended.clear()
             self._batch_left.clear()
+            self._records.clear()
         job_ids = [t.job_id for t in tasks if t.job_id is not None]
         if job_ids:
             self.backend.cancel(job_ids)
@@ -195,9 +197,11 @@ class JobExecutor(cf.Executor):
             for future in task.futures:
                 if not future.cancel():
                     set_exception(future, JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason))
-        if not self.keep_files:
-            for batch in batches:
-                batchfiles.remove_batch_files(self.folder, batch)
+        for record in batches:  # nothing of them will run: nothing to attach to later
+            if not self.keep_files:
+                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
+            record.complete = True
+            record.save(self.folder)
         self._close_if_idle()
 
     def interrupt(self, future: JobFuture) -> None:
@@ -234,30 +238,74 @@ class JobExecutor(cf.Executor):
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self.backend.validate_options(options)
-        batch = f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}"
+        batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
-        records = []
-        for index, calls in enumerate(tasks):
-            futures = [JobFuture(layout.task_id(batch, index)) for _ in calls]
-            records.append(Task(batch, index, futures, options, checkpointable))
-            for future in futures:
-                future._on_cancel = self._on_future_cancelled
+        record = records.BatchRecord(batch, self.backend.name, [len(calls) for calls in tasks], checkpointable=checkpointable)
+        record.save(self.folder)
+        new = [self._new_task(batch, index, len(calls), options, checkpointable) for index, calls in enumerate(tasks)]
         with self._lock:
             if self._shutdown:  # shut down by another thread meanwhile
                 batchfiles.remove_batch_files(self.folder, batch)
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            for task in records:
-                self._tasks[task.task_id] = task
-            self._batch_left[batch] = len(records)
-            self._waiting.append(_Waiting(batch, collections.deque(records)))
-        poller = get_poller()
-        poller.watch(self)
+            self._register(record, new, new)
         self._submit_waiting(raise_for=batch)
+        self._poll_soon()
+        return [future for task in new for future in task.futures]
+
+    def _new_task(self, batch: str, index: int, calls: int, options: Dict, checkpointable: bool) -> Task:
+        futures = [JobFuture(layout.task_id(batch, index)) for _ in range(calls)]
+        for future in futures:
+            future._on_cancel = self._on_future_cancelled
+        return Task(batch, index, futures, options, checkpointable)
+
+    def _register(self, record: records.BatchRecord, tasks: List[Task], waiting: List[Task]) -> None:
+        """Make the batch's tasks live (lock held); ``waiting`` are the ones still to submit."""
+        for task in tasks:
+            self._tasks[task.task_id] = task
+        self._records[record.batch] = record
+        self._batch_left[record.batch] = len(tasks)
+        self._waiting.append(_Waiting(record.batch, collections.deque(waiting)))
+        get_poller().watch(self)
+
+    def _poll_soon(self) -> None:
         self.query_wait = self.backend.query_interval[0]
         self.next_query = min(self.next_query, time.monotonic() + self.query_wait)
-        poller.wake()
-        return [future for task in records for future in task.futures]
+        get_poller().wake()
+
+    def attach(self) -> List[JobFuture]:
+        """Futures for every call of the folder's unfinished batches, after the client that submitted them died.
+
+        Results that arrived while no client ran resolve at once (delivered ones again too, so a map's results are
+        all there, in order); jobs still queued or running are followed; tasks never submitted are submitted now.
+        """
+        attached: List[JobFuture] = []
+        for record in records.load_all(self.folder):
+            if record.complete or record.batch in self._records:
+                continue
+            if record.backend != self.backend.name:
+                raise ValueError(f"batch {record.batch} was submitted to {record.backend}, not {self.backend.name}")
+            if not os.path.exists(layout.functions_path(self.folder, record.batch)):
+                continue  # its files were cleaned up: nothing to attach to
+            tasks = [self._new_task(record.batch, i, n, {}, record.checkpointable) for i, n in enumerate(record.calls)]
+            waiting = []
+            now = time.monotonic()
+            for task in tasks:
+                delivered = layout.delivered_path(self.folder, task.batch, task.index)
+                if os.path.exists(delivered):  # read by the dead client: deliver again from where it was put
+                    os.replace(delivered, layout.result_path(self.folder, task.batch, task.index))
+                if task.index in record.job_ids and self.backend.jobs_outlive_client:
+                    task.job_id, task.phase, task.submitted_at = record.job_ids[task.index], "submitted", now
+                    for future in task.futures:
+                        future.job_ids.append(task.job_id)
+                else:
+                    waiting.append(task)
+            with self._lock:
+                self._register(record, tasks, waiting)
+            attached += [future for task in tasks for future in task.futures]
+        self._submit_waiting()
+        self._poll_soon()
+        return attached
 
     def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
         """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
@@ -292,10 +340,13 @@ class JobExecutor(cf.Executor):
                         self._finish(task, lambda future, e=exc: set_exception(future, e))
                     continue
                 now = time.monotonic()
+                record = self._records[first.batch]
                 for task, job_id in zip(wave, job_ids):
                     task.job_id, task.submitted_at, task.phase = job_id, now, "submitted"
+                    record.job_ids[task.index] = job_id
                     for future in task.futures:
                         future.job_ids.append(job_id)
+                record.save(self.folder)
                 logger.info("submitted %d task(s) of batch %s as %s..%s", len(wave), first.batch, job_ids[0], job_ids[-1])
 
     def _next_wave(self) -> List[Task]:
@@ -329,7 +380,9 @@ class JobExecutor(cf.Executor):
                 del self._tasks[task_id]
             self._waiting = collections.deque(w for w in self._waiting if w.batch != batch)
             self._batch_left.pop(batch, None)
+            self._records.pop(batch, None)
         batchfiles.remove_batch_files(self.folder, batch)
+        _remove(layout.record_path(self.folder, batch))
 
     def _on_future_cancelled(self, future: JobFuture) -> None:
         with self._lock:
@@ -381,8 +434,12 @@ class JobExecutor(cf.Executor):
             else:
                 set_exception(future, batchfiles.outcome_to_exception(outcome))
 
-        if not self.keep_files:
-            _remove(path)  # before the futures resolve: whoever waits on them finds the folder tidy
+        # out of the scanned folder before the futures resolve (whoever waits on them finds it tidy), kept until
+        # the whole batch is delivered so that a client re-attaching after a crash gets every result
+        try:
+            os.replace(path, layout.delivered_path(self.folder, task.batch, task.index))
+        except FileNotFoundError:
+            pass
         self._finish(task, resolve)
 
     def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
@@ -400,6 +457,10 @@ class JobExecutor(cf.Executor):
                 task.job_id = status.follow_up
                 for future in task.futures:
                     future.job_ids.append(status.follow_up)
+                record = self._records.get(task.batch)
+                if record is not None:
+                    record.job_ids[task.index] = status.follow_up
+                    record.save(self.folder)
                 self._mark_ended(task, None)
                 changed = True
                 continue
@@ -494,8 +555,11 @@ class JobExecutor(cf.Executor):
         self._batch_left[batch] -= 1
         if self._batch_left[batch] == 0:
             del self._batch_left[batch]
+            record = self._records.pop(batch)
             if not self.keep_files:
-                batchfiles.remove_batch_files(self.folder, batch)
+                batchfiles.remove_batch_files(self.folder, batch, len(record.calls))
+                record.complete = True
+                record.save(self.folder)
 
     def _close_if_idle(self) -> None:
         with self._lock:

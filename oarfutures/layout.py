@@ -10,6 +10,7 @@ worker can find its input before anyone knows which job id it got::
       tasks/<batch>.index        ... and their offsets (N+1 little-endian uint64), so a task reads only its slice
       tasks/<batch>_<i>.resume.pkl   a checkpointed task's next calls (overrides its slice)
       results/<batch>_<i>.pkl    written by the worker to a temp name, then renamed: appears complete or not at all
+      results/delivered/         results a client has read, kept until the whole batch is delivered (re-attach)
       jobs/<batch>.json          what was submitted: task count, scheduler job ids (to re-attach after a crash)
       jobs/<batch>.sh            the submission script, for the user to read
       logs/                      stdout/stderr of every job, kept after results are collected
@@ -20,6 +21,7 @@ import os
 import stat
 
 TASKS, RESULTS, JOBS, LOGS = "tasks", "results", "jobs", "logs"
+DELIVERED = os.path.join(RESULTS, "delivered")
 RESULT_SUFFIX = ".pkl"
 
 
@@ -47,6 +49,10 @@ def result_path(folder: str, batch: str, index: int) -> str:
     return os.path.join(folder, RESULTS, task_id(batch, index) + RESULT_SUFFIX)
 
 
+def delivered_path(folder: str, batch: str, index: int) -> str:
+    return os.path.join(folder, DELIVERED, task_id(batch, index) + RESULT_SUFFIX)
+
+
 def record_path(folder: str, batch: str) -> str:
     return os.path.join(folder, JOBS, batch + ".json")
 
@@ -59,7 +65,7 @@ def make_folder(folder: str) -> None:
     """Create the folder tree private to its owner (task pickles run as code when loaded)."""
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
-    for sub in (TASKS, RESULTS, JOBS, LOGS):
+    for sub in (TASKS, RESULTS, DELIVERED, JOBS, LOGS):
         os.makedirs(os.path.join(folder, sub), mode=0o700, exist_ok=True)
 
 

@@ -36,6 +36,7 @@ getattr(threading, "_register_atexit", __import__("atexit").register)(_finish_lo
 class LocalBackend(Backend):
     name = "local"
     throttles = True
+    jobs_outlive_client = False
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
     query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling

@@ -287,10 +287,41 @@ def test_task_and_result_files_are_removed_and_logs_kept(folder):
     with LocalPoolExecutor(2, folder=folder) as executor:
         assert list(executor.map(tasks.square, range(4))) == [0, 1, 4, 9]
     assert os.listdir(os.path.join(folder, "tasks")) == []
-    assert os.listdir(os.path.join(folder, "results")) == []
+    assert os.listdir(os.path.join(folder, "results")) == ["delivered"]
+    assert os.listdir(os.path.join(folder, "results", "delivered")) == []
     assert len(os.listdir(os.path.join(folder, "logs"))) == 8
 
 
 def test_the_folder_is_private(folder):
     LocalPoolExecutor(1, folder=folder)
     assert os.stat(folder).st_mode & 0o777 == 0o700
+
+
+def test_a_new_process_reattaches_and_gets_every_result_after_the_client_was_killed(tmp_path):
+    folder = str(tmp_path / "jobs")
+    script = tmp_path / "client.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys
+            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+            import tasks
+            from oarfutures import LocalPoolExecutor
+            ex = LocalPoolExecutor(2, folder={folder!r})
+            results = ex.map(tasks.sleep_and_return, [0.05] * 3 + [0.6] * 5, range(8))
+            print(next(results), flush=True)   # one result delivered to this client before it dies
+            os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert client.returncode == -9 and client.stdout.strip() == "0"
+    # the local backend's workers died with their client; what had finished stays on disk
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        futures = executor.attach()
+        assert [f.result(timeout=60) for f in futures] == list(range(8))
+    assert os.listdir(os.path.join(folder, "tasks")) == []
+
+
+def test_attach_in_a_folder_without_batches_returns_nothing(local):
+    assert local.attach() == []

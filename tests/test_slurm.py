@@ -211,3 +211,27 @@ def _uid_gid(user):
 
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+def test_a_new_process_reattaches_to_the_folder_after_the_client_was_killed(tmp_path, folder):
+    script = tmp_path / "client.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys
+            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+            import tasks
+            from oarfutures import SlurmPoolExecutor
+            ex = SlurmPoolExecutor(folder={folder!r})
+            results = ex.map(tasks.sleep_and_return, [0.1] * 2 + [4] * 4, range(6))
+            print(next(results), flush=True)   # one result delivered before the client dies
+            os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert client.returncode == -9 and client.stdout.strip() == "0"
+    time.sleep(6)  # the jobs finish while no client runs
+    with SlurmPoolExecutor(folder=folder) as executor:
+        futures = executor.attach()
+        assert [f.result(timeout=120) for f in futures] == list(range(6))
