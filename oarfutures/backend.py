@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 
 class JobState(enum.Enum):
@@ -93,10 +93,12 @@ class Backend(abc.ABC):
         """Files holding the job's stdout and stderr."""
         return []
 
-    def validate_options(self, options: Dict[str, object]) -> None:
-        """Reject per-call options this backend does not know (before anything is written or submitted)."""
-        if options:
-            raise TypeError(f"{type(self).__name__} takes no per-call options, got {sorted(options)}")
+    #: the parameters later submissions use (validated); update_parameters() changes them
+    parameters: Dict[str, Any]
+
+    @abc.abstractmethod
+    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+        """Check and normalise parameters (generic and prefixed names); raise naming the first bad one."""
 
     def close(self) -> None:
         """Release what the backend holds (threads, processes) once the executor is shut down."""

@@ -16,6 +16,7 @@ within ``result_grace`` seconds fails its futures with ``JobFailedError``: no fu
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
@@ -128,6 +129,7 @@ class JobExecutor(cf.Executor):
         self._waiting: Deque[_Waiting] = collections.deque()
         self._batch_left: Dict[str, int] = {}
         self._records: Dict[str, records.BatchRecord] = {}
+        self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._cancelled: Set[Task] = set()
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._shutdown = False
@@ -138,7 +140,7 @@ class JobExecutor(cf.Executor):
     # ------------------------------------------------------------------ the Executor API
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Run ``fn(*args, **kwargs)`` as one job; the future stays PENDING while the job is queued."""
-        return self._submit_batch([fn], [[(0, args, kwargs)]], {})[0]
+        return self._submit(fn, args, kwargs, {})
 
     def map(
         self,
@@ -152,13 +154,71 @@ class JobExecutor(cf.Executor):
         Everything is submitted before this returns; ``timeout`` is one deadline for the whole iteration; closing
         the iterator early cancels the calls not yet returned.
         """
+        return self._map(fn, iterables, timeout, chunksize, {})
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
+        collected = getattr(self._collecting, "calls", None)
+        if collected is not None:  # inside batch(): submitted with the others when the block ends
+            future = JobFuture()
+            collected.append((fn, args, kwargs, options, future))
+            return future
+        return self._submit_batch([fn], [[(0, args, kwargs)]], options)[0]
+
+    def _map(
+        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict
+    ) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: List[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        futures = self._submit_batch([fn], tasks, {}) if tasks else []
+        futures = self._submit_batch([fn], tasks, options) if tasks else []
         return _results_in_order(futures, deadline)
+
+    # ------------------------------------------------------------------ parameters, per-call options, batches
+    def update_parameters(self, **parameters: Any) -> None:
+        """Change parameters for later submissions; unknown names are rejected with the list of valid ones.
+
+        Generic names (walltime, timeout_min, nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem_gb, name,
+        setup) mean the same on every backend; ``oar_``/``slurm_`` prefixed ones apply only on that scheduler.
+        """
+        self.backend.parameters.update(self.backend.validate(parameters))
+
+    def options(self, **parameters: Any) -> "ExecutorOptions":
+        """A view of this executor whose ``submit``/``map`` use these parameters, e.g.
+        ``ex.options(cpus_per_task=8).submit(f, x)``; no keyword of ``f`` is reserved."""
+        return ExecutorOptions(self, self.backend.validate(parameters))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Collect the ``submit`` calls of this thread in the block and submit them as one array when it ends.
+
+        Functions may differ; an exception in the block submits nothing and cancels the collected futures.
+        """
+        if getattr(self._collecting, "calls", None) is not None:
+            raise RuntimeError("batch() blocks do not nest")
+        calls: List[Tuple[Callable[..., Any], tuple, dict, Dict[str, Any], JobFuture]] = []
+        self._collecting.calls = calls
+        try:
+            yield
+        except BaseException:
+            for *_, future in calls:
+                future.cancel()
+            raise
+        finally:
+            self._collecting.calls = None
+        groups: Dict[str, list] = {}  # one array per distinct set of options
+        for call in calls:
+            if not call[4].cancelled():
+                groups.setdefault(repr(sorted(call[3].items())), []).append(call)
+        for group in groups.values():
+            functions: List[Callable[..., Any]] = []
+            tasks = []
+            for fn, args, kwargs, _, _ in group:
+                if not any(fn is known for known in functions):
+                    functions.append(fn)
+                tasks.append([(next(i for i, known in enumerate(functions) if known is fn), args, kwargs)])
+            self._submit_batch(functions, tasks, group[0][3], [call[4] for call in group])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -231,19 +291,26 @@ class JobExecutor(cf.Executor):
 
     # ------------------------------------------------------------------ submission
     def _submit_batch(
-        self, functions: Sequence[Callable[..., Any]], tasks: Sequence[Sequence[batchfiles.Call]], options: Dict
+        self,
+        functions: Sequence[Callable[..., Any]],
+        tasks: Sequence[Sequence[batchfiles.Call]],
+        options: Dict,
+        futures: Optional[List[JobFuture]] = None,
     ) -> List[JobFuture]:
+        """Write and submit one batch; ``futures``, one per task, are the ones batch() already handed out."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        self.backend.validate_options(options)
         batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         record = records.BatchRecord(batch, self.backend.name, [len(calls) for calls in tasks], checkpointable=checkpointable)
         record.save(self.folder)
-        new = [self._new_task(batch, index, len(calls), options, checkpointable) for index, calls in enumerate(tasks)]
+        new = [
+            self._new_task(batch, index, len(calls), options, checkpointable, futures[index : index + 1] if futures else None)
+            for index, calls in enumerate(tasks)
+        ]
         with self._lock:
             if self._shutdown:  # shut down by another thread meanwhile
                 batchfiles.remove_batch_files(self.folder, batch)
@@ -253,9 +320,12 @@ class JobExecutor(cf.Executor):
         self._poll_soon()
         return [future for task in new for future in task.futures]
 
-    def _new_task(self, batch: str, index: int, calls: int, options: Dict, checkpointable: bool) -> Task:
-        futures = [JobFuture(layout.task_id(batch, index)) for _ in range(calls)]
+    def _new_task(
+        self, batch: str, index: int, calls: int, options: Dict, checkpointable: bool, futures: Optional[List[JobFuture]] = None
+    ) -> Task:
+        futures = futures or [JobFuture() for _ in range(calls)]
         for future in futures:
+            future.task_id = layout.task_id(batch, index)
             future._on_cancel = self._on_future_cancelled
         return Task(batch, index, futures, options, checkpointable)
 
@@ -616,3 +686,19 @@ def _result_or_cancel(future: JobFuture, deadline: Optional[float]) -> Any:
     except BaseException:
         future.cancel()
         raise
+
+
+class ExecutorOptions:
+    """What ``executor.options(...)`` returns: ``submit`` and ``map`` with other parameters, same executor."""
+
+    def __init__(self, executor: JobExecutor, options: Dict[str, Any]) -> None:
+        self._executor = executor
+        self._options = options
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        return self._executor._submit(fn, args, kwargs, self._options)
+
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None, chunksize: int = 1
+    ) -> Iterator[Any]:
+        return self._executor._map(fn, iterables, timeout, chunksize, self._options)

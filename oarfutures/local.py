@@ -11,9 +11,9 @@ import signal
 import subprocess
 import threading
 import weakref
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from oarfutures import layout
+from oarfutures import layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
 from oarfutures.poller import get_poller
@@ -41,7 +41,20 @@ class LocalBackend(Backend):
     query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling
 
+    #: the generic parameters are accepted (a script runs unchanged here) and have no effect on this machine
+    CHECKERS: Dict[str, params.Checker] = {
+        "walltime": params.walltime_seconds,
+        "nodes": params.positive_int,
+        "tasks_per_node": params.positive_int,
+        "cpus_per_task": params.positive_int,
+        "gpus_per_node": params.positive_int,
+        "mem_gb": params.positive_number,
+        "name": params.token,
+        "setup": params.setup_lines,
+    }
+
     def __init__(self, max_workers: int, folder: str) -> None:
+        self.parameters: Dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
         self._lock = threading.Condition()
@@ -58,6 +71,9 @@ class LocalBackend(Backend):
         """Wait until every queued worker has run."""
         with self._lock:
             self._lock.wait_for(lambda: self._closing or not (self._queue or self._busy))
+
+    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+        return params.check_all(params.for_backend(values, "local"), self.CHECKERS, "LocalPoolExecutor parameter")
 
     def query_group(self) -> object:
         return self  # job ids are only meaningful to this backend

@@ -39,31 +39,35 @@ PARAMETERS: Dict[str, Any] = {
     "setup": (),
     "additional_parameters": None,
     "checkpoint_seconds": 90,
+    "tasks_per_node": 1,
+    "cpus_per_task": None,
+    "mem_gb": None,
+    "memory_property": "memnode",
+}
+CHECKERS: Dict[str, params.Checker] = {
+    "queue": params.token,
+    "walltime": params.walltime_seconds,
+    "nodes": params.positive_int,
+    "cores": params.positive_int,
+    "gpus_per_node": params.positive_int,
+    "resources": params.optional_line,
+    "properties": params.optional_line,
+    "project": params.token,
+    "name": params.token,
+    "job_types": params.as_tuple,
+    "setup": params.setup_lines,
+    "additional_parameters": params.extra_options,
+    "checkpoint_seconds": params.positive_int,
+    "tasks_per_node": params.positive_int,
+    "cpus_per_task": params.positive_int,
+    "mem_gb": params.positive_number,
+    "memory_property": params.token,
 }
 
 
 def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """Check and normalise OAR parameters; raise naming the first bad one."""
-    params.check_names(values, PARAMETERS, "OarPoolExecutor parameter")
-    checked = dict(values)
-    for key in ("queue", "project", "name"):
-        if key in checked:
-            checked[key] = params.token(key, checked[key])
-    for key in ("nodes", "cores", "gpus_per_node", "checkpoint_seconds"):
-        if key in checked:
-            checked[key] = params.positive_int(key, checked[key])
-    if "walltime" in checked:
-        checked["walltime"] = params.walltime_seconds("walltime", checked["walltime"])
-    for key in ("resources", "properties"):
-        if checked.get(key) is not None:
-            checked[key] = params.line(key, checked[key])
-    if "job_types" in checked:
-        checked["job_types"] = params.as_tuple("job_types", checked["job_types"])
-    if "setup" in checked:
-        checked["setup"] = params.setup_lines(checked["setup"])
-    if "additional_parameters" in checked:
-        checked["additional_parameters"] = params.extra_options("additional_parameters", checked["additional_parameters"])
-    return checked
+    """Check and normalise OAR parameters (generic and ``oar_`` ones); raise naming the first bad one."""
+    return params.check_all(params.for_backend(values, "oar"), CHECKERS, "OarPoolExecutor parameter")
 
 
 def resource_request(p: Mapping[str, Any]) -> str:
@@ -74,8 +78,10 @@ def resource_request(p: Mapping[str, Any]) -> str:
         request = f"/nodes={p['nodes']}"
         if p["gpus_per_node"]:
             request += f"/gpu={p['gpus_per_node']}"
-        if p["cores"] or not p["gpus_per_node"]:
-            request += f"/core={p['cores'] or 1}"
+        # cores per node: as given, else one per task times its CPUs (one core by default, with no GPU asked)
+        cores = p["cores"] or (p["cpus_per_task"] or 1) * p["tasks_per_node"]
+        if p["cores"] or p["cpus_per_task"] or p["tasks_per_node"] > 1 or not p["gpus_per_node"]:
+            request += f"/core={cores}"
     if p["walltime"] and "walltime" not in request:
         request += f",walltime={params.hms(p['walltime'])}"
     return request
@@ -92,8 +98,11 @@ def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optiona
     ]
     if p["queue"]:
         options.append(("-q", p["queue"]))
-    if p["properties"]:
-        options.append(("-p", p["properties"]))
+    properties = [p["properties"]] if p["properties"] else []
+    if p["mem_gb"]:  # OAR has no memory request: select nodes by a memory property (Grid'5000: memnode, in MB)
+        properties.append(f"{p['memory_property']} >= {int(p['mem_gb'] * 1024)}")
+    if properties:
+        options.append(("-p", properties[0] if len(properties) == 1 else " AND ".join(f"({x})" for x in properties)))
     if p["project"]:
         options.append(("--project", p["project"]))
     options += [("-t", job_type) for job_type in p["job_types"]]
@@ -113,12 +122,12 @@ class OarBackend(Backend):
         self.folder = folder
         self.parameters = {**PARAMETERS, **validate(parameters)}
 
-    def validate_options(self, options: Dict[str, object]) -> None:
-        validate(options)
+    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+        return validate(values)
 
     def render_script(self, submission: BatchSubmission) -> Tuple[str, List[str]]:
         """The job script (with its options as ``#OAR`` lines) and the matching ``oarsub`` arguments."""
-        p = {**self.parameters, **validate(submission.options)}
+        p = {**self.parameters, **submission.options}
         options = oarsub_options(p, submission.folder)
         lines = ["#!/bin/bash"]
         arguments = []
@@ -278,7 +287,3 @@ class OarPoolExecutor(JobExecutor):
         super().__init__(
             backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-
-    def update_parameters(self, **parameters: Any) -> None:
-        """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""
-        self.backend.parameters.update(validate(parameters))  # type: ignore[attr-defined]

@@ -7,10 +7,35 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 TOKEN = re.compile(r"^[A-Za-z0-9_.:+@%/,=\-\[\]]+$")
 FORBIDDEN_IN_LINE = ("\n", "\r", "\x00")
+
+
+Checker = Callable[[str, Any], Any]
+
+#: the parameters with one meaning on every backend (the local one accepts and ignores what it cannot apply)
+GENERIC = ("walltime", "timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "name", "setup")
+BACKEND_PREFIXES = ("oar_", "slurm_", "local_")
+
+
+def for_backend(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
+    """Keep the generic parameters and ``<backend>_`` ones (prefix stripped, overriding the generic one);
+    drop the other schedulers' prefixed parameters, which only apply there."""
+    own = f"{backend}_"
+    result = {k: v for k, v in values.items() if not k.startswith(BACKEND_PREFIXES)}
+    result.update({k[len(own) :]: v for k, v in values.items() if k.startswith(own)})
+    if "timeout_min" in result:  # submitit's name; walltime in minutes
+        minutes = result.pop("timeout_min")
+        result.setdefault("walltime", None if minutes is None else positive_number("timeout_min", minutes) * 60)
+    return result
+
+
+def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> Dict[str, Any]:
+    """Check every value with its checker; unknown names are a TypeError listing the valid ones."""
+    check_names(values, checkers, what)
+    return {key: checkers[key](key, value) for key, value in values.items()}
 
 
 def check_names(given: Iterable[str], valid: Iterable[str], what: str) -> None:
@@ -35,6 +60,18 @@ def line(name: str, value: Any) -> str:
     if any(c in text for c in FORBIDDEN_IN_LINE):
         raise ValueError(f"{name}={value!r} must be a single line (no newline, carriage return or NUL)")
     return text
+
+
+def positive_number(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+def optional_line(name: str, value: Any) -> Optional[str]:
+    return None if value is None else line(name, value)
 
 
 def positive_int(name: str, value: Any, allow_none: bool = True) -> Optional[int]:
@@ -74,11 +111,11 @@ def hms(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def setup_lines(value: Any) -> Tuple[str, ...]:
+def setup_lines(name: str, value: Any) -> Tuple[str, ...]:
     """Shell lines run before the worker (module load, conda activate): shell by design, one line each."""
     if isinstance(value, str):
         value = [value]
-    return tuple(line("setup", item) for item in value or ())
+    return tuple(line(name, item) for item in value or ())
 
 
 def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

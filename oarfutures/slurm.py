@@ -47,8 +47,10 @@ PARAMETERS: Dict[str, Any] = {
     "partition": None,
     "walltime": None,
     "nodes": 1,
+    "tasks_per_node": 1,
     "cpus_per_task": 1,
     "mem": None,
+    "mem_gb": None,
     "gpus_per_node": None,
     "account": None,
     "qos": None,
@@ -57,6 +59,22 @@ PARAMETERS: Dict[str, Any] = {
     "additional_parameters": None,
     "checkpoint_seconds": 90,
 }
+CHECKERS: Dict[str, params.Checker] = {
+    "partition": params.token,
+    "walltime": params.walltime_seconds,
+    "nodes": params.positive_int,
+    "tasks_per_node": params.positive_int,
+    "cpus_per_task": params.positive_int,
+    "mem": params.token,
+    "mem_gb": params.positive_number,
+    "gpus_per_node": params.positive_int,
+    "account": params.token,
+    "qos": params.token,
+    "name": params.token,
+    "setup": params.setup_lines,
+    "additional_parameters": params.extra_options,
+    "checkpoint_seconds": params.positive_int,
+}
 
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
 NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
@@ -64,22 +82,8 @@ KEEP_VARIABLES = ("SLURM_CONF",)
 
 
 def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """Check and normalise Slurm parameters; raise naming the first bad one."""
-    params.check_names(values, PARAMETERS, "SlurmPoolExecutor parameter")
-    checked = dict(values)
-    for key in ("partition", "mem", "account", "qos", "name"):
-        if key in checked:
-            checked[key] = params.token(key, checked[key])
-    for key in ("nodes", "cpus_per_task", "gpus_per_node", "checkpoint_seconds"):
-        if key in checked:
-            checked[key] = params.positive_int(key, checked[key])
-    if "walltime" in checked:
-        checked["walltime"] = params.walltime_seconds("walltime", checked["walltime"])
-    if "setup" in checked:
-        checked["setup"] = params.setup_lines(checked["setup"])
-    if "additional_parameters" in checked:
-        checked["additional_parameters"] = params.extra_options("additional_parameters", checked["additional_parameters"])
-    return checked
+    """Check and normalise Slurm parameters (generic and ``slurm_`` ones); raise naming the first bad one."""
+    return params.check_all(params.for_backend(values, "slurm"), CHECKERS, "SlurmPoolExecutor parameter")
 
 
 class SlurmBackend(Backend):
@@ -117,18 +121,22 @@ class SlurmBackend(Backend):
         return bool(self._accounting)
 
     # ------------------------------------------------------------------ submission
-    def validate_options(self, options: Dict[str, object]) -> None:
-        validate(options)
+    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+        return validate(values)
 
     def render_script(self, submission: BatchSubmission, first: int, count: int) -> str:
         """The sbatch script of one array: tasks ``first .. first+count-1`` of the batch."""
-        p = {**self.parameters, **validate(submission.options)}
+        p = {**self.parameters, **submission.options}
         logs = os.path.join(submission.folder, layout.LOGS)
         array = f"0-{count - 1}" + (f"%{submission.max_running}" if submission.max_running else "")
         lines = ["#!/bin/bash", f"#SBATCH --job-name={p['name']}", f"#SBATCH --array={array}"]
         lines += [f"#SBATCH --output={logs}/%A_%a.out", f"#SBATCH --error={logs}/%A_%a.err"]
         lines.append("#SBATCH --open-mode=append")  # a requeued task keeps the logs of its earlier runs
         lines += [f"#SBATCH --nodes={p['nodes']}", f"#SBATCH --cpus-per-task={p['cpus_per_task']}"]
+        if p["tasks_per_node"] > 1:
+            lines.append(f"#SBATCH --ntasks-per-node={p['tasks_per_node']}")
+        if p["mem_gb"] and not p["mem"]:
+            lines.append(f"#SBATCH --mem={int(p['mem_gb'] * 1024)}M")
         if p["walltime"]:
             lines.append(f"#SBATCH --time={_slurm_time(p['walltime'])}")
         for key, option in (("partition", "partition"), ("mem", "mem"), ("account", "account"), ("qos", "qos")):
@@ -297,8 +305,4 @@ class SlurmPoolExecutor(JobExecutor):
         super().__init__(
             backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-
-    def update_parameters(self, **parameters: Any) -> None:
-        """Change parameters for later submissions; unknown names are rejected with the list of valid ones."""
-        self.backend.parameters.update(validate(parameters))  # type: ignore[attr-defined]
 
