@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AutoPoolExecutor": "oarfutures.auto",
     "Checkpointable": "oarfutures.checkpoint",
     "Resubmission": "oarfutures.checkpoint",
     "JobFailedError": "oarfutures.errors",
@@ -23,6 +24,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:
+    from oarfutures.auto import AutoPoolExecutor
     from oarfutures.checkpoint import Checkpointable, Resubmission
     from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
     from oarfutures.futures import JobFuture

@@ -1,0 +1,160 @@
+"""Parameters: one generic vocabulary, prefixed scheduler parameters, validation before anything is submitted.
+
+Rendering is checked without a cluster (the scripts are what sbatch/oarsub read); detection runs on the real
+machine, where both schedulers are installed.
+"""
+import getpass
+import os
+import re
+
+import pytest
+
+import tasks
+from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+from oarfutures.auto import detect_cluster
+from oarfutures.backend import BatchSubmission
+
+
+def slurm_script(folder, checkpointable=False, **parameters):
+    backend = SlurmPoolExecutor(folder=folder, max_array_size=1001, **parameters).backend
+    return backend.render_script(_submission(folder, 3, checkpointable), 0, 3)
+
+
+def oar_script(folder, **parameters):
+    return OarPoolExecutor(folder=folder, **parameters).backend.render_script(_submission(folder, 3))[0]
+
+
+def _submission(folder, count, checkpointable=False, options=None):
+    return BatchSubmission("b", 0, count, folder, "/usr/bin/python3", None, options or {}, checkpointable)
+
+
+def test_the_grid5000_example_renders_its_oar_directives(folder):
+    script = oar_script(folder, queue="production", walltime="0:2:0", nodes=1, gpus_per_node=1, additional_parameters={"t": "besteffort"})
+    assert "#OAR -l /nodes=1/gpu=1,walltime=0:02:00\n" in script
+    assert "#OAR -q production\n" in script
+    assert "#OAR -t besteffort\n" in script
+
+
+@pytest.mark.parametrize(
+    "generic, slurm_line, oar_line",
+    [
+        ({"timeout_min": 5}, "#SBATCH --time=0-00:05:00", "walltime=0:05:00"),
+        ({"walltime": "1:30:00"}, "#SBATCH --time=0-01:30:00", "walltime=1:30:00"),
+        ({"nodes": 2}, "#SBATCH --nodes=2", "#OAR -l /nodes=2/core=1"),
+        ({"cpus_per_task": 4}, "#SBATCH --cpus-per-task=4", "#OAR -l /nodes=1/core=4"),
+        ({"tasks_per_node": 2, "cpus_per_task": 3}, "#SBATCH --ntasks-per-node=2", "#OAR -l /nodes=1/core=6"),
+        ({"gpus_per_node": 1}, "#SBATCH --gpus-per-node=1", "#OAR -l /nodes=1/gpu=1"),
+        ({"mem_gb": 2}, "#SBATCH --mem=2048M", "#OAR -p memnode >= 2048"),
+        ({"name": "exp1"}, "#SBATCH --job-name=exp1", "#OAR -n exp1"),
+        ({"setup": ["module load python"]}, "\nmodule load python\n", "\nmodule load python\n"),
+    ],
+)
+def test_every_generic_parameter_maps_on_both_schedulers(folder, generic, slurm_line, oar_line):
+    slurm = SlurmPoolExecutor(folder=folder, max_array_size=1001)
+    slurm.update_parameters(**generic)
+    oar = OarPoolExecutor(folder=folder)
+    oar.update_parameters(**generic)
+    assert slurm_line in slurm.backend.render_script(_submission(folder, 1), 0, 1)
+    assert oar_line in oar.backend.render_script(_submission(folder, 1))[0]
+
+
+def test_prefixed_parameters_apply_on_their_scheduler_and_override_the_generic_one(folder):
+    slurm = AutoPoolExecutor(folder=folder, cluster="slurm", name="generic", slurm_name="special", oar_queue="ignored")
+    assert slurm.backend.parameters["name"] == "special" and "queue" not in slurm.backend.parameters
+    oar = AutoPoolExecutor(folder=folder, cluster="oar", oar_queue="besteffort", slurm_partition="ignored")
+    assert oar.backend.parameters["queue"] == "besteffort" and "partition" not in oar.backend.parameters
+
+
+def test_the_local_backend_accepts_generic_parameters_and_ignores_scheduler_ones(folder):
+    with AutoPoolExecutor(folder=folder, cluster="local", timeout_min=5, mem_gb=1, oar_queue="q", slurm_qos="x") as ex:
+        assert ex.submit(tasks.add, 1, 2).result(timeout=30) == 3
+
+
+def test_unknown_parameters_are_rejected_with_the_valid_ones(folder):
+    with pytest.raises(TypeError, match="unknown SlurmPoolExecutor parameter 'partitoin'.*partition"):
+        SlurmPoolExecutor(folder=folder).update_parameters(partitoin="cpu")
+    with pytest.raises(TypeError, match="unknown OarPoolExecutor parameter 'queu'.*queue"):
+        AutoPoolExecutor(folder=folder, cluster="oar", oar_queu="default")
+
+
+@pytest.mark.parametrize(
+    "executor, parameters, named",
+    [
+        (SlurmPoolExecutor, {"name": "a\n#SBATCH --uid=0"}, "name"),
+        (SlurmPoolExecutor, {"partition": "cpu --qos=high"}, "partition"),
+        (SlurmPoolExecutor, {"cpus_per_task": -2}, "cpus_per_task"),
+        (SlurmPoolExecutor, {"walltime": "ten minutes"}, "walltime"),
+        (SlurmPoolExecutor, {"additional_parameters": {"constraint": "v100\nrm -rf ~"}}, "additional_parameters"),
+        (OarPoolExecutor, {"queue": "default\n#OAR -t besteffort"}, "queue"),
+        (OarPoolExecutor, {"properties": "host='a'\nrm -rf ~"}, "properties"),
+        (OarPoolExecutor, {"cores": 0}, "cores"),
+        (OarPoolExecutor, {"setup": ["module load x\nrm -rf ~"]}, "setup"),
+    ],
+)
+def test_values_that_would_escape_their_line_or_make_no_sense_are_rejected(folder, executor, parameters, named):
+    with pytest.raises(ValueError, match=named):
+        executor(folder=folder, **parameters)
+    assert os.listdir(os.path.join(folder, "jobs")) == []  # nothing written, nothing submitted
+
+
+def test_options_override_parameters_for_one_call_without_reserving_keywords(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        view = executor.options(cpus_per_task=2)
+        assert view.submit(tasks.echo_kwargs, options=1, cpus_per_task=3).result(timeout=30) == ((), {"options": 1, "cpus_per_task": 3})
+        assert list(view.map(tasks.square, [2, 3])) == [4, 9]
+        with pytest.raises(TypeError, match="unknown LocalPoolExecutor parameter"):
+            executor.options(partition="x")
+
+
+def test_options_reach_the_slurm_script(folder):
+    executor = SlurmPoolExecutor(folder=folder, max_array_size=1001)
+    options = executor.backend.validate({"cpus_per_task": 8, "slurm_partition": "long"})
+    script = executor.backend.render_script(_submission(folder, 1, options=options), 0, 1)
+    assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH --partition=long" in script
+
+
+def test_batch_submits_the_calls_of_the_block_as_one_array(folder):
+    with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:
+        with executor.batch():
+            futures = [executor.submit(tasks.add, i, 1) for i in range(3)] + [executor.submit(tasks.square, 5)]
+            assert not any(f.done() for f in futures)
+        assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 25]
+    assert len([n for n in os.listdir(os.path.join(folder, "tasks")) if n.endswith(".fn.pkl")]) == 1
+
+
+def test_an_exception_in_a_batch_block_submits_nothing(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    with pytest.raises(KeyError):
+        with executor.batch():
+            future = executor.submit(tasks.square, 2)
+            raise KeyError("stop")
+    assert future.cancelled()
+    assert os.listdir(os.path.join(folder, "tasks")) == []
+    executor.shutdown()
+
+
+def test_the_cluster_can_be_forced_by_argument_and_by_environment(folder, monkeypatch):
+    assert isinstance(AutoPoolExecutor(folder=folder, cluster="local"), LocalPoolExecutor)
+    monkeypatch.setenv("OARFUTURES_CLUSTER", "local")
+    assert isinstance(AutoPoolExecutor(folder=folder), LocalPoolExecutor)
+    monkeypatch.setenv("OARFUTURES_CLUSTER", "pbs")
+    with pytest.raises(ValueError, match="pbs"):
+        AutoPoolExecutor(folder=folder)
+
+
+def test_detection_picks_oar_for_a_normal_user_and_slurm_for_root():
+    if not (os.path.exists("/usr/bin/oarsub") and os.path.exists("/usr/bin/sbatch")):
+        pytest.skip("needs both schedulers installed (tests/run-all.sh installs them)")
+    assert detect_cluster() == ("slurm" if getpass.getuser() in ("root", "oar") else "oar")
+
+
+def test_detection_falls_back_to_local_without_schedulers(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert detect_cluster() == "local"
+
+
+def test_checkpointable_batches_ask_for_the_signal_and_requeue(folder):
+    slurm = slurm_script(folder, checkpointable=True, checkpoint_seconds=120)
+    assert "#SBATCH --signal=B:USR2@120" in slurm and "#SBATCH --requeue" in slurm
+    oar = OarPoolExecutor(folder=folder, checkpoint_seconds=120).backend.render_script(_submission(folder, 1, True))[0]
+    assert re.search(r"#OAR -t idempotent\n#OAR --checkpoint 120\n#OAR --signal 12", oar)
