@@ -12,6 +12,7 @@ _EXPORTS = {
     "AutoPoolExecutor": "oarfutures.auto",
     "Checkpointable": "oarfutures.checkpoint",
     "Resubmission": "oarfutures.checkpoint",
+    "JobEnvironment": "oarfutures.environment",
     "JobFailedError": "oarfutures.errors",
     "RemoteError": "oarfutures.errors",
     "RemoteTraceback": "oarfutures.errors",
@@ -26,6 +27,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:
     from oarfutures.auto import AutoPoolExecutor
     from oarfutures.checkpoint import Checkpointable, Resubmission
+    from oarfutures.environment import JobEnvironment
     from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
     from oarfutures.futures import JobFuture
     from oarfutures.local import LocalPoolExecutor

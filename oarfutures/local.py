@@ -58,7 +58,7 @@ class LocalBackend(Backend):
         self.folder = folder
         self.max_workers = max_workers
         self._lock = threading.Condition()
-        self._queue: Deque[Tuple[str, List[str]]] = collections.deque()
+        self._queue: Deque[Tuple[str, List[str], Dict[str, str]]] = collections.deque()  # job id, command, env
         self._slots: List[threading.Thread] = []
         self._closing = False
         self._states: Dict[str, JobStatus] = {}
@@ -81,10 +81,12 @@ class LocalBackend(Backend):
     def submit(self, submission: BatchSubmission) -> List[str]:
         job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]
         base = [submission.python, "-u", "-m", "oarfutures.worker", submission.folder, submission.batch]
+        p = {"nodes": 1, "tasks_per_node": 1, **self.parameters, **submission.options}
+        ranks = {"OARFUTURES_RANKS": str(p["nodes"] * p["tasks_per_node"]), "OARFUTURES_TASKS_PER_NODE": str(p["tasks_per_node"])}
         with self._lock:
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
-                self._queue.append((job_id, base + [str(index)]))
+                self._queue.append((job_id, base + [str(index)], ranks))
             while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
                 slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
                 self._slots.append(slot)
@@ -100,14 +102,14 @@ class LocalBackend(Backend):
                     self._lock.wait()
                 if self._closing:
                     return
-                job_id, command = self._queue.popleft()
+                job_id, command, variables = self._queue.popleft()
                 if job_id in self._killed:
                     self._lock.notify_all()
                     continue
                 self._states[job_id] = RUNNING
                 self._busy += 1
             out_path, err_path = self.log_paths(job_id)
-            environment = {**os.environ, "OARFUTURES_JOB_ID": job_id}
+            environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
                 process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment)
             with self._lock:
@@ -120,7 +122,7 @@ class LocalBackend(Backend):
                 self._busy -= 1
                 if code == RESUBMIT and job_id not in self._killed:  # checkpointed: run it again, same job id
                     self._states[job_id] = QUEUED
-                    self._queue.append((job_id, command))
+                    self._queue.append((job_id, command, variables))
                     self._lock.notify_all()
                     continue
                 self._states[job_id] = self._ended_status(job_id, code)

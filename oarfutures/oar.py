@@ -141,6 +141,9 @@ class OarBackend(Backend):
         lines.append(f"#OAR --array {submission.count}")
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
+        world_size = p["nodes"] * p["tasks_per_node"]
+        if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
+            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=oar")
         if submission.checkpointable:  # OAR resubmits only jobs that ran for more than 60 s
             lines.append("export OARFUTURES_MIN_RUNTIME=62")
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))

@@ -151,6 +151,9 @@ class SlurmBackend(Backend):
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+        world_size = p["nodes"] * p["tasks_per_node"]
+        if world_size > 1:  # the worker launches the ranks with srun and gathers their results
+            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=srun")
         if submission.checkpointable:
             lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue $SLURM_JOB_ID"')
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))

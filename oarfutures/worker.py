@@ -98,6 +98,7 @@ class _Task:
 
     def __init__(self, folder, batch, index):
         self.folder, self.batch, self.index = folder, batch, index
+        self.destination = layout.result_path(folder, batch, index)  # a rank of a multi-task job writes elsewhere
         self.started = time.monotonic()
         self.in_call = False
 
@@ -171,13 +172,12 @@ class _Task:
     def write(self, outcomes, resubmissions):
         """Write the result through a temp file and a rename: the client sees all of it or nothing."""
         blob = dump_outcomes(outcomes, resubmissions)
-        final = layout.result_path(self.folder, self.batch, self.index)
-        temp = f"{final}.tmp-{os.getpid()}"
+        temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp, final)
+        os.replace(temp, self.destination)
 
 
 def _failure(task_id, job_id, reason):
@@ -230,6 +230,15 @@ def main(argv):
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
     task = _Task(folder, batch, index)
+    world_size = int(os.environ.get("OARFUTURES_RANKS", "1"))
+    if world_size > 1:
+        from oarfutures import ranks
+
+        if "--rank" not in argv:  # the job's first process: start the ranks, then write the task's result
+            per_node = int(os.environ.get("OARFUTURES_TASKS_PER_NODE", world_size))
+            task.write(ranks.launch(folder, batch, index, world_size, per_node, os.environ.get("OARFUTURES_LAUNCHER")), 0)
+            return 0
+        task.destination = ranks.rank_path(folder, batch, index, ranks.rank_environment())
     try:
         loaded = read_task(folder, batch, index)
     except layout.UnsafeFolderError as exc:

@@ -135,3 +135,13 @@ def count_slowly(target, step_seconds):
 
 
 __all__ = ["Resubmission"]  # re-exported for tests that build resubmissions by hand
+
+
+def whoami(fail_rank=None):
+    """Runs in every rank of a multi-task job."""
+    from oarfutures import JobEnvironment
+
+    env = JobEnvironment()
+    if env.rank == fail_rank:
+        raise RuntimeError(f"rank {env.rank} refuses")
+    return env.rank, env.local_rank, env.world_size, env.master_addr

@@ -1,0 +1,37 @@
+"""Multi-task jobs: nodes x tasks_per_node copies of one call; the future gets every rank's result."""
+import pytest
+
+import tasks
+from conftest import require_command
+from oarfutures import AutoPoolExecutor, JobFailedError
+
+BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
+    pytest.param("oar", id="oar", marks=pytest.mark.oar),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def four_tasks(request, folder):
+    if request.param != "local":
+        require_command({"slurm": "sbatch", "oar": "oarsub"}[request.param])
+    with AutoPoolExecutor(folder=folder, cluster=request.param, tasks_per_node=4, timeout_min=10) as executor:
+        yield executor
+
+
+def test_a_four_task_job_returns_every_rank_result(four_tasks):
+    results = four_tasks.submit(tasks.whoami).result(timeout=180)
+    assert [r[:3] for r in results] == [(rank, rank, 4) for rank in range(4)]
+    assert len({r[3] for r in results}) == 1  # one master address for all ranks
+
+
+def test_one_failing_rank_fails_the_future_with_its_traceback(four_tasks):
+    with pytest.raises(RuntimeError, match="rank 2 refuses") as info:
+        four_tasks.submit(tasks.whoami, 2).result(timeout=180)
+    assert "rank 2 of 4" in info.value.__cause__.text
+
+
+def test_a_rank_that_dies_without_a_result_is_named(four_tasks):
+    with pytest.raises(JobFailedError, match="rank 0 of 4 ended without a result"):
+        four_tasks.submit(tasks.exit_hard, 3).result(timeout=180)
