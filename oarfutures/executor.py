@@ -34,6 +34,7 @@ from oarfutures.futures import JobFuture, mark_running, set_exception, set_resul
 from oarfutures.poller import get_poller
 
 logger = logging.getLogger("oarfutures")
+logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging
 
 LOG_TAIL_BYTES = 2000
 

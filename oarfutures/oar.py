@@ -150,6 +150,10 @@ class OarBackend(Backend):
         return "\n".join(lines) + "\n", arguments
 
     def submit(self, submission: BatchSubmission) -> List[str]:
+        extra = {**(self.parameters["additional_parameters"] or {}), **(submission.options.get("additional_parameters") or {})}
+        if submission.count > 1 and ({"r", "reservation"} & set(extra)):
+            # OAR 2.5 leaves every subjob but the first of a reserved array in toAckReservation until it kills them
+            raise ValueError("an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()")
         text, arguments = self.render_script(submission)
         script = layout.script_path(submission.folder, f"{submission.batch}-{submission.first}")
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
