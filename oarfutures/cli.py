@@ -21,7 +21,7 @@ from concurrent import futures as cf
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from oarfutures import batchfiles, layout, records
+from oarfutures import layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 
 STATES = ("done", "failed", "running", "pending", "ended-without-result", "unknown")
@@ -51,7 +51,7 @@ def open_folder(path: str) -> str:
 def split_task_id(task: str) -> Tuple[str, int]:
     batch, _, index = task.rpartition("_")
     if not batch or not index.isdigit():
-        raise CliError(f"{task!r} is not a task id: expected <batch>_<index>, as in the TASK column of 'status'")
+        raise CliError(f"{task!r} is not a task id: expected <batch>_<index> (BATCH and TASK of status, joined by '_')")
     return batch, int(index)
 
 
@@ -132,10 +132,10 @@ class LocalWorkers(Backend):
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
-    def workers(self) -> Dict[str, int]:
-        """task id -> pid of every worker process of this folder."""
+    def workers(self) -> Dict[str, List[int]]:
+        """task id -> pids of the worker processes of this folder (a multi-task job's ranks included)."""
         real = os.path.realpath(self.folder)
-        found: Dict[str, int] = {}
+        found: Dict[str, List[int]] = {}
         try:
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
         except OSError:
@@ -153,26 +153,33 @@ class LocalWorkers(Backend):
                 continue
             folder, batch, index = (a.decode(errors="replace") for a in args[at + 1 : at + 4])
             if os.path.realpath(folder) == real:
-                found[layout.task_id(batch, int(index))] = int(pid)
+                found.setdefault(layout.task_id(batch, int(index)), []).append(int(pid))
         return found
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         running = self.workers()
-        return {j: JobStatus(JobState.RUNNING, "RUNNING", reason=f"pid {running[j]}") for j in job_ids if j in running}
+        return {
+            j: JobStatus(JobState.RUNNING, "RUNNING", reason=f"pid {min(running[j])}") for j in job_ids if j in running
+        }
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         running = self.workers()
         refused = []
         for job_id in job_ids:
-            if job_id in running:
+            for pid in sorted(running.get(job_id, [])):  # the worker first: it would report its ranks' deaths
                 try:
-                    os.kill(running[job_id], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 except PermissionError:
                     refused.append(job_id)
         if refused:
-            raise PermissionError(f"not allowed to kill the workers of {', '.join(refused)}")
+            raise PermissionError(f"not allowed to kill the workers of {', '.join(sorted(set(refused)))}")
+
+    parameters: Dict[str, Any] = {}
+
+    def validate(self, values: Any) -> Dict[str, Any]:
+        return dict(values)
 
     def submit(self, submission: BatchSubmission) -> List[str]:
         raise NotImplementedError("the command line submits nothing")
@@ -345,8 +352,8 @@ def estimate_runtime(backends: Backends, row: TaskRow, now: float) -> Optional[f
         end = _mtime(row.result)
     elif row.state == "running":
         end = now
-    else:
-        end = max(logs)
+    else:  # over without a result: its last write to a log is all there is, if it wrote after starting
+        end = max(logs) if max(logs) > start + 1.0 else None
     return None if end is None else max(0.0, end - start)
 
 
@@ -533,7 +540,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for record in listed:  # --all: tasks of complete batches, whose results were delivered and removed
         if record.complete:
             for index in range(len(record.calls)):
-                row = TaskRow(record, index, record.job_ids.get(index), "done", detail="delivered")
+                row = TaskRow(record, index, record.job_ids.get(index), "done", detail="complete batch")
                 rows.append(row)
     order = {record.batch: n for n, record in enumerate(batches)}
     rows.sort(key=lambda r: (order[r.batch], r.index))
@@ -574,11 +581,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for record in batches:
         if record.batch in summarised_names:
             lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", "done", "-",
-                          f"complete: {len(record.calls)} task(s), results delivered"])
+                          f"complete: {len(record.calls)} task(s), results delivered or cleaned"])
             continue
         for row in (r for r in rows if r.record is record):
-            detail = one_line(" ".join(x for x in (f"[{row.native}]" if row.native and row.state != "done" else "", row.detail) if x))
-            lines.append([row.batch, str(row.index), str(row.calls), record.backend, row.job_id or "-", row.state,
+            native = f"[{row.native}]" if row.native and row.native.lower() not in (row.state, "completed") else ""
+            detail = one_line(" ".join(x for x in (native, row.detail) if x))
+            job = row.job_id or "-"
+            if record.backend == "local":  # its job ids are task ids: show the worker's pid instead
+                job = row.status.reason if row.status is not None else "-"
+            lines.append([row.batch, str(row.index), str(row.calls), record.backend, job, row.state,
                           duration(row.runtime), detail])
     print(table(lines, right={1, 2, 6}))
     shown = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
@@ -621,6 +632,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- cancel
+def require_known(rows: Sequence[TaskRow], consequence: str) -> None:
+    """Stop when a scheduler could not say which jobs still run: acting blind could leave jobs behind."""
+    unknown = [r for r in rows if r.state == "unknown"]
+    if unknown:
+        raise CliError(f"the state of {len(unknown)} task(s) is unknown ({unknown[0].detail}): {consequence}")
+
+
 def cancel_live(backends: Backends, rows: Sequence[TaskRow]) -> List[TaskRow]:
     """Cancel the queued and running jobs among these tasks: one cancel call per backend. Returns them."""
     live = [r for r in rows if r.live]
@@ -641,6 +659,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     backends = Backends(folder)
     unfinished = [r for r in records.load_all(folder) if not r.complete]
     rows = task_rows(folder, backends, unfinished)
+    require_known(rows, "nothing cancelled")
     live = [r for r in rows if r.live]
     unsubmitted = [r for r in rows if r.job_id is None and r.result is None]
     if not live:
@@ -657,6 +676,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"cancelled {len(cancelled)} job(s)")
     if unsubmitted:
         print(f"{len(unsubmitted)} task(s) not submitted yet: a client still running may submit them")
+    queued_locally = [r for r in rows if r.record.backend == "local" and r.state == "pending" and r.job_id is not None]
+    if queued_locally:
+        print(
+            f"{len(queued_locally)} local task(s) not started: they wait in their client's queue, which only that "
+            "client (or its end) can empty"
+        )
     return 0
 
 
@@ -665,11 +690,18 @@ def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool)
     """The files of a batch: task files, results (fresh, delivered, temporary), and logs/record when asked."""
     prefixes = (batch + ".", batch + "_")
     paths = []
-    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED):
+    # results/ranks/<task>/<rank>.pkl: what the ranks of a multi-task job left (a launcher that was killed)
+    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED, os.path.join(layout.RESULTS, "ranks")):
         directory = os.path.join(folder, sub)
         try:
             with os.scandir(directory) as entries:
-                paths += [e.path for e in entries if e.name.startswith(prefixes) and not e.is_dir()]
+                for entry in entries:
+                    if not entry.name.startswith(prefixes):
+                        continue
+                    if not entry.is_dir(follow_symlinks=False):
+                        paths.append(entry.path)
+                    elif sub.endswith("ranks"):
+                        paths += [os.path.join(entry.path, name) for name in os.listdir(entry.path)] + [entry.path]
         except FileNotFoundError:
             pass
     paths += list(logs)
@@ -686,8 +718,14 @@ def remove(paths: Iterable[str]) -> Tuple[int, int]:
     for path in dict.fromkeys(paths):
         try:
             info = os.lstat(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+                continue
             os.remove(path)
         except FileNotFoundError:
+            continue
+        except OSError as exc:  # a directory something wrote into meanwhile: leave it
+            print(f"oarfutures: cannot remove {path}: {exc.strerror}", file=sys.stderr)
             continue
         count += 1
         freed += info.st_size
@@ -703,6 +741,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     cancelled: List[TaskRow] = []
     if unfinished:
         rows = task_rows(folder, backends, unfinished)
+        require_known(rows, "nothing removed")
         cancelled = cancel_live(backends, rows)
         for row in cancelled:
             print(f"cancelled {row.record.backend} job {row.job_id} (task {row.task_id}, {row.state})")
@@ -821,7 +860,12 @@ def cmd_results(args: argparse.Namespace) -> int:
                 print(repr(value), flush=True)
     finally:
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Cluster jobs outlive us and stay for the next attach: leave them alone (cancelling a future cancels
+            # its job). Local workers are ours: stop them rather than wait for them at exit.
+            local = names[0] == "local"
+            if local:
+                executor.backend.cancel(executor.live_job_ids())
+            executor.shutdown(wait=False, cancel_futures=local)
     if args.pickle:
         with open(args.pickle, "wb") as f:
             pickle.dump([_picklable(item) for item in items], f)
@@ -863,7 +907,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="unfinished batches too, after cancelling their jobs")
     p.set_defaults(run=cmd_clean)
 
-    p = sub.add_parser("results", help="re-attach to the unfinished batches and print their results in order")
+    p = sub.add_parser(
+        "results",
+        help="re-attach to the unfinished batches and print their results in order",
+        description="Re-attach to the folder's unfinished batches (as executor.attach() does: tasks never submitted "
+        "are submitted now, local tasks without a result run again) and print every call's result in order. The "
+        "folder keeps its files: the results can be printed again.",
+    )
     p.add_argument("folder")
     p.add_argument("--json", action="store_true", help="a JSON list (value when JSON can hold it, repr always)")
     p.add_argument("--pickle", metavar="OUT", help="pickle the list of results and exceptions to OUT")

@@ -13,6 +13,7 @@ followed to its new id.
 from __future__ import annotations
 
 import datetime
+import getpass
 import json
 import os
 import re
@@ -159,7 +160,8 @@ class OarBackend(Backend):
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        out = commands.run(["oarsub", "--array", str(submission.count), *arguments, f"exec {script}"])
+        command = f"exec {script}"
+        out = commands.run(["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command))
         job_ids = re.findall(r"^OAR_JOB_ID=(\d+)$", out, re.M)
         if len(job_ids) != submission.count:
             self.cancel(job_ids)
@@ -168,6 +170,19 @@ class OarBackend(Backend):
             return job_ids
         array = re.search(r"^OAR_ARRAY_ID=(\d+)$", out, re.M)
         return self._by_index(array.group(1) if array else job_ids[0], job_ids)
+
+    def _submitted(self, command: str) -> Optional[str]:
+        """oarsub's output, rebuilt, if the submission went through after all (its answer was lost), else None.
+
+        Each wave has its own script, which OAR keeps as the job's command: a retry must find the jobs, not
+        submit the work twice.
+        """
+        out = commands.run(["oarstat", "-J", "-u", getpass.getuser()])
+        jobs = json.loads(out) if out.strip() else {}
+        mine = sorted((int(job["array_index"]), str(job_id), str(job["array_id"])) for job_id, job in jobs.items() if job.get("command") == command)
+        if not mine:
+            return None
+        return "".join(f"OAR_JOB_ID={job_id}\n" for _, job_id, _ in mine) + f"OAR_ARRAY_ID={mine[0][2]}\n"
 
     def _by_index(self, array_id: str, job_ids: List[str]) -> List[str]:
         """Job ids in task order, from OAR's own array_index of each subjob."""

@@ -7,6 +7,7 @@ of the process, by array id, never once per job.
 from __future__ import annotations
 
 import datetime
+import getpass
 import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -172,7 +173,8 @@ class SlurmBackend(Backend):
                 command = ["sbatch", "--parsable"]
                 if previous and submission.max_running:  # keep the running cap across split arrays
                     command.append(f"--dependency=afterany:{previous}")
-                array_id = commands.run(command + [script], env=self.environment).strip().split(";")[0]
+                out = commands.run(command + [script], env=self.environment, before_retry=lambda _, s=script: self._submitted(s))
+                array_id = out.strip().split(";")[0]
                 previous = array_id
                 job_ids += [f"{array_id}_{i}" for i in range(count)]
         except BaseException:
@@ -180,6 +182,19 @@ class SlurmBackend(Backend):
                 self.cancel(sorted({j.split("_")[0] for j in job_ids}))
             raise
         return job_ids
+
+    def _submitted(self, script: str) -> Optional[str]:
+        """The array id if ``sbatch`` of this script went through after all (its answer timed out), else None.
+
+        Each wave has its own script, and Slurm keeps a batch job's script path as its command: a retry after a
+        lost answer must find the job, not submit the work twice.
+        """
+        out = commands.run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%F|%o"], env=self.environment)
+        for line in out.splitlines():
+            array_id, _, command = line.partition("|")
+            if command == script:
+                return array_id
+        return None
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -214,17 +229,20 @@ class SlurmBackend(Backend):
     def _squeue(self, arrays: Sequence[str]) -> Iterable:
         try:
             out = commands.run(
-                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"], env=self.environment
+                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
+                env=self.environment,
             )
         except commands.SchedulerCommandError as exc:
             if "Invalid job id specified" not in exc.stderr:
                 raise
             return  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
         for row in out.splitlines():
-            fields = row.split("|")
-            if len(fields) >= 2:
+            fields = [field.strip() for field in row.split("|")]
+            if len(fields) >= 4:
+                status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
+                exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
                 for job_id in _expand(fields[0]):
-                    yield job_id, _status(fields[1], None, fields[2] if len(fields) > 2 else "")
+                    yield job_id, _status(fields[1], exit_code, fields[2])
 
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
