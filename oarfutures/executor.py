@@ -313,10 +313,13 @@ class JobExecutor(cf.Executor):
             for index, calls in enumerate(tasks)
         ]
         with self._lock:
-            if self._shutdown:  # shut down by another thread meanwhile
-                batchfiles.remove_batch_files(self.folder, batch)
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._register(record, new, new)
+            shut_down = self._shutdown  # by another thread meanwhile
+            if not shut_down:
+                self._register(record, new, new)
+        if shut_down:
+            batchfiles.remove_batch_files(self.folder, batch)
+            _remove(layout.record_path(self.folder, batch))
+            raise RuntimeError("cannot schedule new futures after shutdown")
         self._submit_waiting(raise_for=batch)
         self._poll_soon()
         return [future for task in new for future in task.futures]
@@ -355,7 +358,8 @@ class JobExecutor(cf.Executor):
             if record.complete or record.batch in self._records:
                 continue
             if record.backend != self.backend.name:
-                raise ValueError(f"batch {record.batch} was submitted to {record.backend}, not {self.backend.name}")
+                logger.warning("not attaching batch %s: it was submitted to %s, not %s", record.batch, record.backend, self.backend.name)
+                continue
             if not os.path.exists(layout.functions_path(self.folder, record.batch)):
                 continue  # its files were cleaned up: nothing to attach to
             tasks = [self._new_task(record.batch, i, n, {}, record.checkpointable) for i, n in enumerate(record.calls)]
@@ -627,7 +631,7 @@ class JobExecutor(cf.Executor):
         if self._batch_left[batch] == 0:
             del self._batch_left[batch]
             record = self._records.pop(batch)
-            if not self.keep_files:
+            if not self.keep_files:  # kept files keep the batch attachable (the command line's `results` relies on it)
                 batchfiles.remove_batch_files(self.folder, batch, len(record.calls))
                 record.complete = True
                 record.save(self.folder)

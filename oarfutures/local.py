@@ -6,6 +6,7 @@ the concurrency cap is real (submitit's local executor has none). Job ids are ou
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,6 +22,17 @@ from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
+
+
+def _die_with_client() -> None:
+    """In the worker before it starts: be killed when the client dies (Linux), like a job of a dead scheduler.
+
+    Without it a worker of a killed client runs on, and attach() would run its task a second time beside it.
+    """
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
 
 
 def _finish_local_work_at_exit() -> None:
@@ -111,7 +123,9 @@ class LocalBackend(Backend):
             out_path, err_path = self.log_paths(job_id)
             environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
-                process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment)
+                process = subprocess.Popen(
+                    command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment, preexec_fn=_die_with_client
+                )
             with self._lock:
                 self._processes[job_id] = process
                 if job_id in self._killed:  # cancelled while it was starting

@@ -145,3 +145,12 @@ def whoami(fail_rank=None):
     if env.rank == fail_rank:
         raise RuntimeError(f"rank {env.rank} refuses")
     return env.rank, env.local_rank, env.world_size, env.master_addr
+
+
+def print_and_return(out_text, err_text, value):
+    """Writes one line to the job's stdout and one to its stderr (the command line's ``logs`` shows them)."""
+    import sys
+
+    print(out_text)
+    print(err_text, file=sys.stderr)
+    return value

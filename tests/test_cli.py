@@ -1,0 +1,373 @@
+"""``python -m oarfutures`` run as a subprocess against folders that real runs filled (local, Slurm, OAR)."""
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tasks
+from conftest import require_command
+from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+
+
+def cli(*args, stdin=None, check=True):
+    done = subprocess.run(
+        [sys.executable, "-m", "oarfutures", *args], input=stdin, capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def status(folder, *args):
+    return json.loads(cli("status", folder, "--json", *args).stdout)
+
+
+def states(folder):
+    return {task["task_id"]: task["state"] for task in status(folder)["tasks"]}
+
+
+def wait_for(predicate, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def files_under(folder, sub):
+    return sorted(os.listdir(os.path.join(folder, sub)))
+
+
+@pytest.fixture
+def kept(folder):
+    """A folder with one unfinished batch (results kept, not delivered for good): 4 calls, one raising."""
+    with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:
+        assert executor.submit(tasks.square, 3).result(timeout=60) == 9
+        assert isinstance(executor.submit(tasks.raise_value_error, "bad input").exception(timeout=60), ValueError)
+        assert list(executor.map(tasks.add, [1, 2], [10, 20], chunksize=2)) == [11, 22]
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ any folder
+def test_a_folder_that_is_not_a_job_folder_is_refused_with_a_message(tmp_path):
+    done = cli("status", str(tmp_path), check=False)
+    assert done.returncode != 0
+    assert "not an oarfutures job folder" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_missing_folder_is_refused_with_a_message(tmp_path):
+    done = cli("status", str(tmp_path / "nowhere"), check=False)
+    assert done.returncode != 0 and "no such directory" in done.stderr
+
+
+def test_nothing_is_logged_by_default(local, folder):
+    local.submit(tasks.square, 2).result(timeout=60)
+    done = cli("status", folder)
+    assert done.stderr == ""
+
+
+# ------------------------------------------------------------------------------------------ status
+def test_status_summarises_a_complete_batch_as_done_without_listing_its_tasks(local, folder):
+    assert list(local.map(tasks.square, range(3))) == [0, 1, 4]
+    document = status(folder)
+    assert document["tasks"] == []
+    assert document["counts"]["done"] == 3
+    assert [b["complete"] for b in document["batches"]] == [True]
+    text = cli("status", folder).stdout
+    assert "complete: 3 task(s)" in text and "3 task(s), 3 call(s) in 1 batch(es): 3 done" in text
+
+
+def test_status_all_lists_the_tasks_of_complete_batches(local, folder):
+    list(local.map(tasks.square, range(3)))
+    document = status(folder, "--all")
+    assert [(t["index"], t["state"]) for t in document["tasks"]] == [(0, "done"), (1, "done"), (2, "done")]
+
+
+def test_status_tells_done_tasks_from_tasks_whose_result_holds_an_error(kept):
+    by_calls = {}
+    for task in status(kept)["tasks"]:
+        by_calls.setdefault(task["state"], []).append(task["calls"])
+    assert by_calls == {"done": [1, 2], "failed": [1]}
+    (failed,) = [t for t in status(kept)["tasks"] if t["state"] == "failed"]
+    assert failed["detail"] == "ValueError: ('bad input', 42)"
+
+
+def test_status_table_has_aligned_columns_and_a_summary_line(kept):
+    lines = cli("status", kept).stdout.splitlines()
+    header, rows, summary = lines[0], lines[1:-1], lines[-1]
+    assert header.split()[:6] == ["BATCH", "TASK", "CALLS", "BACKEND", "JOB", "STATE"]
+    column = header.index("STATE")
+    assert sorted(row[column:].split()[0] for row in rows) == ["done", "done", "failed"]
+    assert summary == "3 task(s), 4 call(s) in 3 batch(es): 2 done, 1 failed"
+
+
+def test_status_shows_a_running_and_a_queued_local_task(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        running = executor.submit(tasks.sleep_and_return, 30, 1)
+        queued = executor.submit(tasks.sleep_and_return, 30, 2)
+        wait_for(running.running, 30, "the first task to run")
+        found = states(folder)
+        assert found == {running.task_id: "running", queued.task_id: "pending"}
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
+
+
+def test_status_shows_a_worker_that_died_as_ended_without_result(folder):
+    with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:
+        future = executor.submit(tasks.kill_self)
+        with pytest.raises(JobFailedError):
+            future.result(timeout=60)
+    assert states(folder) == {future.task_id: "ended-without-result"}
+
+
+# ------------------------------------------------------------------------------------------ logs
+def test_logs_prints_the_stdout_and_stderr_of_a_task(local, folder):
+    future = local.submit(tasks.print_and_return, "to stdout", "to stderr", 1)
+    future.result(timeout=60)
+    out = cli("logs", folder, future.task_id).stdout
+    assert "to stdout" in out and "to stderr" in out
+    assert out.index(f"==> {folder}/logs/{future.task_id}.out <==") < out.index("to stdout")
+    assert out.index(f"==> {folder}/logs/{future.task_id}.err <==") < out.index("to stderr")
+
+
+def test_logs_of_a_task_that_does_not_exist_fails_with_a_message(local, folder):
+    future = local.submit(tasks.square, 2)
+    future.result(timeout=60)
+    batch = future.task_id.rpartition("_")[0]
+    done = cli("logs", folder, f"{batch}_7", check=False)
+    assert done.returncode != 0 and "has 1 task(s)" in done.stderr
+
+
+def test_logs_of_a_checkpointed_local_task_hold_every_run(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        future = executor.submit(tasks.Counter(), 12, 0.1)
+        marker = os.path.join(folder, "logs", future.task_id + ".started")
+        wait_for(lambda: os.path.exists(marker), 30, "the call to start")
+        time.sleep(0.3)
+        executor.interrupt(future)
+        assert future.result(timeout=60)[0] == 12
+    assert "checkpointed in job" in cli("logs", folder, future.task_id).stdout
+
+
+# ------------------------------------------------------------------------------------------ cancel
+def test_cancel_yes_kills_the_running_local_worker_and_says_so(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        future = executor.submit(tasks.sleep_and_return, 60, 1)
+        wait_for(future.running, 30, "the task to run")
+        done = cli("cancel", folder, "--yes")
+        assert future.task_id in done.stdout and "cancelled 1 job(s)" in done.stdout
+        with pytest.raises(JobFailedError, match="SIGKILL"):
+            future.result(timeout=30)
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
+
+
+def test_cancel_asks_first_and_cancels_nothing_without_a_yes(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        future = executor.submit(tasks.sleep_and_return, 60, 1)
+        wait_for(future.running, 30, "the task to run")
+        done = cli("cancel", folder, stdin="n\n", check=False)
+        assert done.returncode != 0 and "nothing cancelled" in done.stderr
+        time.sleep(0.5)
+        assert future.running()
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
+
+
+def test_cancel_with_nothing_running_says_so(local, folder):
+    local.submit(tasks.square, 2).result(timeout=60)
+    assert "nothing to cancel" in cli("cancel", folder, "--yes").stdout
+
+
+# ------------------------------------------------------------------------------------------ clean
+def test_clean_keeps_unfinished_batches_and_the_logs_of_complete_ones(kept):
+    with LocalPoolExecutor(1, folder=kept) as executor:
+        executor.submit(tasks.square, 5).result(timeout=60)
+    logs, task_files = files_under(kept, "logs"), files_under(kept, "tasks")
+    out = cli("clean", kept).stdout
+    assert "3 unfinished batch(es) kept" in out
+    assert files_under(kept, "logs") == logs and files_under(kept, "tasks") == task_files
+
+
+def test_clean_logs_removes_the_logs_and_records_of_complete_batches(local, folder):
+    future = local.submit(tasks.square, 5)
+    future.result(timeout=60)
+    cli("clean", folder, "--logs")
+    assert files_under(folder, "logs") == [] and files_under(folder, "jobs") == []
+    assert "no batches" in cli("status", folder).stdout
+
+
+def test_clean_all_removes_unfinished_batches_and_prints_the_bytes_freed(kept):
+    sizes = sum(
+        os.path.getsize(os.path.join(kept, sub, name))
+        for sub in ("tasks", "results", "results/delivered")
+        for name in files_under(kept, sub)
+        if os.path.isfile(os.path.join(kept, sub, name))
+    )
+    out = cli("clean", kept, "--all").stdout
+    assert f"freed {sizes} bytes" in out
+    assert files_under(kept, "tasks") == [] and files_under(kept, "results/delivered") == []
+    assert files_under(kept, "logs") != []
+    assert "no unfinished batch" in cli("results", kept).stderr  # nothing left to attach to
+
+
+def test_clean_all_cancels_running_jobs_first(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        future = executor.submit(tasks.sleep_and_return, 60, 1)
+        wait_for(future.running, 30, "the task to run")
+        out = cli("clean", folder, "--all").stdout
+        assert f"cancelled local job {future.task_id}" in out
+        with pytest.raises(JobFailedError):
+            future.result(timeout=30)
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
+
+
+# ------------------------------------------------------------------------------------------ results
+def test_results_prints_one_repr_per_call_in_order_and_errors_as_error_lines(kept):
+    assert cli("results", kept).stdout.splitlines() == ["9", "ERROR ValueError: ('bad input', 42)", "11", "22"]
+
+
+def test_results_can_be_printed_again(kept):
+    assert cli("results", kept).stdout == cli("results", kept).stdout != ""
+
+
+def test_results_json_gives_values_and_error_types(kept):
+    document = json.loads(cli("results", kept, "--json").stdout)
+    assert [d.get("value") for d in document] == [9, None, 11, 22]
+    assert [d["ok"] for d in document] == [True, False, True, True]
+    assert document[1]["type"] == "ValueError" and "raise ValueError(message, 42)" in document[1]["traceback"]
+    assert [d["call"] for d in document] == [0, 0, 0, 1]
+
+
+def test_results_pickle_writes_the_list_of_results_and_exceptions(kept, tmp_path):
+    out = tmp_path / "results.pkl"
+    cli("results", kept, "--pickle", str(out))
+    results = pickle.loads(out.read_bytes())
+    assert results[0] == 9 and results[2:] == [11, 22]
+    assert isinstance(results[1], ValueError) and results[1].args == ("bad input", 42)
+
+
+# ------------------------------------------------------------------------------------------ Slurm
+@pytest.fixture
+def slurm_one_at_a_time(folder):
+    require_command("sbatch")
+    executor = SlurmPoolExecutor(1, folder=folder, walltime="0:05:00")
+    yield executor
+    executor.abort("test over")
+    executor.shutdown()
+
+
+@pytest.mark.slurm
+def test_slurm_status_shows_the_running_and_the_pending_task_of_an_array(slurm_one_at_a_time, folder):
+    results = slurm_one_at_a_time.map(tasks.sleep_and_return, [60, 60], [1, 2])
+    wait_for(lambda: slurm_one_at_a_time.status()["running"] == 1, 60, "the first task to run")
+    tasks_ = status(folder)["tasks"]
+    assert [t["state"] for t in tasks_] == ["running", "pending"]
+    array = tasks_[0]["job_id"].split("_")[0]
+    assert [t["job_id"] for t in tasks_] == [f"{array}_0", f"{array}_1"]
+    results.close()
+
+
+@pytest.mark.slurm
+def test_slurm_status_asks_slurm_once_for_all_the_tasks(slurm_one_at_a_time, folder, tmp_path):
+    results = slurm_one_at_a_time.map(tasks.sleep_and_return, [60] * 4, range(4))
+    wait_for(lambda: slurm_one_at_a_time.status()["running"] == 1, 60, "the first task to run")
+    shims, calls = tmp_path / "bin", tmp_path / "calls"
+    shims.mkdir()
+    for name in ("squeue", "sacct", "scontrol"):  # log each call, then run the real command
+        (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexec {shutil.which(name)} "$@"\n')
+        (shims / name).chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "oarfutures", "status", folder, "--json"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"},
+    )
+    assert sorted(t["state"] for t in json.loads(done.stdout)["tasks"]) == ["pending"] * 3 + ["running"]
+    queries = [line for line in calls.read_text().splitlines() if not line.startswith("scontrol show config")]
+    assert len(queries) == 1, queries
+    results.close()
+
+
+@pytest.mark.slurm
+def test_slurm_cancel_yes_scancels_the_running_and_the_pending_task(slurm_one_at_a_time, folder):
+    futures = [slurm_one_at_a_time.submit(tasks.sleep_and_return, 60, i) for i in range(2)]
+    wait_for(lambda: slurm_one_at_a_time.status()["running"] >= 1, 60, "a task to run")
+    out = cli("cancel", folder, "--yes").stdout
+    assert "cancelled 2 job(s)" in out
+    for future in futures:
+        with pytest.raises(JobFailedError) as info:
+            future.result(timeout=60)
+        assert "CANCELLED" in info.value.state
+
+
+@pytest.mark.slurm
+def test_slurm_logs_show_the_output_of_a_task(slurm_one_at_a_time, folder):
+    future = slurm_one_at_a_time.submit(tasks.print_and_return, "slurm stdout line", "slurm stderr line", 3)
+    assert future.result(timeout=120) == 3
+    out = cli("logs", folder, future.task_id).stdout
+    assert f"==> {folder}/logs/{future.job_id}.out <==\nslurm stdout line\n" in out
+    assert f"==> {folder}/logs/{future.job_id}.err <==\nslurm stderr line\n" in out
+
+
+# ------------------------------------------------------------------------------------------ OAR
+def in_one_hour():
+    """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 3600))
+
+
+@pytest.fixture
+def oar_executors(folder):
+    require_command("oarsub")
+    made = []
+
+    def make(**kwargs):
+        made.append(OarPoolExecutor(folder=folder, walltime="0:05:00", **kwargs))
+        return made[-1]
+
+    yield make
+    for executor in made:
+        executor.abort("test over")
+        executor.shutdown()
+
+
+@pytest.mark.oar
+def test_oar_status_shows_a_running_job_and_a_waiting_one(oar_executors, folder):
+    running = oar_executors().submit(tasks.sleep_and_return, 60, 1)
+    waiting = oar_executors(additional_parameters={"r": in_one_hour()}).submit(tasks.square, 2)
+    wait_for(running.running, 90, "the job to run")
+    assert states(folder) == {running.task_id: "running", waiting.task_id: "pending"}
+
+
+@pytest.mark.oar
+def test_oar_cancel_yes_deletes_the_running_and_the_waiting_job(oar_executors, folder):
+    running = oar_executors().submit(tasks.sleep_and_return, 60, 1)
+    waiting = oar_executors(additional_parameters={"r": in_one_hour()}).submit(tasks.square, 2)
+    wait_for(running.running, 90, "the job to run")
+    out = cli("cancel", folder, "--yes").stdout
+    assert running.job_id in out and waiting.job_id in out and "cancelled 2 job(s)" in out
+    for future in (running, waiting):
+        with pytest.raises(JobFailedError) as info:
+            future.result(timeout=60)
+        assert "FRAG_JOB_REQUEST" in info.value.reason
+
+
+@pytest.mark.oar
+def test_oar_logs_show_the_output_of_a_task(oar_executors, folder):
+    future = oar_executors().submit(tasks.print_and_return, "oar stdout line", "oar stderr line", 4)
+    assert future.result(timeout=120) == 4
+    out = cli("logs", folder, future.task_id).stdout
+    assert f"==> {folder}/logs/{future.job_id}.out <==\noar stdout line\n" in out
+    assert f"==> {folder}/logs/{future.job_id}.err <==\noar stderr line\n" in out
