@@ -91,21 +91,28 @@ def test_the_resubmission_bound_is_enforced(folder):
     executor.shutdown()
 
 
-@pytest.mark.slurm
-def test_a_preempted_array_task_resumes_without_disturbing_its_siblings(folder):
-    require_command("sbatch")
-    with SlurmPoolExecutor(folder=folder, walltime="0:10:00") as executor:
-        futures = [executor.submit(tasks.Counter(), 12, 0.25) for _ in range(1)]
-        mapped = executor.map(tasks.Counter(), [12] * 3, [0.25] * 3)
-        del futures
-        # interrupt one element of the mapped array once it runs
-        folder_logs = os.path.join(folder, "logs")
-        deadline = time.time() + 60
-        while not any(name.endswith("_1.started") for name in os.listdir(folder_logs)):
-            assert time.time() < deadline
-            time.sleep(0.2)
-        target = next(f for f in executor._tasks.values() if f.index == 1 and len(f.futures) == 1 and f.job_id)
-        executor.interrupt(target.futures[0])
-        results = list(mapped)
-    assert [count for count, _ in results] == [12, 12, 12]
+def test_a_preempted_array_task_resumes_without_disturbing_its_siblings(make_executor):
+    executor = make_executor()
+    with executor.batch():  # one array of three counters
+        futures = [executor.submit(tasks.Counter(), 16, 0.25) for _ in range(3)]
+    wait_until_started(executor, futures[1])
+    time.sleep(1)
+    executor.interrupt(futures[1])
+    results = [future.result(timeout=300) for future in futures]
+    assert [count for count, _ in results] == [16, 16, 16]
     assert [len(starts) for _, starts in results] == [1, 2, 1]
+    assert [future.resubmissions for future in futures] == [0, 1, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make_executor", BACKENDS[1:], indirect=True)  # the local backend has no walltime
+@pytest.mark.parametrize("checkpointable", [True, False], ids=["checkpointable", "plain"])
+def test_reaching_the_walltime_resumes_a_checkpointable_and_fails_a_plain_function(make_executor, checkpointable):
+    # Slurm signals checkpoint_seconds before the end (checked every 30 s), OAR as well (checked every ~10 s)
+    executor = make_executor(walltime=120, checkpoint_seconds=60)
+    if checkpointable:
+        count, starts = executor.submit(tasks.Counter(), 100, 1.0).result(timeout=600)
+        assert count == 100 and len(starts) >= 2
+    else:
+        with pytest.raises(JobFailedError):
+            executor.submit(tasks.count_slowly, 300, 1.0).result(timeout=600)

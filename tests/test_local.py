@@ -325,3 +325,9 @@ def test_a_new_process_reattaches_and_gets_every_result_after_the_client_was_kil
 
 def test_attach_in_a_folder_without_batches_returns_nothing(local):
     assert local.attach() == []
+
+
+def test_a_huge_argument_is_named_in_a_warning_and_pickled_once(folder):
+    with LocalPoolExecutor(1, folder=folder, warn_pickle_bytes=1_000_000) as executor:
+        with pytest.warns(UserWarning, match="arguments of task 0 is 2.0 MB"):
+            assert executor.submit(tasks.size_of, b"x" * 2_000_000).result(timeout=30) == 2_000_000
