@@ -22,7 +22,20 @@ _EXPORTS = {
     "SlurmPoolExecutor": "oarfutures.slurm",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "AutoPoolExecutor",
+    "Checkpointable",
+    "JobEnvironment",
+    "JobFailedError",
+    "JobFuture",
+    "LocalPoolExecutor",
+    "OarPoolExecutor",
+    "RemoteError",
+    "RemoteTraceback",
+    "Resubmission",
+    "SlurmPoolExecutor",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from oarfutures.auto import AutoPoolExecutor

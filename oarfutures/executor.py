@@ -495,7 +495,7 @@ class JobExecutor(cf.Executor):
         try:
             outcomes, resubmissions = batchfiles.read_result(path)
         except batchfiles.CorruptResultError as exc:
-            self._finish(task, lambda future: set_exception(future, exc))
+            self._finish(task, lambda future, error=exc: set_exception(future, error))
             return
         if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
             outcomes = outcomes * len(task.futures)

@@ -197,8 +197,8 @@ class SlurmBackend(Backend):
         return None
 
     def cancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            commands.run(["scancel", *job_ids], env=self.environment)
+        if job_ids:  # array tasks as ranges (123_[0-99999]): one request per array, not one per task
+            commands.run(["scancel", *_ranges(job_ids)], env=self.environment)
 
     def interrupt(self, job_id: str) -> None:
         commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
@@ -266,6 +266,27 @@ def _expand(job: str) -> List[str]:
         low, _, high = part.partition("-")
         ids += [f"{array}_{i}" for i in range(int(low), int(high or low) + 1)]
     return ids
+
+
+def _ranges(job_ids: Sequence[str]) -> List[str]:
+    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['7_[0-2,5]', '9']."""
+    tasks: Dict[str, List[int]] = {}
+    plain = []
+    for job_id in job_ids:
+        array, _, task = job_id.partition("_")
+        if task.isdigit():
+            tasks.setdefault(array, []).append(int(task))
+        else:
+            plain.append(job_id)
+    for array, indices in tasks.items():
+        indices.sort()
+        spans, start = [], indices[0]
+        for previous, current in zip(indices, indices[1:] + [None]):
+            if current != previous + 1:
+                spans.append(f"{start}-{previous}" if previous != start else str(start))
+                start = current
+        plain.append(f"{array}_[{','.join(spans)}]")
+    return plain
 
 
 def _slurm_time(seconds: int) -> str:

@@ -1,7 +1,10 @@
 """Shared fixtures. Cluster tests are marked ``slurm``/``oar`` and need the clusters that ``tests/run-all.sh``
 starts; with ``CI=true`` a cluster that is not there fails those tests instead of skipping them."""
 import os
+import pathlib
 import shutil
+import sys
+import tempfile
 
 import pytest
 
@@ -17,6 +20,20 @@ def folder(tmp_path):
 def local(folder):
     with LocalPoolExecutor(2, folder=folder) as executor:
         yield executor
+
+
+@pytest.fixture
+def alice_home():
+    """A folder the normal user alice owns, below a path she can traverse (root's tmp_path is private to root)."""
+    if os.geteuid() != 0 or sys.executable.startswith("/root"):
+        pytest.skip("needs root and an interpreter alice can run (tests/run-all.sh provides both)")
+    import pwd
+
+    entry = pwd.getpwnam("alice")
+    path = tempfile.mkdtemp(prefix="oarfutures-alice-", dir="/tmp")
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def require_command(name: str) -> None:

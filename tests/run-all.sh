@@ -42,7 +42,7 @@ phase() { # NAME USER PYTEST-ARGS...
         (cd "$RUN/src" && "${PYTEST[@]}" --junitxml="$RUN/$name.xml" "$@") || status=1
     else
         (cd "$RUN/src" && runuser -u "$user" -- env CI="${CI:-}" HOME="/home/$user" PATH="$PATH" \
-            "${PYTEST[@]}" -o cache_dir=/tmp --basetemp="/tmp/oarfutures-pytest-$user" --junitxml="/tmp/$name.xml" "$@") || status=1
+            "${PYTEST[@]}" --basetemp="/tmp/oarfutures-pytest-$user" --junitxml="/tmp/$name.xml" "$@") || status=1
         cp "/tmp/$name.xml" "$RUN/$name.xml" 2>/dev/null || true
     fi
 }

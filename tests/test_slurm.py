@@ -134,7 +134,7 @@ def test_walltime_exceeded_fails_with_timeout_state(folder):
     with SlurmPoolExecutor(folder=folder, walltime=60) as executor:
         future = executor.submit(tasks.sleep_and_return, 300, None)
         with pytest.raises(JobFailedError) as info:
-            future.result(timeout=200)
+            future.result(timeout=400)  # Slurm kills 0-30 s after the limit; a loaded controller adds more
     assert info.value.state == "TIMEOUT"
     assert "TIME LIMIT" in info.value.log_tail
 
@@ -174,13 +174,8 @@ def test_state_queries_are_batched_for_all_live_jobs(slurm):
     assert queries <= seconds + 2  # at most about one squeue/sacct per second for all 20 jobs, not 20
 
 
-def test_submission_by_a_normal_user(tmp_path):
-    if not os.access(sys.executable, os.X_OK) or sys.executable.startswith("/root"):
-        pytest.skip("the interpreter must be readable by another user (tests/run-all.sh uses a venv in /var/tmp)")
-    home = tmp_path / "alice"
-    home.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chown(home, *_uid_gid("alice"))
+def test_submission_by_a_normal_user(alice_home):
+    home = alice_home
     script = home / "run.py"
     script.write_text(
         textwrap.dedent(
@@ -204,13 +199,6 @@ def test_accounting_mode_uses_sacct_and_reports_exit_codes(slurm):
         slurm.submit(tasks.exit_hard, 3).result(timeout=120)
     assert info.value.state == "FAILED"
     assert info.value.exit_code == "3:0"
-
-
-def _uid_gid(user):
-    import pwd
-
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
 
 
 def test_a_new_process_reattaches_to_the_folder_after_the_client_was_killed(tmp_path, folder):
