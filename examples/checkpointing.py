@@ -28,13 +28,13 @@ class SlowCounter(Checkpointable):
 if __name__ == "__main__":
     folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="checkpoint-")
     with AutoPoolExecutor(folder=folder, timeout_min=10) as executor:
-        future = executor.submit(SlowCounter(), 12)
-        while not future.running():
+        future = executor.submit(SlowCounter(), 60)  # 30 s of counting
+        while not future.running():  # a cluster reports it within seconds
             time.sleep(0.2)
-        time.sleep(3)  # let it count a little
+        time.sleep(2)  # let it count a little
         executor.interrupt(future)  # what a preemption does
         count, runs = future.result()
         print(f"counted to {count} in {runs} runs, {future.resubmissions} resubmission(s), jobs {future.job_ids}")
-        assert count == 12 and runs == 2
+        assert count == 60 and runs == 2
         print(executor.logs(future).strip().splitlines()[-1])
         print("folder:", os.path.abspath(folder))
