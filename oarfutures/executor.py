@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -91,6 +92,17 @@ def resolve_folder(folder: Optional[str], kind: str) -> str:
     return folder
 
 
+def interpreter_path(python: Optional[str]) -> str:
+    """An absolute path for the jobs' interpreter: a bare name is looked up on PATH (not in the job's fresh
+    environment), and symlinks are kept, since a venv's bin/python is one."""
+    if python is None:
+        return sys.executable
+    found = shutil.which(python) if os.sep not in python else python
+    if found is None:
+        raise ValueError(f"python={python!r} is not an interpreter found on PATH")
+    return os.path.abspath(found)
+
+
 def check_max_workers(max_workers: Optional[int]) -> None:
     if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
         raise TypeError(f"max_workers must be a positive int or None, got {max_workers!r}")
@@ -119,7 +131,7 @@ class JobExecutor(cf.Executor):
         #: what dask and joblib read as the pool size; a positive int even when no cap is set
         self._max_workers = max_workers or default_max_workers
         self.folder = resolve_folder(folder, backend.name)
-        self.python = os.path.abspath(python or sys.executable)
+        self.python = interpreter_path(python)
         self.keep_files = keep_files
         self.result_grace = backend.result_grace if result_grace is None else float(result_grace)
         self.warn_pickle_bytes = warn_pickle_bytes

@@ -331,3 +331,12 @@ def test_a_huge_argument_is_named_in_a_warning_and_pickled_once(folder):
     with LocalPoolExecutor(1, folder=folder, warn_pickle_bytes=1_000_000) as executor:
         with pytest.warns(UserWarning, match="arguments of task 0 is 2.0 MB"):
             assert executor.submit(tasks.size_of, b"x" * 2_000_000).result(timeout=30) == 2_000_000
+
+
+def test_the_interpreter_given_by_name_is_found_on_path_and_made_absolute(folder):
+    executor = LocalPoolExecutor(1, folder=folder, python=os.path.basename(sys.executable))
+    assert os.path.isabs(executor.python)
+    assert executor.submit(tasks.square, 3).result(timeout=30) == 9
+    executor.shutdown()
+    with pytest.raises(ValueError, match="no-such-python"):
+        LocalPoolExecutor(1, folder=folder, python="no-such-python")
