@@ -3,8 +3,11 @@
 Names are imported on first use: the worker (``python -m oarfutures.worker``) starts once per task and must not
 pay for the client's imports (cloudpickle, threads, the executors).
 """
+from __future__ import annotations
+
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not imported from typing: the worker would pay for the typing module at every start
 
 __version__ = "0.1.0"
 

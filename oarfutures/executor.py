@@ -38,6 +38,7 @@ logger = logging.getLogger("oarfutures")
 logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging
 
 LOG_TAIL_BYTES = 2000
+UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
 
 
 @dataclass(eq=False)
@@ -248,7 +249,10 @@ class JobExecutor(cf.Executor):
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""
         if exc_type is not None:
-            self.abort(f"the with block raised {exc_type.__name__}")
+            try:
+                self.abort(f"the with block raised {exc_type.__name__}")
+            except Exception:  # the user's exception is the one to see; the jobs' fate is logged
+                logger.exception("cancelling the jobs of %s failed", self.folder)
         self.shutdown(wait=True)
         return False
 
@@ -264,18 +268,25 @@ class JobExecutor(cf.Executor):
             self._batch_left.clear()
             self._records.clear()
         job_ids = [t.job_id for t in tasks if t.job_id is not None]
-        if job_ids:
-            self.backend.cancel(job_ids)
+        failure: Optional[BaseException] = None
+        try:
+            if job_ids:
+                self.backend.cancel(job_ids)
+        except BaseException as exc:  # the futures must resolve all the same; say why the jobs may still run
+            failure, reason = exc, f"{reason}; cancelling the jobs failed, they may still run ({exc})"
         for task in tasks:
             for future in task.futures:
                 if not future.cancel():
                     set_exception(future, JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason))
-        for record in batches:  # nothing of them will run: nothing to attach to later
-            if not self.keep_files:
-                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
-            record.complete = True
-            record.save(self.folder)
+        for record in batches:
+            if failure is None:  # nothing of them will run: nothing to attach to later
+                if not self.keep_files:
+                    batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
+                record.complete = True
+                record.save(self.folder)
         self._close_if_idle()
+        if failure is not None:
+            raise failure
 
     def interrupt(self, future: JobFuture) -> None:
         """Send the checkpoint signal to the job running ``future``, as a preemption would (to test checkpointing)."""
@@ -536,8 +547,10 @@ class JobExecutor(cf.Executor):
             tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
         for task in tasks:
             status = statuses.get(task.job_id or "")
-            if status is None:  # unknown to the scheduler: purged, or not visible yet just after submission
-                if now - task.submitted_at > self.result_grace:
+            if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
+                # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
+                grace = self.result_grace if task.last_status is not None else max(UNSEEN_GRACE, self.result_grace)
+                if now - task.submitted_at > grace:
                     self._mark_ended(task, now)
                 continue
             if status.follow_up:  # resubmitted under a new job id: follow it

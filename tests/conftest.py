@@ -5,10 +5,27 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 
 import pytest
 
 from oarfutures import LocalPoolExecutor
+
+
+#: every backend, each cluster marked so that tests/run-all.sh runs it in that cluster's phase
+BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
+    pytest.param("oar", id="oar", marks=pytest.mark.oar),
+]
+SUBMIT_COMMAND = {"slurm": "sbatch", "oar": "oarsub"}
+
+
+def wait_for(predicate, timeout=60, what="condition", interval=0.3):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
 
 
 @pytest.fixture

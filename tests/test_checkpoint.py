@@ -5,21 +5,16 @@ import time
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 
-BACKENDS = [
-    pytest.param("local", id="local"),
-    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
-    pytest.param("oar", id="oar", marks=pytest.mark.oar),
-]
 
 
 @pytest.fixture(params=BACKENDS)
 def make_executor(request, folder):
     name = request.param
     if name != "local":
-        require_command({"slurm": "sbatch", "oar": "oarsub"}[name])
+        require_command(SUBMIT_COMMAND[name])
     made = []
 
     def make(**kwargs):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import require_command, wait_for
 from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 
 
@@ -29,13 +29,6 @@ def status(folder, *args):
 
 def states(folder):
     return {task["task_id"]: task["state"] for task in status(folder)["tasks"]}
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def files_under(folder, sub):

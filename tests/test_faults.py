@@ -14,16 +14,13 @@ import time
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import BACKENDS, SUBMIT_COMMAND, require_command, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.commands import SchedulerCommandError
 from oarfutures.worker import dump_outcomes
 
-CLUSTERS = [
-    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
-    pytest.param("oar", id="oar", marks=pytest.mark.oar),
-]
-SUBMIT = {"slurm": "sbatch", "oar": "oarsub"}
+CLUSTERS = BACKENDS[1:]
+SUBMIT = SUBMIT_COMMAND
 QUERY = {"slurm": "squeue", "oar": "oarstat"}
 
 
@@ -74,13 +71,6 @@ def flaky(tmp_path, monkeypatch):
         return counter
 
     return install
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 # 1. killed from outside -----------------------------------------------------------------------------------------

@@ -340,3 +340,19 @@ def test_the_interpreter_given_by_name_is_found_on_path_and_made_absolute(folder
     executor.shutdown()
     with pytest.raises(ValueError, match="no-such-python"):
         LocalPoolExecutor(1, folder=folder, python="no-such-python")
+
+
+def test_abort_resolves_every_future_even_when_cancelling_the_jobs_fails(folder, monkeypatch):
+    executor = LocalPoolExecutor(1, folder=folder)
+    futures = [executor.submit(tasks.sleep_and_return, 5, i) for i in range(3)]
+
+    def refuse(job_ids):
+        raise RuntimeError("scancel: Socket timed out on send/recv operation")
+
+    monkeypatch.setattr(executor.backend, "cancel", refuse)
+    with pytest.raises(RuntimeError, match="Socket timed out"):
+        executor.abort("test")
+    for future in futures:
+        assert future.cancelled() or "may still run" in str(future.exception(timeout=5))
+    monkeypatch.undo()
+    executor.shutdown(wait=False, cancel_futures=True)

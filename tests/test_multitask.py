@@ -2,20 +2,15 @@
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import AutoPoolExecutor, JobFailedError
 
-BACKENDS = [
-    pytest.param("local", id="local"),
-    pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
-    pytest.param("oar", id="oar", marks=pytest.mark.oar),
-]
 
 
 @pytest.fixture(params=BACKENDS)
 def four_tasks(request, folder):
     if request.param != "local":
-        require_command({"slurm": "sbatch", "oar": "oarsub"}[request.param])
+        require_command(SUBMIT_COMMAND[request.param])
     with AutoPoolExecutor(folder=folder, cluster=request.param, tasks_per_node=4, timeout_min=10) as executor:
         yield executor
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import require_command, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor
 from oarfutures.commands import SchedulerCommandError
 
@@ -51,13 +51,6 @@ def deleted_by_oardel(job_ids):
 def in_one_hour():
     """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 3600))
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def scripts(folder):

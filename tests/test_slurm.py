@@ -9,7 +9,7 @@ import time
 import pytest
 
 import tasks
-from conftest import require_command
+from conftest import require_command, wait_for
 from oarfutures import JobFailedError, SlurmPoolExecutor
 from oarfutures.poller import get_poller
 
@@ -30,13 +30,6 @@ def slurm(folder):
 def squeue_states(job_id):
     out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True)
     return dict(line.split() for line in out.stdout.splitlines())
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def scripts(folder):
