@@ -1,0 +1,434 @@
+"""Shared plumbing of the benchmarks: child processes, scheduler-call counting, machine facts, small statistics.
+
+Every measurement runs in a *child* process started by ``python -m benchmarks`` (the orchestrator), so that one
+case's poller thread, submitit's class-level state or leftover memory never leaks into the next one, and so that
+the OAR case can run as the unprivileged user OAR requires. A child is::
+
+    <job python> -c "<append the repository to sys.path; run benchmarks.<case> as __main__>" --child ARGS.json OUT.json
+
+with its working directory in a scratch folder. The repository is *appended* to ``sys.path``: ``import oarfutures``
+finds the copy installed in the job interpreter's venv (the same copy the jobs' workers run), and functions defined
+in a case module are ``__main__`` functions, which cloudpickle (used by both oarfutures and submitit) pickles by
+value, as it would a user's script.
+
+Scheduler calls are counted by wrapper scripts placed first on the child's ``PATH``: each appends its name to the
+file named by ``$OARF_BENCH_CALLS`` and ``exec``s the real binary (one ``sh`` start per call, the same for every
+contender). Slurm jobs inherit that ``PATH``; OAR jobs get a fresh one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import platform
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS_DIR = os.path.join(HERE, "results")
+SCRATCH = os.environ.get("OARF_BENCH_SCRATCH", "/var/tmp/oarf-bench")
+CI_PYTHON = "/var/tmp/oarfutures-ci/venv/bin/python"
+OAR_USER = "alice"
+
+SLURM_COMMANDS = ("squeue", "sacct", "scontrol", "sbatch", "scancel")
+OAR_COMMANDS = ("oarstat", "oarsub", "oardel")
+CALLS_VARIABLE = "OARF_BENCH_CALLS"
+
+
+def job_python() -> str:
+    """The interpreter used for every client and every job: the CI venv (built from /usr/bin/python3), else ours."""
+    python = os.environ.get("OARF_BENCH_PYTHON")
+    if python:
+        return python
+    return CI_PYTHON if os.access(CI_PYTHON, os.X_OK) else sys.executable
+
+
+# ---------------------------------------------------------------------- load and machine facts
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine() -> Dict[str, Any]:
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    python = job_python()
+    return {
+        "host": socket.gethostname(),
+        "nproc": os.cpu_count(),
+        "ram_gb": round(mem_kb / 2**20, 1),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "orchestrator_python": sys.version.split()[0],
+        "job_python": python,
+        "job_python_version": _out([python, "-c", "import sys; print(sys.version.split()[0])"]),
+        "slurm": _out(["sinfo", "--version"]),
+        "oar": _out(["oarsub", "-V"]).splitlines()[0] if _out(["oarsub", "-V"]) else "",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def code_version(python: str) -> Dict[str, Any]:
+    """Which oarfutures is measured: the repository's commit and edits, and the copy the job python imports."""
+    import hashlib
+
+    def digest(folder: str) -> str:
+        h = hashlib.sha256()
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+        return h.hexdigest()[:12]
+
+    installed = _out([python, "-c", "import oarfutures, os; print(os.path.dirname(oarfutures.__file__))"], cwd="/")
+    return {
+        "git_head": _out(["git", "-C", REPO, "log", "-1", "--format=%h %s"]),
+        "git_dirty": _out(["git", "-C", REPO, "status", "--porcelain", "--", "oarfutures"]).splitlines(),
+        "repo_sha": digest(os.path.join(REPO, "oarfutures")),
+        "installed": installed,
+        "installed_sha": digest(installed) if installed else "",
+    }
+
+
+def refresh_install(python: str) -> str:
+    """Install the working tree into the job python's venv when the copy there differs (the CI venv's pip)."""
+    version = code_version(python)
+    if version["installed_sha"] == version["repo_sha"]:
+        return "up to date"
+    pip = os.path.join(os.path.dirname(python), "pip")
+    if not os.access(pip, os.X_OK):
+        return f"differs from the repository, and no pip next to {python}"
+    done = subprocess.run(
+        [pip, "install", "-q", "--disable-pip-version-check", "--no-deps", "--upgrade", REPO],
+        capture_output=True,
+        text=True,
+    )
+    return "refreshed" if done.returncode == 0 else f"pip failed: {_tail(done.stderr, 3)}"
+
+
+def _out(command: Sequence[str], timeout: float = 30, cwd: Optional[str] = None) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def slurm_config() -> Dict[str, str]:
+    """The Slurm settings that change what the benchmarks mean (others may restart Slurm with other ones)."""
+    text = _out(["scontrol", "show", "config"])
+    keys = ("MaxArraySize", "AccountingStorageType", "MinJobAge", "MaxJobCount", "SchedulerParameters")
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in keys:
+            found[key.strip()] = value.strip()
+    return found
+
+
+def slurm_brief(config: Dict[str, str]) -> str:
+    """'MaxArraySize 100001, no accounting (squeue)': the two settings others' test runs flip."""
+    if not config:
+        return "Slurm config unknown"
+    accounting = config.get("AccountingStorageType", "?")
+    mode = "no accounting (squeue)" if accounting.endswith("none") else "accounting (sacct)"
+    return f"MaxArraySize {config.get('MaxArraySize', '?')}, {mode}"
+
+
+def slurm_queue() -> Dict[str, int]:
+    """Jobs (array tasks expanded) pending/running on Slurm now, everyone's: how busy the shared cluster is."""
+    lines = _out(["squeue", "-h", "-r", "-t", "PENDING,RUNNING,COMPLETING", "-o", "%T"]).split()
+    return dict(collections.Counter(lines))
+
+
+def wait_for_quiet(queue: Callable[[], Dict[str, int]], busy: Sequence[str], limit: float = 90) -> Dict[str, Any]:
+    """Wait (up to ``limit`` s) until nobody's jobs wait in the queue, so a contender does not start behind someone
+    else's array; return what the queue held when we started and how long we waited."""
+    t0 = time.monotonic()
+    while True:
+        now = queue()
+        if not any(now.get(state) for state in busy) or time.monotonic() - t0 > limit:
+            return {"queue_at_start": now, "waited_for_quiet_seconds": round(time.monotonic() - t0, 1)}
+        time.sleep(2)
+
+
+def slurm_room() -> Dict[str, int]:
+    """How many more tasks slurmctld accepts: MaxJobCount minus every task record it holds (ended ones included,
+    for MinJobAge). A submission beyond it makes ``sbatch`` wait and retry, for everyone on the cluster."""
+    config = slurm_config()
+    try:
+        limit = int(config.get("MaxJobCount", "10000").split()[0])
+    except ValueError:
+        limit = 10000
+    held = len(_out(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], timeout=120).split())
+    return {"max_job_count": limit, "records": held, "room": limit - held}
+
+
+def oar_queue() -> Dict[str, int]:
+    lines = _out(["oarstat"]).splitlines()[2:]
+    return dict(collections.Counter(line.split()[1] for line in lines if len(line.split()) > 1))
+
+
+# ---------------------------------------------------------------------- counting scheduler calls
+def make_wrappers(folder: str, commands: Iterable[str]) -> str:
+    """Write ``folder/<cmd>`` scripts that log their name and exec the real binary; return ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    os.chmod(folder, 0o755)
+    for command in commands:
+        real = shutil.which(command, path=os.environ.get("PATH", "").replace(folder, ""))
+        if real is None:
+            continue
+        path = os.path.join(folder, command)
+        with open(path, "w") as f:
+            f.write(
+                f'#!/bin/sh\n[ -n "${CALLS_VARIABLE}" ] && echo {command} >> "${CALLS_VARIABLE}"\nexec {real} "$@"\n'
+            )
+        os.chmod(path, 0o755)
+    return folder
+
+
+def count_calls(path: str) -> Dict[str, int]:
+    try:
+        with open(path) as f:
+            return dict(collections.Counter(line.strip() for line in f if line.strip()))
+    except FileNotFoundError:
+        return {}
+
+
+# ---------------------------------------------------------------------- child processes
+def scratch(name: str, user: Optional[str] = None) -> str:
+    """A fresh scratch folder (owned by ``user`` when given, mode 0700 then: OAR jobs run in it)."""
+    os.makedirs(SCRATCH, exist_ok=True)
+    os.chmod(SCRATCH, 0o755)
+    folder = os.path.join(SCRATCH, f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    os.makedirs(folder)
+    if user:
+        info = pwd.getpwnam(user)
+        os.chown(folder, info.pw_uid, info.pw_gid)
+        os.chmod(folder, 0o700)
+    return folder
+
+
+_BOOT = (
+    "import sys, runpy; sys.argv[0] = {module!r}; sys.path.append({repo!r}); "
+    "runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+)
+
+
+def run_child(
+    module: str,
+    args: Dict[str, Any],
+    *,
+    folder: str,
+    wrappers: Optional[str] = None,
+    user: Optional[str] = None,
+    timeout: float = 600,
+    python: Optional[str] = None,
+    calls: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run ``benchmarks.<module>`` as a child in ``folder``; return what it wrote (or an ``error`` entry).
+
+    With ``calls`` (a file name), the wrappers log every scheduler command the child and its jobs run there.
+    """
+    result = _run_child_once(
+        module, args, folder=folder, wrappers=wrappers, user=user, timeout=timeout, python=python, calls=calls
+    )
+    if "No module named oarfutures" in json.dumps(result, default=str):
+        # others' test runs reinstall the package in the shared CI venv: a job started during that window fails
+        time.sleep(10)
+        result = _run_child_once(
+            module, args, folder=folder, wrappers=wrappers, user=user, timeout=timeout, python=python, calls=calls
+        )
+        result["retried"] = "the first attempt found no oarfutures in the venv (being reinstalled by someone)"
+    if "side" in args:
+        result.setdefault("side", args["side"])
+    return result
+
+
+def _run_child_once(
+    module: str,
+    args: Dict[str, Any],
+    *,
+    folder: str,
+    wrappers: Optional[str],
+    user: Optional[str],
+    timeout: float,
+    python: Optional[str],
+    calls: Optional[str],
+) -> Dict[str, Any]:
+    python = python or job_python()
+    if calls:
+        open(calls, "w").close()
+    args_path = os.path.join(folder, f"args-{time.monotonic_ns()}.json")
+    out_path = args_path.replace("args-", "out-")
+    with open(args_path, "w") as f:
+        json.dump(args, f)
+    boot = _BOOT.format(module=f"benchmarks.{module}", repo=REPO)
+    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if wrappers:
+        path = f"{wrappers}:{path}"
+    if user:
+        info = pwd.getpwnam(user)
+        for owned in (args_path, calls):
+            if owned:
+                os.chown(owned, info.pw_uid, info.pw_gid)
+        env_args = [
+            "env",
+            "-i",
+            f"HOME={info.pw_dir}",
+            f"USER={user}",
+            f"LOGNAME={user}",
+            f"PATH={path}",
+            "LANG=C.UTF-8",
+        ]
+        if calls:
+            env_args.append(f"{CALLS_VARIABLE}={calls}")
+        command = ["runuser", "-u", user, "--", *env_args, python, "-c", boot, "--child", args_path, out_path]
+        env = None
+    else:
+        command = [python, "-c", boot, "--child", args_path, out_path]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYENV"))}
+        env["PATH"] = path
+        env.pop(CALLS_VARIABLE, None)
+        if calls:
+            env[CALLS_VARIABLE] = calls
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"child {module} timed out after {timeout:.0f} s", "stderr": _tail(exc.stderr)}
+    result: Dict[str, Any] = {}
+    try:
+        with open(out_path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        result = {"error": f"child {module} exited {done.returncode} without a result"}
+    if done.returncode != 0 and "error" not in result:
+        result["error"] = f"child {module} exited {done.returncode}"
+    if "error" in result:
+        result["stderr"] = _tail(done.stderr)
+    result.setdefault("child_seconds", time.perf_counter() - started)
+    return result
+
+
+def _tail(text: Any, lines: int = 25) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").splitlines()[-lines:])
+
+
+def child_main(measure: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
+    """Entry point of a child: ``--child ARGS.json OUT.json``; ``measure(args)`` returns a JSON-able dict."""
+    if len(sys.argv) != 4 or sys.argv[1] != "--child":
+        sys.exit(f"{sys.argv[0]}: run the benchmarks with `python -m benchmarks` (this module is a child of it)")
+    with open(sys.argv[2]) as f:
+        args = json.load(f)
+    try:
+        result = measure(args)
+    except BaseException as exc:  # report, do not hide: the orchestrator prints it in the table
+        import traceback
+
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    result.setdefault("load_end", load())
+    with open(sys.argv[3], "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    os._exit(0)  # do not wait for executors' daemon threads or atexit hooks of half-torn-down libraries
+
+
+# ---------------------------------------------------------------------- statistics
+def median(values: Sequence[float]) -> Optional[float]:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile (q in 0..100): with few samples p99 is simply the maximum."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(values)))
+    return values[rank - 1]
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def row(
+    case: str,
+    measure: str,
+    ours: Any,
+    baseline: str,
+    base: Any,
+    *,
+    unit: str = "",
+    runs: Any = 1,
+    load: Any = None,
+    ratio_: Optional[float] = "auto",
+    note: str = "",
+) -> Dict[str, Any]:  # type: ignore[assignment]
+    """One line of the summary table: oarfutures' median against one baseline's median."""
+    if ratio_ == "auto":
+        ratio_ = ratio(ours, base) if isinstance(ours, (int, float)) and isinstance(base, (int, float)) else None
+    note = " ".join(str(note).split())
+    return {
+        "case": case,
+        "measure": measure,
+        "oarfutures": ours,
+        "baseline": baseline,
+        "baseline_value": base,
+        "ratio": ratio_,
+        "unit": unit,
+        "runs": runs,
+        "load": load,
+        "note": note if len(note) <= 300 else note[:297] + "...",
+    }
+
+
+def load_range(*results: Dict[str, Any]) -> str:
+    values = [r.get(k) for r in results for k in ("load_start", "load_end") if isinstance(r.get(k), (int, float))]
+    if not values:
+        return "?"
+    low, high = min(values), max(values)
+    return f"{low:.1f}" if abs(high - low) < 0.05 else f"{low:.1f}-{high:.1f}"
+
+
+def save(name: str, record: Dict[str, Any]) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+def thread_cpu(thread: Any) -> float:
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def folder_bytes(folder: str) -> List[int]:
+    total, files = 0, 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+                files += 1
+            except OSError:
+                pass
+    return [total, files]
