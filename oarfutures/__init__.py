@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from oarfutures.slurm import SlurmPoolExecutor
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'oarfutures' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -64,6 +64,9 @@ class Backend(abc.ABC):
     throttles: bool = False
     #: seconds between state queries: the first after a submission, growing to the last while nothing changes
     query_interval: Tuple[float, float] = (1.0, 5.0)
+    #: True when query() answers with the jobs whose state changed since its last call, whatever it is asked
+    #: (the local backend knows every change as it happens); then silence means "no news", not "unknown job"
+    reports_changes_only: bool = False
     #: False when jobs die with the client that submitted them (the local backend): attach() runs them again
     jobs_outlive_client: bool = True
     #: how long a job may be over, with no result file yet, before its future fails (shared filesystems lag)

@@ -56,6 +56,7 @@ class Task:
     ended_since: Optional[float] = None  # when the backend first said the job is over (result not seen yet)
     last_status: Optional[JobStatus] = None
     running: bool = False
+    vanished: bool = False  # the scheduler stopped reporting the job (purged, or never seen)
 
     @property
     def task_id(self) -> str:
@@ -143,6 +144,7 @@ class JobExecutor(cf.Executor):
         self._waiting: Deque[_Waiting] = collections.deque()
         self._batch_left: Dict[str, int] = {}
         self._records: Dict[str, records.BatchRecord] = {}
+        self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._cancelled: Set[Task] = set()
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
@@ -263,6 +265,7 @@ class JobExecutor(cf.Executor):
             tasks = list(self._tasks.values())
             batches = list(self._records.values())
             self._tasks.clear()
+            self._by_job.clear()
             self._waiting.clear()
             self._ended.clear()
             self._batch_left.clear()
@@ -394,6 +397,7 @@ class JobExecutor(cf.Executor):
                     os.replace(delivered, layout.result_path(self.folder, task.batch, task.index))
                 if task.index in record.job_ids and self.backend.jobs_outlive_client:
                     task.job_id, task.phase, task.submitted_at = record.job_ids[task.index], "submitted", now
+                    self._by_job[task.job_id] = task
                     for future in task.futures:
                         future.job_ids.append(task.job_id)
                 else:
@@ -441,6 +445,7 @@ class JobExecutor(cf.Executor):
                 record = self._records[first.batch]
                 for task, job_id in zip(wave, job_ids):
                     task.job_id, task.submitted_at, task.phase = job_id, now, "submitted"
+                    self._by_job[job_id] = task
                     record.job_ids[task.index] = job_id
                     for future in task.futures:
                         future.job_ids.append(job_id)
@@ -475,7 +480,7 @@ class JobExecutor(cf.Executor):
         """Undo a batch the scheduler refused: nothing of it runs, its files go."""
         with self._lock:
             for task_id in [k for k, t in self._tasks.items() if t.batch == batch]:
-                del self._tasks[task_id]
+                self._by_job.pop(self._tasks.pop(task_id).job_id or "", None)
             self._waiting = collections.deque(w for w in self._waiting if w.batch != batch)
             self._batch_left.pop(batch, None)
             self._records.pop(batch, None)
@@ -544,16 +549,24 @@ class JobExecutor(cf.Executor):
         """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
         changed = False
         with self._lock:
-            tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
+            if self.backend.reports_changes_only:  # only the news: no need to look at every task
+                tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
+            else:
+                tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
         for task in tasks:
             status = statuses.get(task.job_id or "")
             if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
                 # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
                 grace = self.result_grace if task.last_status is not None else max(UNSEEN_GRACE, self.result_grace)
                 if now - task.submitted_at > grace:
+                    task.vanished = True
                     self._mark_ended(task, now)
                 continue
+            task.vanished = False
             if status.follow_up:  # resubmitted under a new job id: follow it
+                with self._lock:
+                    self._by_job.pop(task.job_id or "", None)
+                    self._by_job[status.follow_up] = task
                 task.job_id = status.follow_up
                 for future in task.futures:
                     future.job_ids.append(status.follow_up)
@@ -595,13 +608,13 @@ class JobExecutor(cf.Executor):
             if os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
                 self._resolve_from_file(task)  # landed after the last directory scan
                 continue
-            status = task.last_status
+            status = None if task.vanished else task.last_status
             error = JobFailedError(
                 task.task_id,
                 task.job_id,
                 status.native_state or status.state.value if status else "UNKNOWN",
                 status.exit_code if status else None,
-                (status.reason if status else "") or _no_result_reason(status),
+                (status.reason if status else "") or _no_result_reason(status, task.last_status),
                 self._log_tail(task.job_id),
             )
             logger.info("%s", error)
@@ -640,6 +653,7 @@ class JobExecutor(cf.Executor):
         with self._lock:
             if self._tasks.pop(task.task_id, None) is None:
                 return  # resolved by another path meanwhile
+            self._by_job.pop(task.job_id or "", None)
             self._ended.discard(task)
             self._release_batch(task.batch)
         for future in task.futures:  # outside the lock: callbacks may submit
@@ -648,6 +662,7 @@ class JobExecutor(cf.Executor):
     def _drop(self, task: Task) -> None:
         """Forget a task that will never run (lock held)."""
         if self._tasks.pop(task.task_id, None) is not None:
+            self._by_job.pop(task.job_id or "", None)
             self._ended.discard(task)
             self._release_batch(task.batch)
 
@@ -683,9 +698,10 @@ class JobExecutor(cf.Executor):
         return "\n".join(parts)
 
 
-def _no_result_reason(status: Optional[JobStatus]) -> str:
+def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus]) -> str:
     if status is None:
-        return "the scheduler no longer knows the job and no result was written"
+        seen = f" (last seen {last_seen.native_state or last_seen.state.value})" if last_seen else " (never seen)"
+        return f"the scheduler no longer knows the job{seen} and no result was written"
     if status.state is JobState.COMPLETED:
         return "the job completed but its worker wrote no result"
     return "no result was written"

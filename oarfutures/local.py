@@ -49,6 +49,7 @@ class LocalBackend(Backend):
     name = "local"
     throttles = True
     jobs_outlive_client = False
+    reports_changes_only = True
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
     query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling
@@ -77,6 +78,7 @@ class LocalBackend(Backend):
         self._processes: Dict[str, subprocess.Popen] = {}
         self._killed: Dict[str, str] = {}  # job id -> why we killed it
         self._busy = 0  # slots between taking a job and seeing its worker exit
+        self._changed: Dict[str, JobStatus] = {}  # news for the next query
         _backends.add(self)
 
     def drain(self) -> None:
@@ -118,7 +120,7 @@ class LocalBackend(Backend):
                 if job_id in self._killed:
                     self._lock.notify_all()
                     continue
-                self._states[job_id] = RUNNING
+                self._states[job_id] = self._changed[job_id] = RUNNING
                 self._busy += 1
             out_path, err_path = self.log_paths(job_id)
             environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
@@ -139,7 +141,7 @@ class LocalBackend(Backend):
                     self._queue.append((job_id, command, variables))
                     self._lock.notify_all()
                     continue
-                self._states[job_id] = self._ended_status(job_id, code)
+                self._states[job_id] = self._changed[job_id] = self._ended_status(job_id, code)
                 self._lock.notify_all()
             get_poller().wake()
 
@@ -161,7 +163,8 @@ class LocalBackend(Backend):
                 if process is not None:
                     process.kill()
                 elif self._states.get(job_id) is QUEUED:  # its slot will skip it
-                    self._states[job_id] = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
+                    status = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
+                    self._states[job_id] = self._changed[job_id] = status
 
     def interrupt(self, job_id: str) -> None:
         """The checkpoint signal to a running worker: what a preemption does on a cluster."""
@@ -172,13 +175,14 @@ class LocalBackend(Backend):
             process.send_signal(CHECKPOINT_SIGNAL)
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        """What changed since the last query (reports_changes_only): the cost follows the news, not the queue."""
         with self._lock:
-            statuses = {job_id: self._states[job_id] for job_id in job_ids if job_id in self._states}
-            for job_id, status in statuses.items():  # an ended job is reported once, then forgotten
+            news, self._changed = self._changed, {}
+            for job_id, status in news.items():  # an ended job is reported once, then forgotten
                 if status.state.ended:
-                    del self._states[job_id]
+                    self._states.pop(job_id, None)
                     self._killed.pop(job_id, None)
-            return statuses
+            return news
 
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)

@@ -80,11 +80,12 @@ class Poller:
 
     def _query(self, executors: List["JobExecutor"], now: float) -> bool:
         """One backend call for the live jobs of all these executors; each backs off while nothing changes."""
-        ids = [job_id for executor in executors for job_id in executor.live_job_ids()]
-        statuses = {}
-        if ids:
+        backend = executors[0].backend
+        ids = [] if backend.reports_changes_only else [j for executor in executors for j in executor.live_job_ids()]
+        statuses: Optional[Dict[str, object]] = {}
+        if ids or backend.reports_changes_only:
             try:
-                statuses = executors[0].backend.query(ids)
+                statuses = backend.query(ids)
                 self.query_count += 1
             except Exception as exc:
                 logger.warning("state query failed, will retry: %s", exc)
@@ -92,7 +93,9 @@ class Poller:
         changed = False
         for executor in executors:
             low, high = executor.backend.query_interval
-            if statuses is not None and ids and executor.apply_states(statuses, now):
+            # an empty answer still counts: jobs the scheduler forgot are absent from it
+            answered = statuses is not None and (bool(ids) or bool(statuses))
+            if answered and executor.apply_states(statuses, now):  # type: ignore[arg-type]
                 executor.query_wait, changed = low, True
             else:
                 executor.query_wait = min(max(executor.query_wait, low) * BACKOFF, high)

@@ -356,3 +356,39 @@ def test_abort_resolves_every_future_even_when_cancelling_the_jobs_fails(folder,
         assert future.cancelled() or "may still run" in str(future.exception(timeout=5))
     monkeypatch.undo()
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ForgetfulScheduler(__import__("oarfutures.backend", fromlist=["Backend"]).Backend):
+    """A scheduler that runs nothing and, after reporting the job running, forgets it (squeue after MinJobAge):
+    an edge case a real Slurm produces only after an hour."""
+
+    name = "forgetful"
+    query_interval = (0.05, 0.1)
+    result_grace = 0.3
+
+    def __init__(self):
+        self.parameters, self.queries = {}, 0
+
+    def validate(self, values):
+        return dict(values)
+
+    def submit(self, submission):
+        return [f"job{i}" for i in range(submission.first, submission.first + submission.count)]
+
+    def cancel(self, job_ids):
+        pass
+
+    def query(self, job_ids):
+        from oarfutures.backend import JobState, JobStatus
+
+        self.queries += 1
+        return {job_id: JobStatus(JobState.RUNNING, "RUNNING") for job_id in job_ids} if self.queries <= 2 else {}
+
+
+def test_a_job_the_scheduler_forgot_fails_its_future_instead_of_hanging(folder):
+    from oarfutures.executor import JobExecutor
+
+    with JobExecutor(ForgetfulScheduler(), None, folder, None) as executor:
+        future = executor.submit(tasks.square, 2)
+        with pytest.raises(JobFailedError, match="no longer knows the job"):
+            future.result(timeout=30)
