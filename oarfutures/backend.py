@@ -60,8 +60,13 @@ class Backend(abc.ABC):
     """A scheduler (or the local machine) as seen by the executor core."""
 
     name: str = ""
-    #: True when the backend itself keeps at most max_workers tasks running (Slurm's %N, the local pool)
+    #: True when the scheduler can cap the running tasks of one array (Slurm's %N): the core then submits whole
+    #: arrays with ``max_running`` set to the slots that ``max_workers`` leaves free
     throttles: bool = False
+    #: True when the backend itself keeps at most max_workers tasks running across all arrays (the local pool)
+    caps_all_jobs: bool = False
+    #: True when query() only reads memory (the local backend): the poller then needs no thread to call it
+    query_is_cheap: bool = False
     #: seconds between state queries: the first after a submission, growing to the last while nothing changes
     query_interval: Tuple[float, float] = (1.0, 5.0)
     #: True when query() answers with the jobs whose state changed since its last call, whatever it is asked
@@ -69,8 +74,9 @@ class Backend(abc.ABC):
     reports_changes_only: bool = False
     #: False when jobs die with the client that submitted them (the local backend): attach() runs them again
     jobs_outlive_client: bool = True
-    #: how long a job may be over, with no result file yet, before its future fails (shared filesystems lag)
-    result_grace: float = 5.0
+    #: how long a job that ended normally may be over, with no result file yet, before its future fails:
+    #: shared filesystems lag (NFS caches directory listings up to 60 s by default)
+    result_grace: float = 60.0
 
     @abc.abstractmethod
     def submit(self, submission: BatchSubmission) -> List[str]:

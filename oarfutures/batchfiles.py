@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import struct
 import sys
 import warnings
@@ -67,6 +68,7 @@ def write_batch(
         "origins": [_origin(f) for f in functions],
         "max_resubmissions": max_resubmissions,
     }
+    os.mkdir(os.path.dirname(layout.claim_path(folder, batch, 0)), 0o700)
     _write_private(layout.functions_path(folder, batch), pickle.dumps((meta, fn_blob)))
     _write_private(layout.args_path(folder, batch), b"".join(blobs))
     _write_private(layout.index_path(folder, batch), struct.pack(f"<{len(offsets)}Q", *offsets))
@@ -82,7 +84,7 @@ def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
 
 
 def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
-    """Remove the batch's task files and its delivered results (logs and the record stay)."""
+    """Remove the batch's task files, claims and delivered results (logs and the record stay)."""
     paths = [layout.functions_path(folder, batch), layout.args_path(folder, batch), layout.index_path(folder, batch)]
     for index in range(tasks):
         paths += [layout.delivered_path(folder, batch, index), layout.resume_path(folder, batch, index)]
@@ -91,20 +93,30 @@ def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
             os.remove(path)
         except FileNotFoundError:
             pass
+    shutil.rmtree(os.path.dirname(layout.claim_path(folder, batch, 0)), ignore_errors=True)
 
 
 class CorruptResultError(Exception):
     """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
 
 
-def read_result(path: str) -> Tuple[list, int]:
-    """The outcomes of a task's calls, and how many times the task was resubmitted after a checkpoint."""
-    try:
-        with open(path, "rb") as f:
-            result = pickle.load(f)
-        return list(result["outcomes"]), int(result["resubmissions"])
-    except Exception as exc:
-        raise CorruptResultError(f"result file {path} cannot be read: {exc!r}") from exc
+def read_result(path: str, delivered: str = "") -> Tuple[list, int]:
+    """The outcomes of a task's calls, and how many times the task was resubmitted after a checkpoint.
+
+    ``delivered`` is where the file is looked for when it is gone from ``path``: another client of the same
+    folder may have delivered it first.
+    """
+    for candidate in (path, delivered):
+        try:
+            with open(candidate, "rb") as f:
+                result = pickle.load(f)
+            return list(result["outcomes"]), int(result["resubmissions"])
+        except FileNotFoundError as exc:
+            missing = exc
+            continue
+        except Exception as exc:
+            raise CorruptResultError(f"result file {candidate} cannot be read: {exc!r}") from exc
+    raise CorruptResultError(f"result file {path} cannot be read: {missing!r}") from missing
 
 
 def is_checkpointable(function: Callable) -> bool:

@@ -2,21 +2,35 @@
 
 ::
 
-    user thread                          poller thread (one per process)            job
-    -----------                          -------------------------------            ---
-    submit/map --> batch files --------------------------------------------------> python -m oarfutures.worker
-               +-> backend.submit (one array per call)                              runs the calls, writes
-    futures <------ resolve <-- one scandir of results/ per tick <------------------ results/<task>.pkl
-                           +--- one backend.query per group for all live jobs, less often than file scans
+    user thread                  poller thread (one per process)        service thread (one per executor)   job
+    -----------                  -------------------------------        ---------------------------------   ---
+    submit/map --> batch files ----------------------------------------------------------------------> worker:
+               +-> backend.submit (one array per call)                                                 claims,
+                                 one scandir of results/ per tick ---> read result, settle futures <-- runs,
+                                 one backend.query per group, on a      (callbacks), cancel jobs,      writes
+                                 thread of its own, less often          submit the next wave           results/
 
 The core knows no scheduler: it writes files, keeps the futures of live tasks, and turns what the backend says
 (running, ended) and what lands in ``results/`` into future transitions. A job that ended with no result file
-within ``result_grace`` seconds fails its futures with ``JobFailedError``: no future waits forever.
+within its grace period fails its futures with ``JobFailedError``: no future waits forever.
+
+Who runs a call is decided once, in the folder: the worker *claims* a task (and each call of a chunk) before it
+runs it, and ``cancel()`` competes for the same claim (``layout.claim``), so "cancelled" and "ran" exclude each
+other on every backend, and ``attach()`` never runs again a call that started.
+
+Lock order (outer first; never take an outer lock while holding an inner one):
+
+    future._transition  ->  executor._submit_lock  ->  executor._tidy_lock  ->  executor._lock
+                        ->  poller, record, backend locks
+
+No user callback runs under any of them: futures settle on the service thread with no package lock held, and
+``futures.py`` defers callbacks until a future's own transition lock is released.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import logging
 import os
 import secrets
@@ -24,21 +38,47 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from concurrent import futures as cf
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import filelock
 
 from oarfutures import batchfiles, layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
 from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
-from oarfutures.poller import get_poller
+from oarfutures.poller import Poller, get_poller
+from oarfutures.service import ServiceThread
 
 logger = logging.getLogger("oarfutures")
 logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging
 
 LOG_TAIL_BYTES = 2000
 UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
+FAILED_JOB_GRACE = 5.0
+TIDY_WAIT = 30.0  # seconds shutdown(wait=True) waits, after the futures settled, for their files to be tidied  # a job that failed wrote no result as a rule: its future fails after at most this
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # in our queue (the running cap leaves no room yet)
+    SUBMITTING = "submitting"  # its wave is being handed to the scheduler
+    SUBMITTED = "submitted"
+
+
+@dataclass(eq=False)
+class Wave:
+    """Tasks submitted together; they hold slots of ``max_workers`` until they end.
+
+    With a scheduler cap of its own (Slurm's ``%N``) a wave holds at most ``limit`` slots whatever its size.
+    """
+
+    limit: Optional[int]
+    unfinished: int
+
+    def slots(self) -> int:
+        return self.unfinished if self.limit is None else min(self.limit, self.unfinished)
 
 
 @dataclass(eq=False)
@@ -49,9 +89,14 @@ class Task:
     index: int
     futures: List[JobFuture]
     options: Dict[str, object]
+    record: records.BatchRecord
     checkpointable: bool = False
     job_id: Optional[str] = None
-    phase: str = "waiting"  # waiting (in our queue) -> submitting -> submitted
+    phase: Phase = Phase.WAITING
+    wave: Optional[Wave] = None
+    settling: bool = False  # one path (result, failure, cancellation, abort) has taken it: others keep off
+    aborting: bool = False  # taken by abort(): its futures may still be cancelled
+    withdrawn: Set[JobFuture] = field(default_factory=set)  # cancelled before submission
     submitted_at: float = 0.0
     ended_since: Optional[float] = None  # when the backend first said the job is over (result not seen yet)
     last_status: Optional[JobStatus] = None
@@ -62,13 +107,8 @@ class Task:
     def task_id(self) -> str:
         return layout.task_id(self.batch, self.index)
 
-
-@dataclass(eq=False)
-class _Waiting:
-    """Tasks of one batch not submitted yet (the backend cannot cap running tasks, so we submit in waves)."""
-
-    batch: str
-    tasks: Deque[Task] = field(default_factory=collections.deque)
+    def all_cancelled(self) -> bool:
+        return all(f in self.withdrawn or f.cancelled() for f in self.futures)
 
 
 _interpreter_exiting = False
@@ -81,11 +121,11 @@ def _refuse_new_work() -> None:
 
 # Like concurrent.futures' own pools: once the interpreter is exiting, submit() raises instead of queueing work
 # that nothing would run. (threading._register_atexit hooks run before non-daemon threads are joined.)
-getattr(threading, "_register_atexit", __import__("atexit").register)(_refuse_new_work)
+threading._register_atexit(_refuse_new_work)  # type: ignore[attr-defined]
 
 
 def resolve_folder(folder: Optional[str], kind: str) -> str:
-    """The absolute job folder, created private; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
+    """The absolute job folder; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
         base = os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
         folder = os.path.join(base, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
@@ -94,15 +134,19 @@ def resolve_folder(folder: Optional[str], kind: str) -> str:
     return folder
 
 
-def interpreter_path(python: Optional[str]) -> str:
+def interpreter_path(python: Optional[str], must_run_here: bool = False) -> str:
     """An absolute path for the jobs' interpreter: a bare name is looked up on PATH (not in the job's fresh
-    environment), and symlinks are kept, since a venv's bin/python is one."""
+    environment), and symlinks are kept, since a venv's bin/python is one. ``must_run_here``: it must be an
+    executable file on this machine (the local backend); a cluster's may exist on its nodes only."""
     if python is None:
         return sys.executable
     found = shutil.which(python) if os.sep not in python else python
     if found is None:
         raise ValueError(f"python={python!r} is not an interpreter found on PATH")
-    return os.path.abspath(found)
+    path = os.path.abspath(found)
+    if must_run_here and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ValueError(f"python={python!r}: {path} is not an executable file")
+    return path
 
 
 def check_max_workers(max_workers: Optional[int]) -> None:
@@ -113,7 +157,13 @@ def check_max_workers(max_workers: Optional[int]) -> None:
 
 
 class JobExecutor(cf.Executor):
-    """Scheduler-agnostic executor; ``LocalPoolExecutor``, ``SlurmPoolExecutor``, ``OarPoolExecutor`` build on it."""
+    """Scheduler-agnostic executor; ``LocalPoolExecutor``, ``SlurmPoolExecutor``, ``OarPoolExecutor`` build on it.
+
+    ``result_grace``: seconds a job that ended normally may take to show its result file (shared filesystems
+    cache directory listings; NFS's attribute cache holds them up to a minute by default). A job that failed, was
+    cancelled or timed out gets at most ``FAILED_JOB_GRACE`` seconds. Before failing a future the result file is
+    looked up by name, which NFS revalidates.
+    """
 
     def __init__(
         self,
@@ -133,25 +183,33 @@ class JobExecutor(cf.Executor):
         #: what dask and joblib read as the pool size; a positive int even when no cap is set
         self._max_workers = max_workers or default_max_workers
         self.folder = resolve_folder(folder, backend.name)
-        self.python = interpreter_path(python)
+        self.python = interpreter_path(python, must_run_here=not backend.jobs_outlive_client)
         self.keep_files = keep_files
-        self.result_grace = backend.result_grace if result_grace is None else float(result_grace)
+        self.result_grace = _grace(backend.result_grace if result_grace is None else result_grace)
         self.warn_pickle_bytes = warn_pickle_bytes
         self.max_resubmissions = max_resubmissions
         self._lock = threading.Lock()
-        self._submit_lock = threading.Lock()  # serialises waves of throttled submissions
+        self._submit_lock = threading.Lock()  # one wave at a time, so the running cap is counted right
+        self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
+        self._folder_lock = filelock.FileLock(os.path.join(self.folder, layout.JOBS, ".lock"))
+        self._service = ServiceThread(f"oarfutures-service-{backend.name}")
         self._tasks: Dict[str, Task] = {}
-        self._waiting: Deque[_Waiting] = collections.deque()
+        self._waiting: Deque[Deque[Task]] = collections.deque()  # per batch, tasks not submitted yet
+        self._waves: Set[Wave] = set()
         self._batch_left: Dict[str, int] = {}
-        self._records: Dict[str, records.BatchRecord] = {}
         self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
-        self._cancelled: Set[Task] = set()
+        self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
+        self._failed_ids: Dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
+        self._watched = False
+        self._broken = False  # its folder is gone: every future failed
+        self._finished_batches: List[Tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
         self._shutdown = False
         self._closed = False
-        self.query_wait = backend.query_interval[0]
-        self.next_query = 0.0
+        self._closed_event = threading.Event()
+        # an executor dropped without shutdown() still releases its backend (the local pool's threads)
+        weakref.finalize(self, backend.close)
 
     # ------------------------------------------------------------------ the Executor API
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
@@ -175,6 +233,7 @@ class JobExecutor(cf.Executor):
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
         collected = getattr(self._collecting, "calls", None)
         if collected is not None:  # inside batch(): submitted with the others when the block ends
+            self._check_open()
             future = JobFuture()
             collected.append((fn, args, kwargs, options, future))
             return future
@@ -209,7 +268,9 @@ class JobExecutor(cf.Executor):
     def batch(self) -> Iterator[None]:
         """Collect the ``submit`` calls of this thread in the block and submit them as one array when it ends.
 
-        Functions may differ; an exception in the block submits nothing and cancels the collected futures.
+        Functions may differ; an exception in the block submits nothing and cancels the collected futures. Calls
+        with different ``options()`` go out as one array each; if one of those submissions fails, its futures
+        fail with the error, the others are still submitted, and the first error is raised.
         """
         if getattr(self._collecting, "calls", None) is not None:
             raise RuntimeError("batch() blocks do not nest")
@@ -227,6 +288,7 @@ class JobExecutor(cf.Executor):
         for call in calls:
             if not call[4].cancelled():
                 groups.setdefault(repr(sorted(call[3].items())), []).append(call)
+        first_error: Optional[BaseException] = None
         for group in groups.values():
             functions: List[Callable[..., Any]] = []
             tasks = []
@@ -234,7 +296,15 @@ class JobExecutor(cf.Executor):
                 if not any(fn is known for known in functions):
                     functions.append(fn)
                 tasks.append([(next(i for i, known in enumerate(functions) if known is fn), args, kwargs)])
-            self._submit_batch(functions, tasks, group[0][3], [call[4] for call in group])
+            handed_out = [call[4] for call in group]
+            try:
+                self._submit_batch(functions, tasks, group[0][3], handed_out)
+            except BaseException as exc:  # noqa: B036 - the futures were handed out: they must not stay PENDING
+                for future in handed_out:
+                    set_exception(future, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -246,7 +316,10 @@ class JobExecutor(cf.Executor):
         if wait:
             cf.wait(live)
         self._close_if_idle()
-        get_poller().wake()
+        if wait and not self._service.on_this_thread():  # (from a callback, the tidying would wait for us)
+            # the futures are settled; their files are tidied right after: wait for that, not forever
+            if not self._closed_event.wait(TIDY_WAIT):
+                logger.warning("oarfutures: %s still tidying %d task(s) at shutdown", self.folder, len(self._tasks))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""
@@ -261,33 +334,28 @@ class JobExecutor(cf.Executor):
     # ------------------------------------------------------------------ beyond the Executor API
     def abort(self, reason: str = "aborted") -> None:
         """Cancel every unfinished job of this executor now, queued or running; their futures fail or cancel."""
+        self._stop_all(reason, cancel_futures=True)
+
+    def _stop_all(self, reason: str, cancel_futures: bool) -> None:
+        """Cancel every unfinished job; futures not yet started are cancelled (``cancel_futures``) or fail."""
         with self._lock:
-            tasks = list(self._tasks.values())
-            batches = list(self._records.values())
-            self._tasks.clear()
-            self._by_job.clear()
+            tasks = [t for t in self._tasks.values() if not t.settling or t.aborting]
+            for task in tasks:
+                task.settling = task.aborting = True
             self._waiting.clear()
-            self._ended.clear()
-            self._batch_left.clear()
-            self._records.clear()
         job_ids = [t.job_id for t in tasks if t.job_id is not None]
         failure: Optional[BaseException] = None
         try:
             if job_ids:
                 self.backend.cancel(job_ids)
-        except BaseException as exc:  # the futures must resolve all the same; say why the jobs may still run
+        except BaseException as exc:  # noqa: B036 - the futures must resolve all the same; say why jobs may run
             failure, reason = exc, f"{reason}; cancelling the jobs failed, they may still run ({exc})"
         for task in tasks:
+            error = JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason)
             for future in task.futures:
-                if not future.cancel():
-                    set_exception(future, JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason))
-        for record in batches:
-            if failure is None:  # nothing of them will run: nothing to attach to later
-                if not self.keep_files:
-                    batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
-                record.complete = True
-                record.save(self.folder)
-        self._close_if_idle()
+                if not (cancel_futures and future.cancel()):
+                    _guarded(set_exception, future, error)
+            self._retire(task, how="aborted" if failure is None else "uncertain")
         if failure is not None:
             raise failure
 
@@ -317,6 +385,12 @@ class JobExecutor(cf.Executor):
         }
 
     # ------------------------------------------------------------------ submission
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
     def _submit_batch(
         self,
         functions: Sequence[Callable[..., Any]],
@@ -325,17 +399,18 @@ class JobExecutor(cf.Executor):
         futures: Optional[List[JobFuture]] = None,
     ) -> List[JobFuture]:
         """Write and submit one batch; ``futures``, one per task, are the ones batch() already handed out."""
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        self._check_open()
         batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         record = records.BatchRecord(batch, self.backend.name, [len(calls) for calls in tasks], checkpointable=checkpointable)
-        record.save(self.folder)
+        try:
+            record.save(self.folder)
+        except BaseException:
+            batchfiles.remove_batch_files(self.folder, batch)
+            raise
         new = [
-            self._new_task(batch, index, len(calls), options, checkpointable, futures[index : index + 1] if futures else None)
+            self._new_task(record, index, len(calls), options, futures[index : index + 1] if futures else None)
             for index, calls in enumerate(tasks)
         ]
         with self._lock:
@@ -343,207 +418,357 @@ class JobExecutor(cf.Executor):
             if not shut_down:
                 self._register(record, new, new)
         if shut_down:
-            batchfiles.remove_batch_files(self.folder, batch)
-            _remove(layout.record_path(self.folder, batch))
+            self._forget_files(batch)
             raise RuntimeError("cannot schedule new futures after shutdown")
         self._submit_waiting(raise_for=batch)
-        self._poll_soon()
         return [future for task in new for future in task.futures]
 
     def _new_task(
-        self, batch: str, index: int, calls: int, options: Dict, checkpointable: bool, futures: Optional[List[JobFuture]] = None
+        self, record: records.BatchRecord, index: int, calls: int, options: Dict, futures: Optional[List[JobFuture]] = None
     ) -> Task:
         futures = futures or [JobFuture() for _ in range(calls)]
         for future in futures:
-            future.task_id = layout.task_id(batch, index)
+            future.task_id = layout.task_id(record.batch, index)
+            future._claim_for_cancel = self._claim_for_cancel
             future._on_cancel = self._on_future_cancelled
-        return Task(batch, index, futures, options, checkpointable)
+        return Task(record.batch, index, futures, options, record, record.checkpointable)
 
     def _register(self, record: records.BatchRecord, tasks: List[Task], waiting: List[Task]) -> None:
         """Make the batch's tasks live (lock held); ``waiting`` are the ones still to submit."""
         for task in tasks:
             self._tasks[task.task_id] = task
-        self._records[record.batch] = record
         self._batch_left[record.batch] = len(tasks)
-        self._waiting.append(_Waiting(record.batch, collections.deque(waiting)))
-        get_poller().watch(self)
-
-    def _poll_soon(self) -> None:
-        self.query_wait = self.backend.query_interval[0]
-        self.next_query = min(self.next_query, time.monotonic() + self.query_wait)
-        get_poller().wake()
+        if waiting:
+            self._waiting.append(collections.deque(waiting))
+        if not self._watched:
+            self._watched = True
+            get_poller().watch(self)
 
     def attach(self) -> List[JobFuture]:
         """Futures for every call of the folder's unfinished batches, after the client that submitted them died.
 
-        Results that arrived while no client ran resolve at once (delivered ones again too, so a map's results are
-        all there, in order); jobs still queued or running are followed; tasks never submitted are submitted now.
+        Results on disk resolve at once (delivered ones again too, so a map's results are all there, in order);
+        jobs still queued or running are followed; a call is never run twice: tasks never submitted (or, locally,
+        never started) are submitted now, and a local call whose worker died with its client fails. Processes
+        take turns on the folder: a second ``attach()`` follows what the first submitted.
         """
         attached: List[JobFuture] = []
-        for record in records.load_all(self.folder):
-            if record.complete or record.batch in self._records:
-                continue
-            if record.backend != self.backend.name:
-                logger.warning("not attaching batch %s: it was submitted to %s, not %s", record.batch, record.backend, self.backend.name)
-                continue
-            if not os.path.exists(layout.functions_path(self.folder, record.batch)):
-                continue  # its files were cleaned up: nothing to attach to
-            tasks = [self._new_task(record.batch, i, n, {}, record.checkpointable) for i, n in enumerate(record.calls)]
-            waiting = []
-            now = time.monotonic()
-            for task in tasks:
-                delivered = layout.delivered_path(self.folder, task.batch, task.index)
-                if os.path.exists(delivered):  # read by the dead client: deliver again from where it was put
-                    os.replace(delivered, layout.result_path(self.folder, task.batch, task.index))
-                if task.index in record.job_ids and self.backend.jobs_outlive_client:
-                    task.job_id, task.phase, task.submitted_at = record.job_ids[task.index], "submitted", now
-                    self._by_job[task.job_id] = task
-                    for future in task.futures:
-                        future.job_ids.append(task.job_id)
-                else:
-                    waiting.append(task)
-            with self._lock:
-                self._register(record, tasks, waiting)
-            attached += [future for task in tasks for future in task.futures]
-        self._submit_waiting()
-        self._poll_soon()
+        with self._folder_lock:
+            for record in records.load_all(self.folder):
+                futures = self._attach_batch(record)
+                if futures:
+                    attached += futures
+            self._submit_waiting()
+        get_poller().query_soon(self)
         return attached
+
+    def _attach_batch(self, record: records.BatchRecord) -> List[JobFuture]:
+        with self._lock:
+            known = any(t.batch == record.batch for t in self._tasks.values())
+        if record.complete or known:
+            return []
+        if record.backend != self.backend.name:
+            logger.warning("not attaching batch %s: it was submitted to %s, not %s", record.batch, record.backend, self.backend.name)
+            return []
+        if not os.path.exists(layout.functions_path(self.folder, record.batch)):
+            return []  # its files were cleaned up: nothing to attach to
+        if not self.backend.jobs_outlive_client and record.client and records.client_alive(record.client):
+            raise RuntimeError(f"batch {record.batch} of {self.folder} is followed by the live process {record.client}")
+        record.client = records.client_name()
+        tasks = [self._new_task(record, i, n, {}) for i, n in enumerate(record.calls)]
+        waiting, followed, on_disk, lost = [], [], [], []
+        for task in tasks:
+            owner = layout.claim_owner(layout.claim_path(self.folder, task.batch, task.index))
+            job_id = record.job_ids.get(task.index) or _job_of(owner)
+            if self._result_on_disk(task):
+                on_disk.append(task)
+            elif owner == layout.CANCELLED:
+                for future in task.futures:
+                    future.cancel()
+            elif self.backend.jobs_outlive_client and job_id:
+                followed.append((task, job_id))
+            elif self.backend.jobs_outlive_client or owner is None:
+                waiting.append(task)  # never submitted, or (locally) never started: it runs now, once
+            else:
+                lost.append((task, owner))  # started by a local worker that died with its client
+        live = [t for t in tasks if not t.all_cancelled()]
+        now = time.monotonic()
+        with self._lock:
+            if live:
+                self._register(record, live, waiting)
+            for task, job_id in followed:
+                task.job_id, task.phase, task.submitted_at, task.wave = job_id, Phase.SUBMITTED, now, Wave(None, 1)
+                self._waves.add(task.wave)
+                self._by_job[job_id] = task
+                for future in task.futures:
+                    future.job_ids.append(job_id)
+            for task in on_disk + [t for t, _ in lost]:
+                task.settling = True
+        if not live:
+            self._finish_batch(record, "done")
+            return [future for task in tasks for future in task.futures]
+        self._save(record)
+        for task in on_disk:
+            self._service.run(self._deliver, task)
+        for task, owner in lost:
+            reason = f"its worker ({owner}) died with the client that started it; a call is never run twice"
+            self._service.run(self._settle_failure, task, JobFailedError(task.task_id, None, "LOST", reason=reason))
+        return [future for task in tasks for future in task.futures]
+
+    def _result_on_disk(self, task: Task) -> bool:
+        return any(
+            os.path.exists(path)
+            for path in (layout.result_path(self.folder, task.batch, task.index), layout.delivered_path(self.folder, task.batch, task.index))
+        )
 
     def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
         """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
 
-        A wave the scheduler refuses is forgotten with its files; the error is raised when it belongs to
-        ``raise_for`` (the batch the caller is submitting), else it fails that wave's futures.
+        A wave the scheduler refuses fails its futures, or, when it belongs to ``raise_for`` (the batch the
+        caller is submitting), is forgotten with its files and the error raised. Futures settle after the
+        submission lock is released (their callbacks may submit).
         """
-        with self._submit_lock:
-            while True:
-                with self._lock:
-                    wave = self._next_wave()
-                if not wave:
-                    return
-                first = wave[0]
-                submission = BatchSubmission(
-                    batch=first.batch,
-                    first=first.index,
-                    count=len(wave),
-                    folder=self.folder,
-                    python=self.python,
-                    max_running=self._throttle,
-                    options=first.options,
-                    checkpointable=first.checkpointable,
-                )
-                try:
-                    job_ids = self.backend.submit(submission)
-                except BaseException as exc:
-                    if first.batch == raise_for:
-                        self._forget_batch(first.batch)
-                        raise
-                    for task in wave:
-                        self._finish(task, lambda future, e=exc: set_exception(future, e))
-                    continue
-                now = time.monotonic()
-                record = self._records[first.batch]
-                for task, job_id in zip(wave, job_ids):
-                    task.job_id, task.submitted_at, task.phase = job_id, now, "submitted"
-                    self._by_job[job_id] = task
-                    record.job_ids[task.index] = job_id
-                    for future in task.futures:
-                        future.job_ids.append(job_id)
-                record.save(self.folder)
-                logger.info("submitted %d task(s) of batch %s as %s..%s", len(wave), first.batch, job_ids[0], job_ids[-1])
+        refused: List[Tuple[List[Task], BaseException]] = []
+        try:
+            with self._submit_lock:
+                while True:
+                    with self._lock:
+                        wave, limit = self._next_wave()
+                    if not wave:
+                        break
+                    try:
+                        self._submit_wave(wave, limit)
+                    except BaseException as exc:  # noqa: B036 - sorted out below: raised or settled
+                        if wave[0].batch == raise_for:
+                            self._forget_batch(raise_for)
+                            raise
+                        refused.append((wave, exc))
+        finally:
+            for wave, exc in refused:
+                for task in wave:
+                    self._settle_failure(task, exc)
+            self._tidy_finished()
+        if self._cancelled:  # cancelled while their wave was being submitted
+            self._service.run(self._process_cancellations)
 
-    def _next_wave(self) -> List[Task]:
-        """Take the next contiguous run of waiting tasks of one batch that fits under the cap (lock held)."""
-        while self._waiting and not self._waiting[0].tasks:
+    def _next_wave(self) -> Tuple[List[Task], Optional[int]]:
+        """Take the next contiguous run of waiting tasks of one batch that fits under the cap (lock held).
+
+        Returns the tasks and the running cap to give the scheduler for them (Slurm's ``%N``), if any.
+        """
+        while self._waiting and not self._waiting[0]:
             self._waiting.popleft()
         if not self._waiting:
-            return []
-        room = len(self._waiting[0].tasks)
-        if self._throttle is not None and not self.backend.throttles:
-            busy = sum(1 for t in self._tasks.values() if t.phase != "waiting")
-            room = min(room, self._throttle - busy)
-        queue = self._waiting[0].tasks
+            return [], None
+        queue = self._waiting[0]
+        room, limit = len(queue), None
+        if self._throttle is not None and not self.backend.caps_all_jobs:
+            free = self._throttle - sum(w.slots() for w in self._waves)
+            if free <= 0:
+                return [], None
+            if self.backend.throttles:
+                limit = free  # the whole run goes, the scheduler keeps it to what is free
+            else:
+                room = free
         wave: List[Task] = []
         while queue and len(wave) < room:
             task = queue.popleft()
-            if all(f.cancelled() for f in task.futures):
-                self._drop(task)
+            if task.all_cancelled():
+                self._retire_locked(task)
                 continue
             if wave and task.index != wave[-1].index + 1:
                 queue.appendleft(task)
                 break
-            task.phase = "submitting"
+            task.phase = Phase.SUBMITTING
             wave.append(task)
-        return wave
+        if not wave:
+            return self._next_wave()
+        limit = limit if limit is not None and limit < len(wave) else None
+        group = Wave(limit, len(wave))
+        self._waves.add(group)
+        for task in wave:
+            task.wave = group
+        return wave, limit
+
+    def _submit_wave(self, wave: List[Task], limit: Optional[int]) -> None:
+        first = wave[0]
+        for task in wave:  # calls cancelled before submission, in a task whose other calls go: claim them
+            for future in task.withdrawn:
+                layout.claim(layout.claim_path(self.folder, task.batch, task.index, task.futures.index(future)), layout.CANCELLED)
+        submission = BatchSubmission(
+            batch=first.batch,
+            first=first.index,
+            count=len(wave),
+            folder=self.folder,
+            python=self.python,
+            max_running=limit,
+            options=first.options,
+            checkpointable=first.checkpointable,
+        )
+        job_ids = self.backend.submit(submission)
+        now = time.monotonic()
+        orphans = []
+        with self._lock:
+            for task, job_id in zip(wave, job_ids):
+                if task.settling or self._tasks.get(task.task_id) is not task:
+                    orphans.append(job_id)  # aborted while it was being submitted: nothing follows it
+                    continue
+                task.job_id, task.submitted_at, task.phase = job_id, now, Phase.SUBMITTED
+                self._by_job[job_id] = task
+                for future in task.futures:
+                    future.job_ids.append(job_id)
+                if task.all_cancelled():
+                    self._cancelled.add(task)
+        first.record.set_job_ids({task.index: job_id for task, job_id in zip(wave, job_ids)})
+        self._save(first.record)
+        if orphans:
+            self.backend.cancel(orphans)
+        get_poller().query_soon(self)
+        logger.info("submitted %d task(s) of batch %s as %s..%s", len(wave), first.batch, job_ids[0], job_ids[-1])
 
     def _forget_batch(self, batch: str) -> None:
         """Undo a batch the scheduler refused: nothing of it runs, its files go."""
         with self._lock:
-            for task_id in [k for k, t in self._tasks.items() if t.batch == batch]:
-                self._by_job.pop(self._tasks.pop(task_id).job_id or "", None)
-            self._waiting = collections.deque(w for w in self._waiting if w.batch != batch)
+            for task in [t for t in self._tasks.values() if t.batch == batch]:
+                self._tasks.pop(task.task_id)
+                self._by_job.pop(task.job_id or "", None)
+                if task.wave is not None:
+                    self._waves.discard(task.wave)
+            self._waiting = collections.deque(q for q in self._waiting if not q or q[0].batch != batch)
             self._batch_left.pop(batch, None)
-            self._records.pop(batch, None)
+        self._forget_files(batch)
+
+    def _forget_files(self, batch: str) -> None:
         batchfiles.remove_batch_files(self.folder, batch)
         _remove(layout.record_path(self.folder, batch))
+
+    # ------------------------------------------------------------------ cancellation
+    def _claim_for_cancel(self, future: JobFuture) -> bool:
+        """Called by ``future.cancel()`` under the future's transition lock: may it be cancelled?
+
+        A task still in our queue is withdrawn here (nothing can have run it); otherwise the call's claim is taken
+        in the folder, competing with the worker: True if we got it (the call will never run), False if a worker
+        holds it (the call is running). A call of a chunk whose other calls are still wanted is claimed alone.
+        """
+        with self._lock:
+            task = self._tasks.get(future.task_id)
+            if task is None or future not in task.futures:
+                return True
+            if task.settling and not task.aborting:
+                return False  # its result is being delivered: it ran
+            if task.phase is Phase.WAITING:
+                task.withdrawn.add(future)
+                return True
+            siblings_wanted = any(f is not future and f not in task.withdrawn and not f.cancelled() for f in task.futures)
+            call = task.futures.index(future) if len(task.futures) > 1 else None
+        paths = []
+        if not siblings_wanted:
+            paths.append(layout.claim_path(self.folder, task.batch, task.index))
+        if call is not None:
+            paths.append(layout.claim_path(self.folder, task.batch, task.index, call))
+        for path in paths:
+            try:
+                if layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED:
+                    return True
+            except OSError as exc:  # the batch's files are gone: no worker can load the call either
+                logger.warning("oarfutures: cannot claim %s for cancel (%s); the task cannot run without its files", path, exc)
+                return True
+        return False
 
     def _on_future_cancelled(self, future: JobFuture) -> None:
         with self._lock:
             task = self._tasks.get(future.task_id)
-            if task is not None:
-                self._cancelled.add(task)
-        get_poller().wake()
+            if task is None or not task.all_cancelled():
+                return
+            self._cancelled.add(task)
+        self._service.run(self._process_cancellations)
+
+    def _process_cancellations(self) -> None:
+        """Cancel the jobs of tasks whose every future was cancelled (one backend call). Service thread."""
+        with self._lock:
+            candidates, self._cancelled = self._cancelled, set()
+            to_cancel: List[str] = []
+            for task in candidates:
+                if task.settling or self._tasks.get(task.task_id) is not task:
+                    continue
+                if task.phase is Phase.SUBMITTING:
+                    self._cancelled.add(task)  # its job id is not known yet: the submitter hands it back
+                    continue
+                if task.job_id is not None:
+                    to_cancel.append(task.job_id)
+                self._retire_locked(task)
+        if to_cancel:
+            try:
+                self.backend.cancel(to_cancel)
+                logger.info("cancelled %d job(s)", len(to_cancel))
+            except Exception as exc:  # their calls are claimed: at worst the jobs start and exit at once
+                logger.warning("oarfutures: cancelling %d job(s) failed: %s", len(to_cancel), exc)
+        self._after_retire()
 
     # ------------------------------------------------------------------ called by the poller thread
-    def has_work(self) -> bool:
+    def poll_files(self, now: float) -> bool:
+        """One directory scan: hand every live task whose result file is there to the service thread; then
+        fail the tasks whose job has been over for their grace period without a result."""
+        results_dir = os.path.join(self.folder, layout.RESULTS)
+        with os.scandir(results_dir) as entries:
+            names = [e.name[: -len(layout.RESULT_SUFFIX)] for e in entries if e.name.endswith(layout.RESULT_SUFFIX)]
+        found, late = [], []
         with self._lock:
-            return bool(self._tasks) or bool(self._cancelled)
+            for name in names:
+                task = self._tasks.get(name)
+                if task is not None and not task.settling:
+                    task.settling = True
+                    found.append(task)
+                elif name in self._failed_ids:
+                    late.append(name)
+        for task in found:
+            self._service.run(self._deliver, task)
+        for name in late:
+            self._put_away_late_result(name)
+        self._fail_overdue(now)
+        return bool(found)
+
+    def _fail_overdue(self, now: float) -> None:
+        with self._lock:
+            overdue = [t for t in self._ended if not t.settling and now - (t.ended_since or now) >= self._grace_of(t)]
+            for task in overdue:
+                task.settling = True
+        for task in overdue:
+            if self._result_on_disk(task):  # by name: NFS revalidates an open() that a listing would not
+                self._service.run(self._deliver, task)
+                continue
+            status = None if task.vanished else task.last_status
+            error = JobFailedError(
+                task.task_id,
+                task.job_id,
+                status.native_state or status.state.value if status else "UNKNOWN",
+                status.exit_code if status else None,
+                (status.reason if status else "") or _no_result_reason(status, task.last_status),
+                self._log_tail(task.job_id),
+            )
+            logger.info("%s", error)
+            self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < 3600}
+            self._failed_ids[task.task_id] = now
+            self._service.run(self._settle_failure, task, error)
+
+    def _grace_of(self, task: Task) -> float:
+        status = task.last_status
+        if status is not None and not task.vanished and status.state is not JobState.COMPLETED:
+            return min(self.result_grace, FAILED_JOB_GRACE)
+        return self.result_grace
+
+    def _put_away_late_result(self, task_id: str) -> None:
+        """A result that arrived after its future failed: kept (in delivered/) but out of the scanned folder."""
+        source = os.path.join(self.folder, layout.RESULTS, task_id + layout.RESULT_SUFFIX)
+        target = os.path.join(self.folder, layout.DELIVERED, task_id + layout.RESULT_SUFFIX)
+        logger.warning("oarfutures: the result of task %s arrived after its future failed; kept as %s", task_id, target)
+        with contextlib.suppress(OSError):
+            os.replace(source, target)
+        self._failed_ids.pop(task_id, None)
 
     def live_job_ids(self) -> List[str]:
         with self._lock:
-            return [t.job_id for t in self._tasks.values() if t.phase == "submitted" and t.job_id is not None]
-
-    def collect_results(self) -> int:
-        """One directory scan; resolve every live task whose result file is there. Returns how many."""
-        results_dir = os.path.join(self.folder, layout.RESULTS)
-        found = []
-        with os.scandir(results_dir) as entries:
-            names = [e.name for e in entries if e.name.endswith(layout.RESULT_SUFFIX)]
-        with self._lock:
-            for name in names:
-                task = self._tasks.get(name[: -len(layout.RESULT_SUFFIX)])
-                if task is not None:
-                    found.append(task)
-        for task in found:
-            self._resolve_from_file(task)
-        return len(found)
-
-    def _resolve_from_file(self, task: Task) -> None:
-        path = layout.result_path(self.folder, task.batch, task.index)
-        try:
-            outcomes, resubmissions = batchfiles.read_result(path)
-        except batchfiles.CorruptResultError as exc:
-            self._finish(task, lambda future, error=exc: set_exception(future, error))
-            return
-        if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
-            outcomes = outcomes * len(task.futures)
-        pairs = dict(zip(task.futures, outcomes))
-
-        def resolve(future: JobFuture) -> None:
-            outcome = pairs[future]
-            future.resubmissions = resubmissions
-            if outcome[0] == "ok":
-                set_result(future, outcome[1])
-            else:
-                set_exception(future, batchfiles.outcome_to_exception(outcome))
-
-        # out of the scanned folder before the futures resolve (whoever waits on them finds it tidy), kept until
-        # the whole batch is delivered so that a client re-attaching after a crash gets every result
-        try:
-            os.replace(path, layout.delivered_path(self.folder, task.batch, task.index))
-        except FileNotFoundError:
-            pass
-        self._finish(task, resolve)
+            return [t.job_id for t in self._tasks.values() if t.phase is Phase.SUBMITTED and t.job_id and not t.settling]
 
     def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
         """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
@@ -552,8 +777,10 @@ class JobExecutor(cf.Executor):
             if self.backend.reports_changes_only:  # only the news: no need to look at every task
                 tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
             else:
-                tasks = [t for t in self._tasks.values() if t.phase == "submitted"]
+                tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
         for task in tasks:
+            if task.settling:
+                continue
             status = statuses.get(task.job_id or "")
             if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
                 # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
@@ -564,17 +791,7 @@ class JobExecutor(cf.Executor):
                 continue
             task.vanished = False
             if status.follow_up:  # resubmitted under a new job id: follow it
-                with self._lock:
-                    self._by_job.pop(task.job_id or "", None)
-                    self._by_job[status.follow_up] = task
-                task.job_id = status.follow_up
-                for future in task.futures:
-                    future.job_ids.append(status.follow_up)
-                record = self._records.get(task.batch)
-                if record is not None:
-                    record.job_ids[task.index] = status.follow_up
-                    record.save(self.folder)
-                self._mark_ended(task, None)
+                self._follow(task, status.follow_up)
                 changed = True
                 continue
             if status != task.last_status:
@@ -590,99 +807,155 @@ class JobExecutor(cf.Executor):
                     mark_running(future)
         return changed
 
+    def _follow(self, task: Task, job_id: str) -> None:
+        with self._lock:
+            self._by_job.pop(task.job_id or "", None)
+            self._by_job[job_id] = task
+            task.job_id = job_id
+            for future in task.futures:
+                future.job_ids.append(job_id)
+        task.record.set_job_ids({task.index: job_id})
+        self._save(task.record)
+        self._mark_ended(task, None)
+
     def _mark_ended(self, task: Task, now: Optional[float]) -> None:
         """Start the result grace period of a job that is over (keeping its first time), or cancel it (None)."""
         with self._lock:
             if now is None:
                 task.ended_since = None
                 self._ended.discard(task)
-            elif task.ended_since is None and task.task_id in self._tasks:
+            elif task.ended_since is None and self._tasks.get(task.task_id) is task:
                 task.ended_since = now
                 self._ended.add(task)
 
-    def fail_ended_jobs(self, now: float) -> None:
-        """Fail tasks whose job has been over for ``result_grace`` seconds without a result file."""
+    def on_poll_error(self, error: BaseException) -> None:
+        """A tick of this executor failed. Without its results folder nothing can resolve: fail every future
+        (and cancel the jobs) rather than let them wait forever; other errors are logged and retried."""
+        if os.path.isdir(os.path.join(self.folder, layout.RESULTS)):
+            logger.warning("oarfutures: polling %s failed, will retry: %r", self.folder, error)
+            return
         with self._lock:
-            overdue = [t for t in self._ended if now - t.ended_since >= self.result_grace]  # type: ignore[operator]
-        for task in overdue:
-            if os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
-                self._resolve_from_file(task)  # landed after the last directory scan
+            first, self._broken = not self._broken, True
+        if first:
+            logger.error("oarfutures: %s lost its results folder: failing its futures", self.folder)
+            reason = f"the job folder {self.folder} lost its results/ folder (removed by another program?)"
+            self._service.run(self._stop_all, reason, False)
+
+    def release_if_idle(self, poller: Poller) -> None:
+        with self._lock:
+            if self._watched and not self._tasks and not self._cancelled:
+                self._watched = False
+                poller.forget(self)
+
+    # ------------------------------------------------------------------ settling (service thread)
+    def _deliver(self, task: Task) -> None:
+        """Read a task's result, settle its futures, then move the file and do the bookkeeping."""
+        path = layout.result_path(self.folder, task.batch, task.index)
+        delivered = layout.delivered_path(self.folder, task.batch, task.index)
+        try:
+            outcomes, resubmissions = batchfiles.read_result(path, delivered)
+        except batchfiles.CorruptResultError as exc:
+            self._settle_failure(task, exc)
+            return
+        if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
+            outcomes = outcomes * len(task.futures)
+        for position, future in enumerate(task.futures):
+            future.resubmissions = resubmissions
+            try:
+                outcome = outcomes[position]
+            except IndexError:
+                missing = batchfiles.CorruptResultError(f"result file {path} holds {len(outcomes)} outcome(s) for {len(task.futures)} call(s)")
+                _guarded(set_exception, future, missing)
                 continue
-            status = None if task.vanished else task.last_status
-            error = JobFailedError(
-                task.task_id,
-                task.job_id,
-                status.native_state or status.state.value if status else "UNKNOWN",
-                status.exit_code if status else None,
-                (status.reason if status else "") or _no_result_reason(status, task.last_status),
-                self._log_tail(task.job_id),
-            )
-            logger.info("%s", error)
-            self._finish(task, lambda future: set_exception(future, error))
+            if outcome[0] == "ok":
+                _guarded(set_result, future, outcome[1])
+            else:
+                _guarded(set_exception, future, batchfiles.outcome_to_exception(outcome))
+        # kept until the whole batch is delivered, so that a client re-attaching after a crash gets every result
+        with contextlib.suppress(OSError):
+            os.replace(path, delivered)
+        self._retire(task)
 
-    def process_cancellations(self) -> None:
-        """Cancel the jobs of tasks whose every future was cancelled (one backend call)."""
-        with self._lock:
-            candidates, self._cancelled = self._cancelled, set()
-            to_cancel, retry = [], set()
-            for task in candidates:
-                if task.task_id not in self._tasks or not all(f.cancelled() for f in task.futures):
-                    continue
-                if task.phase == "submitting":
-                    retry.add(task)  # the job id is not known yet
-                elif task.phase == "submitted":
-                    to_cancel.append(task)
-                    self._drop(task)
-                else:
-                    self._drop(task)
-            self._cancelled |= retry
-        if to_cancel:
-            self.backend.cancel([t.job_id for t in to_cancel if t.job_id])
-            logger.info("cancelled %d job(s)", len(to_cancel))
-
-    def refill(self) -> None:
-        """Submit the next wave when capped tasks finished; close the backend once shut down and idle."""
-        with self._lock:
-            pending_waves = any(w.tasks for w in self._waiting)
-        if pending_waves:
-            self._submit_waiting()
-        self._close_if_idle()
+    def _settle_failure(self, task: Task, error: BaseException) -> None:
+        for future in task.futures:
+            _guarded(set_exception, future, error)
+        self._retire(task)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _finish(self, task: Task, resolve: Callable[[JobFuture], None]) -> None:
+    def _retire(self, task: Task, how: str = "done") -> None:
+        """Forget a settled task; tidy its batch once every task is done. Never raises: futures are settled."""
         with self._lock:
-            if self._tasks.pop(task.task_id, None) is None:
-                return  # resolved by another path meanwhile
-            self._by_job.pop(task.job_id or "", None)
-            self._ended.discard(task)
-            self._release_batch(task.batch)
-        for future in task.futures:  # outside the lock: callbacks may submit
-            resolve(future)
+            self._retire_locked(task, how)
+        self._after_retire()
 
-    def _drop(self, task: Task) -> None:
-        """Forget a task that will never run (lock held)."""
-        if self._tasks.pop(task.task_id, None) is not None:
-            self._by_job.pop(task.job_id or "", None)
-            self._ended.discard(task)
-            self._release_batch(task.batch)
+    def _retire_locked(self, task: Task, how: str = "done") -> None:
+        """Forget a task (lock held). ``how`` the batch ends if this was its last task: "done" (every result
+        delivered), "aborted" (nothing more will run) or "uncertain" (jobs may still run: keep it attachable)."""
+        if self._tasks.get(task.task_id) is not task:
+            return
+        del self._tasks[task.task_id]
+        task.settling = True
+        if self._by_job.get(task.job_id or "") is task:
+            del self._by_job[task.job_id or ""]
+        self._ended.discard(task)
+        if task.wave is not None:
+            task.wave.unfinished -= 1
+            if task.wave.unfinished <= 0:
+                self._waves.discard(task.wave)
+        self._batch_left[task.batch] -= 1
+        if not self._batch_left[task.batch]:
+            del self._batch_left[task.batch]
+            self._finished_batches.append((task.record, how))
 
-    def _release_batch(self, batch: str) -> None:
-        self._batch_left[batch] -= 1
-        if self._batch_left[batch] == 0:
-            del self._batch_left[batch]
-            record = self._records.pop(batch)
-            if not self.keep_files:  # kept files keep the batch attachable (the command line's `results` relies on it)
-                batchfiles.remove_batch_files(self.folder, batch, len(record.calls))
-                record.complete = True
-                record.save(self.folder)
+    def _after_retire(self) -> None:
+        """Tidy finished batches; submit the next wave if room freed up; close the backend once shut down and idle."""
+        self._tidy_finished()
+        with self._lock:
+            more = any(self._waiting)
+        if more:
+            if self._service.on_this_thread():
+                self._submit_waiting()
+            else:
+                self._service.run(self._submit_waiting)
+        self._close_if_idle()
+
+    def _tidy_finished(self) -> None:
+        with self._tidy_lock:  # held until tidied: shutdown(wait=True) returns only after that
+            with self._lock:
+                finished, self._finished_batches = self._finished_batches, []
+            for record, how in finished:
+                self._finish_batch(record, how)
+
+    def _finish_batch(self, record: records.BatchRecord, how: str) -> None:
+        # kept files keep a delivered batch attachable (the command line's `results` relies on it)
+        if how == "uncertain":
+            return
+        if how == "done" and self.keep_files:
+            record.client = ""  # no longer followed by anyone: another process may attach to it
+            self._save(record)
+            return
+        try:
+            if not self.keep_files:
+                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
+            record.complete = True
+            record.save(self.folder)
+        except OSError as exc:
+            logger.warning("oarfutures: tidying batch %s failed: %s", record.batch, exc)
+
+    def _save(self, record: records.BatchRecord) -> None:
+        try:
+            record.save(self.folder)
+        except OSError as exc:  # the record only serves re-attaching: say so, lose nothing else
+            logger.warning("oarfutures: saving the record of batch %s failed: %s", record.batch, exc)
 
     def _close_if_idle(self) -> None:
-        with self._lock:
-            idle = self._shutdown and not self._tasks and not self._closed
+        with self._tidy_lock, self._lock:
+            idle = self._shutdown and not self._tasks and not self._finished_batches and not self._closed
             if idle:
                 self._closed = True
         if idle:
             self.backend.close()
+            self._closed_event.set()
 
     def _log_tail(self, job_id: Optional[str]) -> str:
         parts = []
@@ -698,6 +971,20 @@ class JobExecutor(cf.Executor):
         return "\n".join(parts)
 
 
+def _grace(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"result_grace must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _guarded(settle: Callable[[JobFuture, Any], None], future: JobFuture, value: Any) -> None:
+    """Settle one future; whatever its callbacks raise, the next future is still settled."""
+    try:
+        settle(future, value)
+    except BaseException:  # noqa: B036 - e.g. a callback raising SystemExit
+        logger.exception("oarfutures: a callback of future %s raised", future.task_id)
+
+
 def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus]) -> str:
     if status is None:
         seen = f" (last seen {last_seen.native_state or last_seen.state.value})" if last_seen else " (never seen)"
@@ -705,6 +992,12 @@ def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus
     if status.state is JobState.COMPLETED:
         return "the job completed but its worker wrote no result"
     return "no result was written"
+
+
+def _job_of(owner: Optional[str]) -> Optional[str]:
+    """The job id a worker wrote into its claim ("run <job id> <host> <pid>")."""
+    parts = (owner or "").split()
+    return parts[1] if len(parts) == 4 and parts[0] == "run" and parts[1] != "?" else None
 
 
 def _remove(path: str) -> None:

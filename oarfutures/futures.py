@@ -1,16 +1,26 @@
 """Standard futures that know their job, and the only code that moves them between states.
 
-Three threads may touch a future at once: the user's (``cancel``), the poller (running, result) and the
-executor's shutdown/abort. ``set_running_or_notify_cancel`` must be called exactly once per future, or
+Three threads may touch a future at once: the user's (``cancel``), the poller (running) and the executor's
+delivery thread (result, error). ``set_running_or_notify_cancel`` must be called exactly once per future, or
 ``wait``/``as_completed`` hang on a cancelled future (never notified) or it raises (notified twice); every
-transition therefore goes through the helpers below under the future's own lock. User callbacks run inside
-those calls: the lock is reentrant and no executor lock is held there, so callbacks may ``submit``.
+transition therefore goes through the helpers below under the future's own ``_transition`` lock.
+
+Two rules keep this deadlock-free (the package's lock order is written in ``executor.py``):
+
+* ``cancel()`` first competes for the call's *claim* in the job folder (see ``layout.claim``): a worker that won
+  it is running the call, so the future cannot be cancelled; a won claim means no worker will ever run it. The
+  claim and the state change happen under ``_transition``, so the poller cannot mark the future RUNNING between
+  them.
+* No user callback runs while ``_transition`` is held: callbacks that ``Future`` would run inside a transition
+  are deferred until the lock is released, in the same thread. A callback may therefore cancel or wait on other
+  futures, or ``submit`` more work (joblib and dask do).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from concurrent.futures import Future
-from typing import Any, Callable, List, Optional
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Callable, Iterator, List, Optional
 
 
 class JobFuture(Future):
@@ -23,6 +33,11 @@ class JobFuture(Future):
         self.resubmissions = 0  # how many times a checkpoint brought the task back (known once it is done)
         self._transition = threading.RLock()
         self._notified = False
+        self._deferring: Optional[int] = None  # the thread whose callbacks wait for the end of its transition
+        self._deferred = False
+        #: set by the executor: takes the call's claim for a cancellation; False when a worker holds it
+        self._claim_for_cancel: Optional[Callable[["JobFuture"], bool]] = None
+        #: set by the executor: told once the future was cancelled (it then cancels the job)
         self._on_cancel: Optional[Callable[["JobFuture"], None]] = None
 
     @property
@@ -31,18 +46,48 @@ class JobFuture(Future):
         return self.job_ids[-1] if self.job_ids else None
 
     def cancel(self) -> bool:
-        with self._transition:
-            if not super().cancel():
+        """Cancel the call if no worker has started it: it is then guaranteed never to run."""
+        with _transition(self):
+            if self.done():
+                return self.cancelled()
+            if self.running():
                 return False
+            if self._claim_for_cancel is not None and not self._claim_for_cancel(self):
+                _notify_once(self)  # a worker won the claim: the call is running, whatever the scheduler said
+                return False
+            super().cancel()
             first = not self._notified
             _notify_once(self)
         if first and self._on_cancel is not None:
             self._on_cancel(self)
         return True
 
+    def _invoke_callbacks(self) -> None:
+        if self._deferring == threading.get_ident():
+            self._deferred = True  # run when this thread's transition ends, outside the lock
+            return
+        super()._invoke_callbacks()
+
+
+@contextlib.contextmanager
+def _transition(future: JobFuture) -> Iterator[None]:
+    """Hold the future's transition lock; callbacks triggered meanwhile run after it is released."""
+    with future._transition:
+        outer = future._deferring
+        future._deferring = threading.get_ident()
+        try:
+            yield
+        finally:
+            future._deferring = outer
+            run_callbacks = outer is None and future._deferred
+            if run_callbacks:
+                future._deferred = False
+    if run_callbacks:
+        future._invoke_callbacks()
+
 
 def _notify_once(future: JobFuture) -> bool:
-    """Call set_running_or_notify_cancel once; True if the future is now RUNNING."""
+    """Call set_running_or_notify_cancel once (lock held); True if the future is now RUNNING."""
     if future._notified:
         return future.running()
     future._notified = True
@@ -51,17 +96,24 @@ def _notify_once(future: JobFuture) -> bool:
 
 def mark_running(future: JobFuture) -> bool:
     """PENDING -> RUNNING; False if it was cancelled (it is then notified)."""
-    with future._transition:
+    with _transition(future):
         return not future.done() and _notify_once(future)
 
 
 def set_result(future: JobFuture, value: Any) -> None:
-    with future._transition:
+    with _transition(future):
         if not future.done() and _notify_once(future):
-            future.set_result(value)
+            _settle(future.set_result, value)
 
 
 def set_exception(future: JobFuture, exc: BaseException) -> None:
-    with future._transition:
+    with _transition(future):
         if not future.done() and _notify_once(future):
-            future.set_exception(exc)
+            _settle(future.set_exception, exc)
+
+
+def _settle(setter: Callable[[Any], None], value: Any) -> None:
+    try:
+        setter(value)
+    except InvalidStateError:  # settled by a racing path (abort, shutdown): the first outcome stands
+        pass

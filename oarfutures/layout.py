@@ -9,10 +9,13 @@ worker can find its input before anyone knows which job id it got::
       tasks/<batch>.args.pkl     every task's calls, concatenated pickles ...
       tasks/<batch>.index        ... and their offsets (N+1 little-endian uint64), so a task reads only its slice
       tasks/<batch>_<i>.resume.pkl   a checkpointed task's next calls (overrides its slice)
+      claims/<batch>/<i>         who runs task i: created once, atomically, by its worker or by a cancel()
+      claims/<batch>/<i>.<k>     the same for call k of a task of several calls (chunksize > 1)
       results/<batch>_<i>.pkl    written by the worker to a temp name, then renamed: appears complete or not at all
       results/delivered/         results a client has read, kept until the whole batch is delivered (re-attach)
       jobs/<batch>.json          what was submitted: task count, scheduler job ids (to re-attach after a crash)
-      jobs/<batch>.sh            the submission script, for the user to read
+      jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
+      jobs/.lock                 taken by processes that must take turns on the folder (attach, clean)
       logs/                      stdout/stderr of every job, kept after results are collected
 
 This module imports nothing heavy: the worker starts once per task.
@@ -20,7 +23,7 @@ This module imports nothing heavy: the worker starts once per task.
 import os
 import stat
 
-TASKS, RESULTS, JOBS, LOGS = "tasks", "results", "jobs", "logs"
+TASKS, RESULTS, JOBS, LOGS, CLAIMS = "tasks", "results", "jobs", "logs", "claims"
 DELIVERED = os.path.join(RESULTS, "delivered")
 RESULT_SUFFIX = ".pkl"
 
@@ -61,12 +64,77 @@ def script_path(folder: str, batch: str) -> str:
     return os.path.join(folder, JOBS, batch + ".sh")
 
 
+def claim_path(folder: str, batch: str, index: int, call: "int | None" = None) -> str:
+    name = str(index) if call is None else f"{index}.{call}"
+    return os.path.join(folder, CLAIMS, batch, name)
+
+
+#: the owner a cancel() writes into a claim; a worker writes "run <job id> <host> <pid>"
+CANCELLED = "cancelled"
+
+
+def claim(path: str, owner: str) -> bool:
+    """Take the claim at ``path`` for ``owner``: True if we got it, False if someone else holds it.
+
+    A claim decides who runs a call, exactly once: the worker about to run it and a ``cancel()`` compete for
+    the same name. It is made as open(2)'s man page advises for shared filesystems: write a unique file, then
+    ``link(2)`` it to the claim name, which fails if the name exists (``rename`` would replace it). The claim
+    appears with its owner already written, so a reader never sees it empty.
+    """
+    unique = f"{path}.{os.uname().nodename}.{os.getpid()}.{os.urandom(6).hex()}"
+    fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, owner.encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(unique, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(unique)
+
+
+def claim_owner(path: str) -> "str | None":
+    """Who holds the claim at ``path`` (None: nobody)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def make_folder(folder: str) -> None:
-    """Create the folder tree private to its owner (task pickles run as code when loaded)."""
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    for sub in (TASKS, RESULTS, DELIVERED, JOBS, LOGS):
-        os.makedirs(os.path.join(folder, sub), mode=0o700, exist_ok=True)
+    """Create the job folder (private) or check an existing one; create its subfolders private.
+
+    An existing folder is never chmodded (``folder="."`` is the user's project, a symlink may lead to a shared
+    place): it is refused if another user owns it or others can write to it, since task files in it are code.
+    """
+    try:
+        os.makedirs(os.path.dirname(folder) or ".", exist_ok=True)
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    check_owned(folder)
+    for sub in (TASKS, RESULTS, DELIVERED, JOBS, LOGS, CLAIMS):
+        path = os.path.join(folder, sub)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            check_owned(path)
+
+
+def check_owned(path: str) -> None:
+    """Refuse a folder another user owns or others can write to, naming it (before anything is written)."""
+    info = os.stat(path)
+    if info.st_uid != os.geteuid():
+        raise UnsafeFolderError(f"folder {path} is owned by uid {info.st_uid}, not by you ({os.geteuid()}): choose a folder of your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFolderError(
+            f"folder {path} is writable by other users (mode {stat.filemode(info.st_mode)}): task files are code, "
+            "choose a private folder (or chmod go-w it)"
+        )
 
 
 class UnsafeFolderError(PermissionError):

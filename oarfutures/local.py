@@ -1,18 +1,20 @@
 """The local backend: the same worker and files as on a cluster, in subprocesses on this machine.
 
 It is a tiny scheduler: a queue and ``max_workers`` slot threads, each running one worker process at a time, so
-the concurrency cap is real (submitit's local executor has none). Job ids are our task ids.
+the concurrency cap is real (submitit's local executor has none). Job ids are our task ids. A cancelled job is
+never started; a worker that cannot start fails its job, never its slot.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
 import signal
 import subprocess
 import threading
 import weakref
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from oarfutures import layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
@@ -24,15 +26,18 @@ QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
 
 
-def _die_with_client() -> None:
+def _die_with_client(client: int) -> None:
     """In the worker before it starts: be killed when the client dies (Linux), like a job of a dead scheduler.
 
-    Without it a worker of a killed client runs on, and attach() would run its task a second time beside it.
+    Without it a worker of a killed client runs on beside the calls attach() settles. If the client died before
+    the request took effect, the worker already has another parent: it leaves at once.
     """
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (AttributeError, OSError):
         pass
+    if os.getppid() != client:
+        os._exit(1)
 
 
 def _finish_local_work_at_exit() -> None:
@@ -41,13 +46,21 @@ def _finish_local_work_at_exit() -> None:
         backend.drain()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads or workers: its copies of the pools start empty."""
+    for backend in list(_backends):
+        backend.reset()
+
+
 _backends: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
-getattr(threading, "_register_atexit", __import__("atexit").register)(_finish_local_work_at_exit)
+threading._register_atexit(_finish_local_work_at_exit)  # type: ignore[attr-defined]
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LocalBackend(Backend):
     name = "local"
-    throttles = True
+    caps_all_jobs = True
+    query_is_cheap = True
     jobs_outlive_client = False
     reports_changes_only = True
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
@@ -70,6 +83,11 @@ class LocalBackend(Backend):
         self.parameters: Dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
+        self.reset()
+        _backends.add(self)
+
+    def reset(self) -> None:
+        """Start empty: at creation, and in a forked child (whose copy of the parent's threads is dead)."""
         self._lock = threading.Condition()
         self._queue: Deque[Tuple[str, List[str], Dict[str, str]]] = collections.deque()  # job id, command, env
         self._slots: List[threading.Thread] = []
@@ -77,9 +95,9 @@ class LocalBackend(Backend):
         self._states: Dict[str, JobStatus] = {}
         self._processes: Dict[str, subprocess.Popen] = {}
         self._killed: Dict[str, str] = {}  # job id -> why we killed it
+        self._skip: Set[str] = set()  # queued jobs cancelled before a slot took them
         self._busy = 0  # slots between taking a job and seeing its worker exit
         self._changed: Dict[str, JobStatus] = {}  # news for the next query
-        _backends.add(self)
 
     def drain(self) -> None:
         """Wait until every queued worker has run."""
@@ -101,6 +119,7 @@ class LocalBackend(Backend):
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
                 self._queue.append((job_id, base + [str(index)], ranks))
+            self._slots = [slot for slot in self._slots if slot.is_alive()]
             while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
                 slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
                 self._slots.append(slot)
@@ -117,24 +136,21 @@ class LocalBackend(Backend):
                 if self._closing:
                     return
                 job_id, command, variables = self._queue.popleft()
-                if job_id in self._killed:
+                if job_id in self._skip:  # cancelled while queued: never started
+                    self._skip.discard(job_id)
                     self._lock.notify_all()
                     continue
                 self._states[job_id] = self._changed[job_id] = RUNNING
                 self._busy += 1
-            out_path, err_path = self.log_paths(job_id)
-            environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
-            with open(out_path, "ab") as out, open(err_path, "ab") as err:
-                process = subprocess.Popen(
-                    command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environment, preexec_fn=_die_with_client
-                )
+            code: Optional[int] = None
+            try:
+                code = self._run_worker(job_id, command, variables)
+            except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
+                failure = f"the worker could not start: {exc}"
             with self._lock:
-                self._processes[job_id] = process
-                if job_id in self._killed:  # cancelled while it was starting
-                    process.kill()
-            code = process.wait()
-            with self._lock:
-                del self._processes[job_id]
+                if code is None:
+                    self._killed[job_id] = failure
+                self._processes.pop(job_id, None)
                 self._busy -= 1
                 if code == RESUBMIT and job_id not in self._killed:  # checkpointed: run it again, same job id
                     self._states[job_id] = QUEUED
@@ -145,7 +161,27 @@ class LocalBackend(Backend):
                 self._lock.notify_all()
             get_poller().wake()
 
-    def _ended_status(self, job_id: str, code: int) -> JobStatus:
+    def _run_worker(self, job_id: str, command: List[str], variables: Dict[str, str]) -> int:
+        out_path, err_path = self.log_paths(job_id)
+        environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
+        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+                preexec_fn=functools.partial(_die_with_client, os.getpid()),
+            )
+        with self._lock:
+            self._processes[job_id] = process
+            if job_id in self._killed:  # cancelled while it was starting
+                process.kill()
+        return process.wait()
+
+    def _ended_status(self, job_id: str, code: Optional[int]) -> JobStatus:
+        if code is None:
+            return JobStatus(JobState.FAILED, "FAILED", None, self._killed[job_id])
         if job_id in self._killed:
             return JobStatus(JobState.CANCELLED, "CANCELLED", str(code), self._killed[job_id])
         if code == 0:
@@ -158,13 +194,16 @@ class LocalBackend(Backend):
     def cancel(self, job_ids: Sequence[str]) -> None:
         with self._lock:
             for job_id in job_ids:
-                self._killed.setdefault(job_id, "cancelled")
-                process = self._processes.get(job_id)
-                if process is not None:
-                    process.kill()
-                elif self._states.get(job_id) is QUEUED:  # its slot will skip it
+                state = self._states.get(job_id)
+                if state is QUEUED:  # its slot will skip it
+                    self._skip.add(job_id)
                     status = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
                     self._states[job_id] = self._changed[job_id] = status
+                elif state is RUNNING:
+                    self._killed.setdefault(job_id, "cancelled")
+                    process = self._processes.get(job_id)
+                    if process is not None:
+                        process.kill()
 
     def interrupt(self, job_id: str) -> None:
         """The checkpoint signal to a running worker: what a preemption does on a cluster."""

@@ -117,7 +117,6 @@ class OarBackend(Backend):
     name = "oar"
     throttles = False  # OAR arrays have no running cap: the core submits in waves
     query_interval = (2.0, 10.0)  # each oarstat costs ~0.2 s or more on the server
-    result_grace = 5.0
 
     def __init__(self, folder: str, parameters: Mapping[str, Any]) -> None:
         self.folder = folder

@@ -1,9 +1,20 @@
-"""One daemon thread per process resolves the futures of every executor.
+"""One daemon thread per process notices what happened to the jobs of every executor.
 
 Each tick costs the same however many futures are pending: one ``scandir`` of each busy executor's results folder,
 and — less often, on a growing interval — one state query per backend group for all its live jobs (one ``squeue``
-for every Slurm executor of the process). The thread holds an executor only while it has live tasks, so futures
-of an executor the user dropped still resolve, and an idle executor is not kept alive.
+for every Slurm executor of the process). The poller only notices and decides; it never blocks on anything an
+executor or its user controls:
+
+* scheduler queries run on a thread of their own, one in flight per group, so a hung ``squeue`` delays that
+  group's states and nothing else;
+* settling futures (the user's callbacks), cancelling and submitting run on each executor's service thread;
+* an exception in one executor's tick is logged and stays with that executor (``Tracked.on_poll_error``).
+
+The poller holds an executor only while it has live tasks: futures of an executor the user dropped still
+resolve, and an idle executor is not kept alive.
+
+Locks: the poller's lock is the innermost of the package. It guards the set of executors only, and no other
+lock is taken and no executor is called while it is held; executors call ``watch``/``forget`` under their own lock.
 """
 from __future__ import annotations
 
@@ -11,10 +22,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
-
-if TYPE_CHECKING:
-    from oarfutures.executor import JobExecutor
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Set
 
 logger = logging.getLogger("oarfutures")
 
@@ -22,23 +30,88 @@ SCAN_INTERVAL = (0.02, 0.5)  # seconds between result scans: right after activit
 BACKOFF = 1.5
 
 
+class Tracked(Protocol):
+    """What the poller asks of an executor (``executor.JobExecutor`` implements it)."""
+
+    backend: Any  # its ``query_group()``, ``query()``, ``query_interval``, ``reports_changes_only``
+
+    def poll_files(self, now: float) -> bool:
+        """Scan for results and overdue jobs (no blocking work); True if anything was found."""
+
+    def live_job_ids(self) -> List[str]:
+        """Job ids whose state the scheduler should be asked for."""
+
+    def apply_states(self, statuses: Mapping[str, Any], now: float) -> bool:
+        """Act on a query's answer; True if any job changed state."""
+
+    def on_poll_error(self, error: BaseException) -> None:
+        """A tick of this executor raised: log it, and fail its futures if it cannot go on."""
+
+    def release_if_idle(self, poller: "Poller") -> None:
+        """``poller.forget(self)`` if nothing is left to watch (under the executor's own lock)."""
+
+
+class _Query:
+    """One state query in flight for a group of executors, on its own thread."""
+
+    def __init__(self, executors: List[Tracked], ids: Sequence[str], done: threading.Event) -> None:
+        self.executors = executors
+        self.ids = list(ids)
+        self.statuses: Optional[Dict[str, Any]] = None
+        self.error: Optional[BaseException] = None
+        self._done = done
+        self.finished = False
+        backend = executors[0].backend
+        if getattr(backend, "query_is_cheap", False):  # in memory (the local backend): no thread needed
+            self._run()
+        else:
+            threading.Thread(target=self._run, name="oarfutures-query", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.statuses = self.executors[0].backend.query(self.ids)
+        except BaseException as exc:  # noqa: B036 - reported by the poller, never lost
+            self.error = exc
+        self.finished = True
+        self._done.set()
+
+
 class Poller:
-    def __init__(self) -> None:
-        self._executors: Set["JobExecutor"] = set()
+    def __init__(self, executors: Optional[Set[Tracked]] = None) -> None:
+        self._executors: Set[Tracked] = set(executors or ())
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
+        self._schedule: Dict[Tracked, List[float]] = {}  # executor -> [next query time, current interval]
+        self._queries: Dict[object, _Query] = {}  # query group -> the query in flight
+        self.pid = os.getpid()
+        #: scheduler state queries made so far (benchmarks read it)
+        self.query_count = 0
         self._thread = threading.Thread(target=self._run, name="oarfutures-poller", daemon=True)
         self._thread.start()
-        self.pid = os.getpid()
-        #: scheduler state queries made so far, per backend group (benchmarks read it)
-        self.query_count = 0
 
     def alive(self) -> bool:
         return self._thread.is_alive() and self.pid == os.getpid()
 
-    def watch(self, executor: "JobExecutor") -> None:
+    def executors(self) -> Set[Tracked]:
+        with self._lock:
+            return set(self._executors)
+
+    def watch(self, executor: Tracked) -> None:
+        """Follow this executor from now on (it has live tasks); the next state query comes soon."""
         with self._lock:
             self._executors.add(executor)
+            self._schedule.pop(executor, None)
+        self._wakeup.set()
+
+    def forget(self, executor: Tracked) -> None:
+        with self._lock:
+            self._executors.discard(executor)
+            self._schedule.pop(executor, None)
+
+    def query_soon(self, executor: Tracked) -> None:
+        with self._lock:
+            self._schedule.pop(executor, None)
+        self._wakeup.set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -51,56 +124,81 @@ class Poller:
             self._wakeup.clear()
             try:
                 active = self._tick()
-            except Exception:  # never let the thread die: every future depends on it
+            except BaseException:  # noqa: B036 - never let the thread die: every future depends on it
                 logger.exception("oarfutures poller tick failed")
                 active = False
             interval = SCAN_INTERVAL[0] if (active or woken) else min(interval * BACKOFF, SCAN_INTERVAL[1])
 
     def _tick(self) -> bool:
-        with self._lock:
-            executors = list(self._executors)
+        executors = self.executors()
         now = time.monotonic()
         active = False
-        due: Dict[object, List["JobExecutor"]] = {}
         for executor in executors:
-            executor.process_cancellations()
-            active |= executor.collect_results() > 0
-            if now >= executor.next_query:
-                due.setdefault(executor.backend.query_group(), []).append(executor)
-        for group in due.values():
-            active |= self._query(group, now)
+            active |= self._guarded(executor, executor.poll_files, now)
+        self._start_queries(executors, now)
+        active |= self._finish_queries(now)
         for executor in executors:
-            executor.fail_ended_jobs(time.monotonic())
-            executor.refill()
-        with self._lock:
-            for executor in executors:
-                if not executor.has_work():
-                    self._executors.discard(executor)
+            self._guarded(executor, executor.release_if_idle, self)
         return active
 
-    def _query(self, executors: List["JobExecutor"], now: float) -> bool:
-        """One backend call for the live jobs of all these executors; each backs off while nothing changes."""
-        backend = executors[0].backend
-        ids = [] if backend.reports_changes_only else [j for executor in executors for j in executor.live_job_ids()]
-        statuses: Optional[Dict[str, object]] = {}
-        if ids or backend.reports_changes_only:
+    @staticmethod
+    def _guarded(executor: Tracked, step: Any, *args: Any) -> Any:
+        try:
+            return step(*args)
+        except BaseException as exc:  # noqa: B036 - one executor's trouble stays its own
             try:
-                statuses = backend.query(ids)
-                self.query_count += 1
-            except Exception as exc:
-                logger.warning("state query failed, will retry: %s", exc)
-                statuses = None
-        changed = False
-        for executor in executors:
-            low, high = executor.backend.query_interval
-            # an empty answer still counts: jobs the scheduler forgot are absent from it
-            answered = statuses is not None and (bool(ids) or bool(statuses))
-            if answered and executor.apply_states(statuses, now):  # type: ignore[arg-type]
-                executor.query_wait, changed = low, True
-            else:
-                executor.query_wait = min(max(executor.query_wait, low) * BACKOFF, high)
-            executor.next_query = now + executor.query_wait
-        return changed
+                executor.on_poll_error(exc)
+            except BaseException:  # noqa: B036
+                logger.exception("oarfutures: handling a poll error failed")
+            return False
+
+    def _start_queries(self, executors: Set[Tracked], now: float) -> None:
+        """One query per group whose executors are due, unless that group's last query has not answered yet."""
+        due: Dict[object, List[Tracked]] = {}
+        with self._lock:
+            for executor in executors:
+                when = self._schedule.setdefault(executor, [now, executor.backend.query_interval[0]])
+                if now >= when[0]:
+                    due.setdefault(executor.backend.query_group(), []).append(executor)
+        for group, members in due.items():
+            if group in self._queries:
+                continue
+            backend = members[0].backend
+            ids: List[str] = []
+            if not backend.reports_changes_only:
+                for executor in members:
+                    ids += self._guarded(executor, executor.live_job_ids) or []
+                if not ids:
+                    self._reschedule(members, now, changed=False)
+                    continue
+            self.query_count += 1
+            self._queries[group] = _Query(members, ids, self._wakeup)
+
+    def _finish_queries(self, now: float) -> bool:
+        changed_any = False
+        for group, query in list(self._queries.items()):
+            if not query.finished:
+                continue
+            del self._queries[group]
+            if query.error is not None:
+                logger.warning("oarfutures: state query failed, will retry: %s", query.error)
+            for executor in query.executors:
+                changed = False
+                # an empty answer still counts: jobs the scheduler forgot are absent from it
+                if query.statuses is not None and (query.ids or query.statuses):
+                    changed = bool(self._guarded(executor, executor.apply_states, query.statuses, now))
+                self._reschedule([executor], now, changed)
+                changed_any |= changed
+        return changed_any
+
+    def _reschedule(self, executors: List[Tracked], now: float, changed: bool) -> None:
+        """Query again soon after a change; back off while nothing changes."""
+        with self._lock:
+            for executor in executors:
+                low, high = executor.backend.query_interval
+                when = self._schedule.setdefault(executor, [now, low])
+                when[1] = low if changed else min(max(when[1], low) * BACKOFF, high)
+                when[0] = now + when[1]
 
 
 _poller: Optional[Poller] = None
@@ -108,9 +206,24 @@ _poller_lock = threading.Lock()
 
 
 def get_poller() -> Poller:
-    """The process's poller, started on first use (and again in a forked child, where the thread is gone)."""
+    """The process's poller, started on first use.
+
+    In a forked child the thread is gone: a new poller takes over the executors the old one followed, so no
+    future of theirs is forgotten.
+    """
     global _poller
     with _poller_lock:
         if _poller is None or not _poller.alive():
-            _poller = Poller()
+            inherited = _poller._executors if _poller is not None else set()
+            if _poller is not None and _poller.pid == os.getpid():
+                logger.error("oarfutures: the poller thread died; a new one takes over its executors")
+            _poller = Poller(inherited)
         return _poller
+
+
+def _after_fork_in_child() -> None:
+    global _poller_lock
+    _poller_lock = threading.Lock()  # it may have been held by another thread at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List
@@ -24,14 +25,44 @@ class BatchRecord:
     checkpointable: bool = False
     created: float = field(default_factory=time.time)
     complete: bool = False  # every result was delivered to a client and the batch's files are gone
+    client: str = field(default_factory=lambda: client_name())  # "<host>:<pid>" of the process that follows it
+
+    def __post_init__(self) -> None:
+        # the user's thread and the executor's threads both change and save a record: one at a time
+        self._lock = threading.Lock()
+
+    def set_job_ids(self, job_ids: Dict[int, str]) -> None:
+        with self._lock:
+            self.job_ids.update(job_ids)
 
     def save(self, folder: str) -> None:
+        """Write through a temp file of this process and thread, then rename: readers see one whole version."""
         path = layout.record_path(folder, self.batch)
-        temp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
-        os.replace(temp, path)
+        with self._lock:
+            text = json.dumps(asdict(self))
+            temp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(temp, path)
+
+
+def client_name() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}"
+
+
+def client_alive(client: str) -> bool:
+    """Whether the process named by ``client_name()`` still runs (known only on its own host)."""
+    host, _, pid = client.rpartition(":")
+    if host != os.uname().nodename or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load(path: str) -> BatchRecord:

@@ -91,7 +91,6 @@ class SlurmBackend(Backend):
     name = "slurm"
     throttles = True
     query_interval = (1.0, 5.0)
-    result_grace = 5.0
 
     def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: Optional[int] = None) -> None:
         self.folder = folder

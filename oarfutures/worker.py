@@ -101,6 +101,7 @@ class _Task:
         self.destination = layout.result_path(folder, batch, index)  # a rank of a multi-task job writes elsewhere
         self.started = time.monotonic()
         self.in_call = False
+        self.claims_calls = True  # the ranks of a multi-task job all run the call their launcher claimed
 
     def on_signal(self, signum, frame):
         if self.in_call:
@@ -112,7 +113,11 @@ class _Task:
         if any(callable(getattr(f, "checkpoint", None)) for f in functions):
             signal.signal(CHECKPOINT_SIGNAL, self.on_signal)
         outcomes = list(done)
+        several = len(done) + len(calls) > 1
         for position, (fn_index, args, kwargs) in enumerate(calls):
+            if several and self.claims_calls and not claim_call(self.folder, self.batch, self.index, len(outcomes)):
+                outcomes.append(NOT_RUN)  # its future was cancelled: the client ignores this outcome
+                continue
             function = functions[fn_index]
             try:
                 self.in_call = True
@@ -225,12 +230,54 @@ def dump_outcomes(outcomes, resubmissions=0):
     return pickle.dumps({"outcomes": safe, "resubmissions": resubmissions}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+NOT_RUN = ("error", None, "CancelledError", "the call was cancelled before it started", "")
+
+
+def _owner():
+    return f"run {os.environ.get('OARFUTURES_JOB_ID', '?')} {os.uname().nodename} {os.getpid()}"
+
+
+def claim_task(folder, batch, index):
+    """Win the task's claim before running anything: a call runs once, and never after its cancel() won.
+
+    A run that finds the claim held by an earlier run of the same task goes on only if that run checkpointed
+    (its resume file exists); otherwise the task already ran (say, a scheduler requeued it after a node failure)
+    and running it twice is what the claim prevents.
+    """
+    path = layout.claim_path(folder, batch, index)
+    try:
+        if layout.claim(path, _owner()):
+            return True
+        holder = layout.claim_owner(path) or ""
+    except OSError as exc:
+        print(f"oarfutures worker: cannot claim task {layout.task_id(batch, index)}: {exc}", file=sys.stderr)
+        return False
+    if holder.startswith("run ") and os.path.exists(layout.resume_path(folder, batch, index)):
+        return True
+    why = "its future was cancelled" if holder == layout.CANCELLED else f"it was started before ({holder})"
+    print(f"oarfutures worker: task {layout.task_id(batch, index)} not run: {why}", file=sys.stderr)
+    return False
+
+
+def claim_call(folder, batch, index, call):
+    """The claim of one call of a task of several: cancel() of one future of a chunk takes this one."""
+    path = layout.claim_path(folder, batch, index, call)
+    try:
+        if layout.claim(path, _owner()):
+            return True
+        return (layout.claim_owner(path) or "").startswith("run ")  # ours, from a run before a checkpoint
+    except OSError:  # the batch's files were removed meanwhile (aborted, cleaned): run nothing more
+        return False
+
+
 def main(argv):
     folder, batch, index = argv[0], argv[1], int(argv[2])
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
     task = _Task(folder, batch, index)
     world_size = int(os.environ.get("OARFUTURES_RANKS", "1"))
+    if "--rank" not in argv and not claim_task(folder, batch, index):
+        return 0
     if world_size > 1:
         from oarfutures import ranks
 
@@ -239,6 +286,7 @@ def main(argv):
             task.write(ranks.launch(folder, batch, index, world_size, per_node, os.environ.get("OARFUTURES_LAUNCHER")), 0)
             return 0
         task.destination = ranks.rank_path(folder, batch, index, ranks.rank_environment())
+        task.claims_calls = False
     try:
         loaded = read_task(folder, batch, index)
     except layout.UnsafeFolderError as exc:

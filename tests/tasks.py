@@ -154,3 +154,21 @@ def print_and_return(out_text, err_text, value):
     print(out_text)
     print(err_text, file=sys.stderr)
     return value
+
+
+def note_run(folder, name, seconds=0.0):
+    """Leave one file per run (a call that runs twice leaves two), then sleep and return ``name``."""
+    import os
+    import tempfile
+    import time
+
+    os.makedirs(folder, exist_ok=True)
+    tempfile.mkstemp(prefix=f"{name}.", dir=folder)
+    time.sleep(seconds)
+    return name
+
+
+def runs_of(folder, name):
+    import os
+
+    return sum(1 for entry in os.listdir(folder) if entry.startswith(f"{name}.")) if os.path.isdir(folder) else 0

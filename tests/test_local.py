@@ -297,8 +297,8 @@ def test_the_folder_is_private(folder):
     assert os.stat(folder).st_mode & 0o777 == 0o700
 
 
-def test_a_new_process_reattaches_and_gets_every_result_after_the_client_was_killed(tmp_path):
-    folder = str(tmp_path / "jobs")
+def test_a_new_process_reattaches_after_the_client_was_killed_and_runs_no_call_twice(tmp_path):
+    folder, runs = str(tmp_path / "jobs"), str(tmp_path / "runs")
     script = tmp_path / "client.py"
     script.write_text(
         textwrap.dedent(
@@ -308,7 +308,7 @@ def test_a_new_process_reattaches_and_gets_every_result_after_the_client_was_kil
             import tasks
             from oarfutures import LocalPoolExecutor
             ex = LocalPoolExecutor(2, folder={folder!r})
-            results = ex.map(tasks.sleep_and_return, [0.05] * 3 + [0.6] * 5, range(8))
+            results = ex.map(tasks.note_run, [{runs!r}] * 8, range(8), [0.05] * 3 + [0.6] * 5)
             print(next(results), flush=True)   # one result delivered to this client before it dies
             os.kill(os.getpid(), signal.SIGKILL)
             """
@@ -316,10 +316,19 @@ def test_a_new_process_reattaches_and_gets_every_result_after_the_client_was_kil
     )
     client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert client.returncode == -9 and client.stdout.strip() == "0"
-    # the local backend's workers died with their client; what had finished stays on disk
+    # the local workers died with their client: what finished is on disk, what they were running is lost
     with LocalPoolExecutor(2, folder=folder) as executor:
         futures = executor.attach()
-        assert [f.result(timeout=60) for f in futures] == list(range(8))
+        assert len(futures) == 8
+        wait(futures, timeout=60)
+    outcomes = [f.result() if f.exception() is None else f.exception() for f in futures]
+    for call, outcome in enumerate(outcomes):
+        if isinstance(outcome, JobFailedError):
+            assert outcome.state == "LOST" and "died with the client" in outcome.reason
+        else:
+            assert outcome == call
+        assert tasks.runs_of(runs, call) == 1, f"call {call} ran {tasks.runs_of(runs, call)} times"
+    assert outcomes[0] == 0 and outcomes[7] == 7  # delivered before the crash; never started before it
     assert os.listdir(os.path.join(folder, "tasks")) == []
 
 

@@ -1,0 +1,56 @@
+"""A thread of one executor's own that runs its blocking work in order: settling futures, cancelling, refilling.
+
+Settling a future runs the user's callbacks, and cancelling or submitting runs a scheduler command that may hang
+for minutes. Neither may run on the process's single poller thread: one executor's slow ``scancel`` or a callback
+that waits on a result would stall every executor of the process. Each executor therefore hands such work to its
+own ``ServiceThread``; the worst a user's callback can do is stall the executor it belongs to, as with
+``ProcessPoolExecutor``'s manager thread.
+
+The thread starts on demand and ends when it has been idle for a moment, so an idle executor holds no thread.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any, Callable, Deque, Optional, Tuple
+
+logger = logging.getLogger("oarfutures")
+
+IDLE_SECONDS = 2.0
+
+
+class ServiceThread:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._thread: Optional[threading.Thread] = None
+
+    def run(self, job: Callable[..., Any], *args: Any) -> None:
+        """Run ``job(*args)`` on this thread, after what was handed over before it."""
+        with self._ready:
+            self._jobs.append((job, args))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def on_this_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                if not self._jobs:
+                    self._ready.wait(IDLE_SECONDS)
+                if not self._jobs:
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+                job, args = self._jobs.popleft()
+            try:
+                job(*args)
+            except BaseException:  # noqa: B036 - a callback's SystemExit must not end the executor's service
+                logger.exception("oarfutures: %s failed in %s", getattr(job, "__name__", job), self._name)
+            del job, args  # while idle, hold no task: its futures' results must be freed when the user drops them
