@@ -3,13 +3,15 @@
 #   1. a virtual environment from /usr/bin/python3 under /var/tmp, readable by every user (OAR jobs run as a
 #      normal user with a fresh environment: the worker's interpreter must be an absolute path they can read);
 #   2. the real Slurm and OAR clusters, installed from Debian's packages and started by tests/clusters/*;
-#   3. pytest: local and Slurm tests as root, Slurm again with accounting (slurmdbd + sacct), OAR tests as the
-#      unprivileged user OAR requires.
-# A cluster that does not come up fails the run; nothing is skipped. The last line sums up every phase.
+#   3. pytest: local and Slurm tests as root, the local tests again as a normal user (root hides permission
+#      bugs), Slurm again with accounting (slurmdbd + sacct), OAR tests as the unprivileged user OAR requires.
+# A cluster that does not come up fails the run; nothing is skipped (CI=true makes a missing scheduler command a
+# failure, not a skip). The last line sums up every phase.
 #   OARFUTURES_CI_DIR   where the venv and the test copy live           [/var/tmp/oarfutures-ci]
 #   PYTEST_ARGS         extra pytest arguments for every phase (e.g. "-x -k cancel")
 #   PYTEST_WORKERS      tests run side by side in this many processes (they mostly wait for jobs)  [3]
 set -uo pipefail
+export CI=true
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN=${OARFUTURES_CI_DIR:-/var/tmp/oarfutures-ci}
 USER_OAR=alice
@@ -42,13 +44,15 @@ phase() { # NAME USER PYTEST-ARGS...
     if [ "$user" = root ]; then
         (cd "$RUN/src" && "${PYTEST[@]}" --junitxml="$RUN/$name.xml" "$@") || status=1
     else
-        (cd "$RUN/src" && runuser -u "$user" -- env CI="${CI:-}" HOME="/home/$user" PATH="$PATH" \
+        (cd "$RUN/src" && runuser -u "$user" -- env CI=true HOME="/home/$user" PATH="$PATH" \
             "${PYTEST[@]}" --basetemp="/tmp/oarfutures-pytest-$user" --junitxml="/tmp/$name.xml" "$@") || status=1
         cp "/tmp/$name.xml" "$RUN/$name.xml" 2>/dev/null || true
     fi
 }
 rm -f "$RUN"/*.xml
-phase local-and-slurm root tests -m "not oar and not accounting and not array_limit"
+LOCAL='not slurm and not oar and not accounting and not array_limit and not admin'
+phase local-and-slurm root tests -m "not oar and not accounting and not array_limit" -k "not never_hang"
+phase local-as-user "$USER_OAR" tests -m "$LOCAL"
 step "Slurm with accounting (slurmdbd) and Slurm's default MaxArraySize"
 WITH_SLURMDBD=1 MAX_ARRAY_SIZE=1001 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
 export OARFUTURES_EXPECT_ACCOUNTING=1

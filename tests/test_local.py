@@ -342,9 +342,16 @@ def test_a_huge_argument_is_named_in_a_warning_and_pickled_once(folder):
             assert executor.submit(tasks.size_of, b"x" * 2_000_000).result(timeout=30) == 2_000_000
 
 
-def test_the_interpreter_given_by_name_is_found_on_path_and_made_absolute(folder):
-    executor = LocalPoolExecutor(1, folder=folder, python=os.path.basename(sys.executable))
-    assert os.path.isabs(executor.python)
+def test_the_interpreter_given_by_name_is_found_on_path_and_made_absolute(folder, tmp_path, monkeypatch):
+    # a PATH of the test's own: the machine's may put another interpreter (a pyenv shim) first
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "oarfutures-test-python"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    executor = LocalPoolExecutor(1, folder=folder, python="oarfutures-test-python")
+    assert executor.python == str(launcher)
     assert executor.submit(tasks.square, 3).result(timeout=30) == 9
     executor.shutdown()
     with pytest.raises(ValueError, match="no-such-python"):
