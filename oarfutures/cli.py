@@ -10,6 +10,7 @@ logs, cancellation declined), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import filelock
 import json
 import logging
 import os
@@ -734,6 +735,11 @@ def remove(paths: Iterable[str]) -> Tuple[int, int]:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
+    with filelock.FileLock(layout.lock_path(folder)):  # not while attach() reads the folder
+        return _clean(folder, args)
+
+
+def _clean(folder: str, args: argparse.Namespace) -> int:
     backends = Backends(folder)
     batches = records.load_all(folder)
     targets = [r for r in batches if r.complete or args.all]

@@ -191,7 +191,7 @@ class JobExecutor(cf.Executor):
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # one wave at a time, so the running cap is counted right
         self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
-        self._folder_lock = filelock.FileLock(os.path.join(self.folder, layout.JOBS, ".lock"))
+        self._folder_lock = filelock.FileLock(layout.lock_path(self.folder))
         self._service = ServiceThread(f"oarfutures-service-{backend.name}")
         self._tasks: Dict[str, Task] = {}
         self._waiting: Deque[Deque[Task]] = collections.deque()  # per batch, tasks not submitted yet

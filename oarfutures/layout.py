@@ -5,6 +5,7 @@ element; a task holds ``chunksize`` calls). Task ids are ours (``<batch>_<index>
 worker can find its input before anyone knows which job id it got::
 
     folder/                      0700: task files are code
+      .lock                      taken by processes that must take turns on the folder (attach, clean)
       tasks/<batch>.fn.pkl       the functions of the batch, pickled once, plus the client's sys.path
       tasks/<batch>.args.pkl     every task's calls, concatenated pickles ...
       tasks/<batch>.index        ... and their offsets (N+1 little-endian uint64), so a task reads only its slice
@@ -15,7 +16,6 @@ worker can find its input before anyone knows which job id it got::
       results/delivered/         results a client has read, kept until the whole batch is delivered (re-attach)
       jobs/<batch>.json          what was submitted: task count, scheduler job ids (to re-attach after a crash)
       jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
-      jobs/.lock                 taken by processes that must take turns on the folder (attach, clean)
       logs/                      stdout/stderr of every job, kept after results are collected
 
 This module imports nothing heavy: the worker starts once per task.
@@ -62,6 +62,10 @@ def record_path(folder: str, batch: str) -> str:
 
 def script_path(folder: str, batch: str) -> str:
     return os.path.join(folder, JOBS, batch + ".sh")
+
+
+def lock_path(folder: str) -> str:
+    return os.path.join(folder, ".lock")
 
 
 def claim_path(folder: str, batch: str, index: int, call: "int | None" = None) -> str:
