@@ -304,7 +304,8 @@ class OarPoolExecutor(JobExecutor):
     ``/nodes=1/core=4,walltime=0:10:00`` (one core on one node by default; ``resources`` gives the raw ``-l``
     text instead); ``properties`` -> ``-p``; ``project`` -> ``--project``; ``job_types`` -> ``-t`` (besteffort,
     idempotent...); ``additional_parameters`` -> any other option (``{"t": "besteffort"}`` -> ``#OAR -t
-    besteffort``); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
+    besteffort``), except those oarfutures passes itself (``-O``, ``-l``, ``-d``...: the error names the parameter to
+    use); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
     cap of their own, so tasks are submitted in waves as earlier ones finish.
     """
 

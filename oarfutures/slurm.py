@@ -348,7 +348,9 @@ class SlurmPoolExecutor(JobExecutor):
     Parameters keep their ``sbatch`` meaning: ``partition``, ``walltime`` (seconds, timedelta or "H:MM:SS"),
     ``nodes``, ``cpus_per_task``, ``mem`` ("4G"), ``gpus_per_node``, ``account``, ``qos``, ``name``; ``setup`` lines
     run before the worker (module load, conda activate); ``additional_parameters`` adds any other ``#SBATCH``
-    option (``{"constraint": "v100"}``). ``max_workers`` caps running tasks (``--array=...%N``).
+    option (``{"constraint": "v100"}``, ``{"exclusive": True}`` for a flag, one-letter keys as short options) but
+    not those oarfutures writes itself (``output``, ``array``...: the error names the parameter to use).
+    ``max_workers`` caps running tasks (``--array=...%N``).
     """
 
     def __init__(
