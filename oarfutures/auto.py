@@ -29,7 +29,7 @@ EXECUTOR_OPTIONS = ("python", "keep_files", "result_grace", "warn_pickle_bytes",
 DETECTION_TIMEOUT = 5.0
 #: per scheduler: the commands that must be installed, and the question that proves the controller answers
 PROBES = {
-    "oar": (("oarsub", "oarstat", "oardel"), ["oarstat", "-s", "-j", "0"]),
+    "oar": (("oarsub", "oarstat", "oardel"), ["oarstat", "-s", "-j", "1"]),  # -j 0 reads as no id: exit 255
     "slurm": (("sbatch", "squeue", "scancel", "scontrol"), ["scontrol", "ping"]),
 }
 

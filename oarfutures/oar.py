@@ -130,16 +130,16 @@ def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optiona
     """(option, value) pairs, rendered both as ``#OAR`` lines and as ``oarsub`` arguments.
 
     ``-d``: oarsub takes the launching directory from ``$PWD`` otherwise, and fails without it (cron, ``env -i``).
+    The log paths are relative to it: OAR opens them after entering that directory, and refuses any path with
+    other characters than letters, digits, space and ``_./-%`` (a folder named ``a;b`` or ``x+1`` would fail).
     OAR's ``-S`` reads a ``#OAR`` value to the end of its line, so values are written unquoted.
     """
-    folder = params.job_folder("folder", folder)
-    logs = os.path.join(folder, layout.LOGS)
     options: List[Tuple[str, Optional[str]]] = [
         ("-l", resource_request(p)),
         ("-n", p["name"]),
-        ("-d", folder),
-        ("-O", f"{logs}/%jobid%.out"),
-        ("-E", f"{logs}/%jobid%.err"),
+        ("-d", params.job_folder("folder", folder)),
+        ("-O", f"{layout.LOGS}/%jobid%.out"),
+        ("-E", f"{layout.LOGS}/%jobid%.err"),
     ]
     if p["queue"]:
         options.append(("-q", p["queue"]))

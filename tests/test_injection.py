@@ -149,11 +149,14 @@ def test_the_slurm_log_paths_are_quoted_with_percent_signs_kept_literal(tmp_path
     assert f'#SBATCH --error="{logs}/%A_%a.err"\n' in script
 
 
-def test_oarsub_is_told_the_job_folder_as_its_directory(tmp_path):
+def test_oarsub_is_told_the_job_folder_as_its_directory_and_the_log_paths_relative_to_it(tmp_path):
     folder = str(tmp_path / "a b;c")
     script, arguments = oar_rendering(folder)
     assert arguments[arguments.index("-d") + 1] == folder
     assert f"#OAR -d {folder}\n" in script  # OAR's -S reads the value up to the end of the line
+    # OAR refuses -O/-E paths holding other characters than [A-Za-z0-9_./%\\ -]: the folder stays out of them
+    assert arguments[arguments.index("-O") + 1] == "logs/%jobid%.out"
+    assert arguments[arguments.index("-E") + 1] == "logs/%jobid%.err"
 
 
 # ---------------------------------------------------------------------------------------------- real clusters
@@ -169,9 +172,9 @@ def test_slurm_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_percent_s
 
 
 @pytest.mark.oar
-def test_oar_runs_a_job_whose_folder_holds_a_space_and_a_semicolon(tmp_path):
+def test_oar_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_plus(tmp_path):
     require_command("oarsub")
-    folder = tmp_path / "a b;c"
+    folder = tmp_path / "a b;c+d"
     with OarPoolExecutor(folder=str(folder), walltime="0:05:00") as executor:
         future = executor.submit(tasks.add, 2, 3)
         assert future.result(timeout=120) == 5
