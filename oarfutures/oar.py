@@ -91,9 +91,11 @@ RESERVED_OPTIONS = {
     "help": "it would submit nothing",
     "version": "it would submit nothing",
 }
-SHORT_OPTIONS = {"l": "resource", "n": "name", "O": "stdout", "E": "stderr", "q": "queue", "p": "property", "d": "directory",
-                 "S": "scanscript", "I": "interactive", "C": "connect", "J": "json", "X": "xml", "Y": "yaml",
-                 "D": "dumper", "h": "help", "V": "version"}
+SHORT_OPTIONS = {
+    "l": "resource", "n": "name", "O": "stdout", "E": "stderr", "q": "queue", "p": "property", "d": "directory",
+    "S": "scanscript", "I": "interactive", "C": "connect", "J": "json", "X": "xml", "Y": "yaml", "D": "dumper",
+    "h": "help", "V": "version",
+}
 
 
 def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

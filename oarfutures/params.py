@@ -160,7 +160,9 @@ def _option_value(name: str, item: Any) -> Union[bool, str]:
     raise TypeError(f"{name}={item!r}: give a string or a number, or True for a flag (leave the key out to omit it)")
 
 
-def reserved_option(name: str, key: str, reserved: Mapping[str, str], short: Mapping[str, str], allowed: Iterable[str] = ()) -> None:
+def reserved_option(
+    name: str, key: str, reserved: Mapping[str, str], short: Mapping[str, str], allowed: Iterable[str] = ()
+) -> None:
     """Refuse an ``additional_parameters`` key naming an option the package sets itself, saying what to use.
 
     ``short`` maps one-letter options to their long names. The schedulers' option parsers (getopt_long, Perl's
@@ -174,7 +176,7 @@ def reserved_option(name: str, key: str, reserved: Mapping[str, str], short: Map
             raise ValueError(f"{name} {key!r} (--{reserved_name}) is not accepted: {advice}")
 
 
-def job_folder(name: str, path: Any) -> str:
+def job_folder(name: str, path: Union[str, "os.PathLike[str]"]) -> str:
     """The absolute job folder, refused if a ``#SBATCH``/``#OAR`` line or a log path cannot hold it.
 
     Spaces and shell characters are fine (the backends quote the folder wherever a shell reads it); control
@@ -188,7 +190,9 @@ def job_folder(name: str, path: Any) -> str:
         raise TypeError(f"{name} must be a text path, got {text!r}")
     text = os.path.abspath(text)  # a relative path is as good as the current folder it is joined to
     if FORBIDDEN_IN_FOLDER.search(text):
-        raise ValueError(f"{name}={text!r} cannot be written into a job script: no control characters, quotes or backslashes")
+        raise ValueError(
+            f"{name}={text!r} cannot be written into a job script: no control characters, quotes or backslashes"
+        )
     return text
 
 

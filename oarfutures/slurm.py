@@ -101,8 +101,10 @@ RESERVED_OPTIONS = {
     "qos": "use qos=",
     "gpus-per-node": "use gpus_per_node=",
 }
-SHORT_OPTIONS = {"a": "array", "o": "output", "e": "error", "J": "job-name", "W": "wait", "d": "dependency", "N": "nodes",
-                 "c": "cpus-per-task", "t": "time", "p": "partition", "A": "account", "q": "qos"}
+SHORT_OPTIONS = {
+    "a": "array", "o": "output", "e": "error", "J": "job-name", "W": "wait", "d": "dependency", "N": "nodes",
+    "c": "cpus-per-task", "t": "time", "p": "partition", "A": "account", "q": "qos",
+}
 #: sbatch options of their own that are also prefixes of a reserved one
 PREFIX_OPTIONS = ("gpus", "ntasks")
 
@@ -181,7 +183,8 @@ class SlurmBackend(Backend):
         p = {**self.parameters, **submission.options}
         array = f"0-{count - 1}" + (f"%{submission.max_running}" if submission.max_running else "")
         lines = ["#!/bin/bash", f"#SBATCH --job-name={p['name']}", f"#SBATCH --array={array}"]
-        lines += [f"#SBATCH --output={log_pattern(submission.folder, 'out')}", f"#SBATCH --error={log_pattern(submission.folder, 'err')}"]
+        lines.append(f"#SBATCH --output={log_pattern(submission.folder, 'out')}")
+        lines.append(f"#SBATCH --error={log_pattern(submission.folder, 'err')}")
         lines.append("#SBATCH --open-mode=append")  # a requeued task keeps the logs of its earlier runs
         lines += [f"#SBATCH --nodes={p['nodes']}", f"#SBATCH --cpus-per-task={p['cpus_per_task']}"]
         if p["tasks_per_node"] > 1:

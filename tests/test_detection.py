@@ -31,7 +31,9 @@ def fake_slurm(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("script", [HANGS, FAILS], ids=["hangs", "fails"])
-def test_slurm_clients_without_an_answering_controller_fall_back_to_local_quickly(fake_slurm, folder, monkeypatch, caplog, script):
+def test_slurm_clients_without_an_answering_controller_fall_back_to_local_quickly(
+    fake_slurm, folder, monkeypatch, caplog, script
+):
     fake_slurm(script)
     monkeypatch.setattr(auto, "DETECTION_TIMEOUT", 1.0)
     start = time.monotonic()

@@ -24,7 +24,8 @@ def _submission(folder, count=1):
 
 
 def slurm_script(folder, **parameters):
-    return SlurmPoolExecutor(folder=folder, max_array_size=1001, **parameters).backend.render_script(_submission(folder), 0, 1)
+    backend = SlurmPoolExecutor(folder=folder, max_array_size=1001, **parameters).backend
+    return backend.render_script(_submission(folder), 0, 1)
 
 
 def oar_rendering(folder, **parameters):
@@ -64,7 +65,8 @@ def test_an_additional_parameter_value_that_cannot_be_rendered_is_refused_naming
 
 
 def test_slurm_flags_render_bare_numbers_as_text_and_one_letter_keys_as_short_options(folder):
-    script = slurm_script(folder, additional_parameters={"exclusive": True, "nice": 10, "C": "v100", "mem_per_cpu": "1G"})
+    extra = {"exclusive": True, "nice": 10, "C": "v100", "mem_per_cpu": "1G"}
+    script = slurm_script(folder, additional_parameters=extra)
     for line in ("#SBATCH --exclusive\n", "#SBATCH --nice=10\n", "#SBATCH -C v100\n", "#SBATCH --mem-per-cpu=1G\n"):
         assert line in script
 
