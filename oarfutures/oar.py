@@ -17,6 +17,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from oarfutures import commands, layout, params
@@ -57,13 +58,52 @@ CHECKERS: Dict[str, params.Checker] = {
     "name": params.token,
     "job_types": params.as_tuple,
     "setup": params.setup_lines,
-    "additional_parameters": params.extra_options,
+    "additional_parameters": lambda name, value: extra_options(name, value),
     "checkpoint_seconds": params.positive_int,
     "tasks_per_node": params.positive_int,
     "cpus_per_task": params.positive_int,
     "mem_gb": params.positive_number,
     "memory_property": params.token,
 }
+
+#: oarsub options oarfutures passes itself (or that would break its use of oarsub), with what to use instead
+RESOURCES = "use nodes=, cores=, gpus_per_node= and walltime=, or resources= for the whole -l text"
+RESERVED_OPTIONS = {
+    "resource": RESOURCES,
+    "name": "use name=",
+    "stdout": "the logs go to <folder>/logs (choose folder=)",
+    "stderr": "the logs go to <folder>/logs (choose folder=)",
+    "queue": "use queue=",
+    "property": "use properties=",
+    "project": "use project=",
+    "array": "map() makes the array and max_workers caps it",
+    "array-param-file": "map() makes the array",
+    "directory": "the job runs in its folder (choose folder=)",
+    "checkpoint": "use checkpoint_seconds= (asked for Checkpointable calls)",
+    "signal": "Checkpointable calls get the signal oarfutures' worker handles",
+    "scanscript": "oarfutures passes the options on oarsub's command line",
+    "interactive": "oarfutures runs batch jobs",
+    "connect": "oarfutures runs batch jobs",
+    "json": "oarfutures reads oarsub's plain answer",
+    "xml": "oarfutures reads oarsub's plain answer",
+    "yaml": "oarfutures reads oarsub's plain answer",
+    "dumper": "oarfutures reads oarsub's plain answer",
+    "help": "it would submit nothing",
+    "version": "it would submit nothing",
+}
+SHORT_OPTIONS = {
+    "l": "resource", "n": "name", "O": "stdout", "E": "stderr", "q": "queue", "p": "property", "d": "directory",
+    "S": "scanscript", "I": "interactive", "C": "connect", "J": "json", "X": "xml", "Y": "yaml", "D": "dumper",
+    "h": "help", "V": "version",
+}
+
+
+def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
+    options = params.extra_options(name, value)
+    for key in options:
+        params.reserved_option(name, key, RESERVED_OPTIONS, SHORT_OPTIONS)
+    return options
 
 
 def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -89,13 +129,19 @@ def resource_request(p: Mapping[str, Any]) -> str:
 
 
 def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optional[str]]]:
-    """(option, value) pairs, rendered both as ``#OAR`` lines and as ``oarsub`` arguments."""
-    logs = os.path.join(folder, layout.LOGS)
+    """(option, value) pairs, rendered both as ``#OAR`` lines and as ``oarsub`` arguments.
+
+    ``-d``: oarsub takes the launching directory from ``$PWD`` otherwise, and fails without it (cron, ``env -i``).
+    The log paths are relative to it: OAR opens them after entering that directory, and refuses any path with
+    other characters than letters, digits, space and ``_./-%`` (a folder named ``a;b`` or ``x+1`` would fail).
+    OAR's ``-S`` reads a ``#OAR`` value to the end of its line, so values are written unquoted.
+    """
     options: List[Tuple[str, Optional[str]]] = [
         ("-l", resource_request(p)),
         ("-n", p["name"]),
-        ("-O", f"{logs}/%jobid%.out"),
-        ("-E", f"{logs}/%jobid%.err"),
+        ("-d", params.job_folder("folder", folder)),
+        ("-O", f"{layout.LOGS}/%jobid%.out"),
+        ("-E", f"{layout.LOGS}/%jobid%.err"),
     ]
     if p["queue"]:
         options.append(("-q", p["queue"]))
@@ -119,7 +165,7 @@ class OarBackend(Backend):
     query_interval = (2.0, 10.0)  # each oarstat costs ~0.2 s or more on the server
 
     def __init__(self, folder: str, parameters: Mapping[str, Any]) -> None:
-        self.folder = folder
+        self.folder = params.job_folder("folder", folder)
         self.parameters = {**PARAMETERS, **validate(parameters)}
 
     def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -159,7 +205,7 @@ class OarBackend(Backend):
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        command = f"exec {script}"
+        command = f"exec {shlex.quote(script)}"  # OAR runs it through the user's login shell
         out = commands.run(["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command))
         job_ids = re.findall(r"^OAR_JOB_ID=(\d+)$", out, re.M)
         if len(job_ids) != submission.count:
@@ -259,7 +305,8 @@ class OarPoolExecutor(JobExecutor):
     ``/nodes=1/core=4,walltime=0:10:00`` (one core on one node by default; ``resources`` gives the raw ``-l``
     text instead); ``properties`` -> ``-p``; ``project`` -> ``--project``; ``job_types`` -> ``-t`` (besteffort,
     idempotent...); ``additional_parameters`` -> any other option (``{"t": "besteffort"}`` -> ``#OAR -t
-    besteffort``); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
+    besteffort``), except those oarfutures passes itself (``-O``, ``-l``, ``-d``...: the error names the parameter to
+    use); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
     cap of their own, so tasks are submitted in waves as earlier ones finish.
     """
 
@@ -303,7 +350,7 @@ class OarPoolExecutor(JobExecutor):
             additional_parameters=additional_parameters,
             checkpoint_seconds=checkpoint_seconds,
         )
-        folder = resolve_folder(folder, OarBackend.name)
+        folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), OarBackend.name)
         backend = OarBackend(folder, parameters)
         super().__init__(
             backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions

@@ -6,11 +6,17 @@ every value is checked here and rejected with the parameter's name, never escape
 from __future__ import annotations
 
 import datetime
+import math
+import os
 import re
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
-TOKEN = re.compile(r"^[A-Za-z0-9_.:+@%/,=\-\[\]]+$")
+TOKEN = re.compile(r"[A-Za-z0-9_.:+@%/,=\-\[\]]+")  # always fullmatch: "$" would let a trailing newline through
+OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 FORBIDDEN_IN_LINE = ("\n", "\r", "\x00")
+#: what a job folder may not hold: control characters end a directive line; sbatch reads '"' as a quote; OAR
+#: writes the log paths and the launching directory into single-quoted Perl and bash strings ("'" and "\\")
+FORBIDDEN_IN_FOLDER = re.compile(r"""[\x00-\x1f\x7f"'\\]""")
 
 
 Checker = Callable[[str, Any], Any]
@@ -48,26 +54,34 @@ def token(name: str, value: Any) -> Optional[str]:
     """A single word (queue, partition, account, job name, memory size): no spaces, quotes or newlines."""
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
     text = str(value)
-    if not TOKEN.match(text):
+    if not TOKEN.fullmatch(text):
         raise ValueError(f"{name}={value!r} is not allowed: use letters, digits and _.:+@%/,=-[] only")
     return text
 
 
 def line(name: str, value: Any) -> str:
     """Free text that must stay on one line (properties, setup commands, extra options)."""
-    text = str(value)
-    if any(c in text for c in FORBIDDEN_IN_LINE):
+    if not isinstance(value, str):  # bytes would render as "b'...'", other objects as their repr
+        raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if any(c in value for c in FORBIDDEN_IN_LINE):
         raise ValueError(f"{name}={value!r} must be a single line (no newline, carriage return or NUL)")
-    return text
+    return value
+
+
+def _number(name: str, value: Any, what: str) -> float:
+    """A finite int or float: NaN passes every comparison and inf no conversion, so both are refused here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
 
 
 def positive_number(name: str, value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
+    return None if value is None else _number(name, value, "a positive number")
 
 
 def optional_line(name: str, value: Any) -> Optional[str]:
@@ -102,8 +116,8 @@ def walltime_seconds(name: str, value: Any) -> Optional[int]:
         seconds = days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
     else:
         raise ValueError(f"{name}={value!r} is not a walltime: give seconds, a timedelta or 'H:MM:SS'")
-    if seconds <= 0:
-        raise ValueError(f"{name}={value!r} must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:  # NaN passes "<= 0", and int() of it names no parameter
+        raise ValueError(f"{name}={value!r} must be a positive, finite walltime")
     return int(-(-seconds // 1))
 
 
@@ -115,21 +129,83 @@ def setup_lines(name: str, value: Any) -> Tuple[str, ...]:
     """Shell lines run before the worker (module load, conda activate): shell by design, one line each."""
     if isinstance(value, str):
         value = [value]
-    return tuple(line(name, item) for item in value or ())
+    return tuple(line(name, item) for item in _sequence(name, value))
 
 
 def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """``additional_parameters``: option name -> value (True for a flag), each kept on its own line."""
-    result = {}
+    """``additional_parameters``: option name -> value (True for a flag), each kept on its own line.
+
+    None and False are refused rather than dropped: "--x=None" was never meant, and silently leaving an option
+    out that the user wrote down hides the mistake; leaving the key out says it.
+    """
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of option names to values, got {type(value).__name__}")
+    result: Dict[str, Any] = {}
     for key, item in (value or {}).items():
-        token(f"{name} key", key)
-        result[key] = True if item is True else line(f"{name}[{key!r}]", item)
+        if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
+            raise ValueError(f"{name} key {key!r} is not an option name: use letters, digits, '-' and '_' only")
+        result[key] = _option_value(f"{name}[{key!r}]", item)
     return result
 
 
-def as_tuple(name: str, value: Any) -> Sequence[str]:
+def _option_value(name: str, item: Any) -> Union[bool, str]:
+    if item is True:
+        return True
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        if not math.isfinite(item):
+            raise ValueError(f"{name}={item!r} is not a number a scheduler can read")
+        return str(item)
+    if isinstance(item, str):
+        return line(name, item)
+    raise TypeError(f"{name}={item!r}: give a string or a number, or True for a flag (leave the key out to omit it)")
+
+
+def reserved_option(
+    name: str, key: str, reserved: Mapping[str, str], short: Mapping[str, str], allowed: Iterable[str] = ()
+) -> None:
+    """Refuse an ``additional_parameters`` key naming an option the package sets itself, saying what to use.
+
+    ``short`` maps one-letter options to their long names. The schedulers' option parsers (getopt_long, Perl's
+    Getopt::Long) take any unambiguous prefix of a long option, so "outp" is "output" too, unless it is an option
+    of its own (``allowed``, e.g. Slurm's "gpus" beside "gpus-per-node").
+    """
+    option = short.get(key, key.replace("_", "-").lower())
+    for reserved_name, advice in reserved.items():
+        abbreviated = len(option) > 1 and reserved_name.startswith(option) and option not in allowed
+        if option == reserved_name or abbreviated:
+            raise ValueError(f"{name} {key!r} (--{reserved_name}) is not accepted: {advice}")
+
+
+def job_folder(name: str, path: Union[str, "os.PathLike[str]"]) -> str:
+    """The absolute job folder, refused if a ``#SBATCH``/``#OAR`` line or a log path cannot hold it.
+
+    Spaces and shell characters are fine (the backends quote the folder wherever a shell reads it); control
+    characters (a newline ends the directive line), '"' (sbatch's quote character), "'" and backslash (OAR pastes
+    the paths into single-quoted Perl and bash) are not.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, got {type(path).__name__} {path!r}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a text path, got {text!r}")
+    text = os.path.abspath(text)  # a relative path is as good as the current folder it is joined to
+    if FORBIDDEN_IN_FOLDER.search(text):
+        raise ValueError(
+            f"{name}={text!r} cannot be written into a job script: no control characters, quotes or backslashes"
+        )
+    return text
+
+
+def _sequence(name: str, value: Any) -> Sequence[Any]:
+    """A list or tuple of items; bytes would otherwise iterate as one integer per byte."""
     if value is None:
         return ()
+    if isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__} {value!r}")
+    return list(value)
+
+
+def as_tuple(name: str, value: Any) -> Sequence[str]:
     if isinstance(value, str):
         value = [value]
-    return tuple(token(name, v) for v in value)  # type: ignore[misc]
+    return tuple(token(name, v) for v in _sequence(name, value))  # type: ignore[misc]

@@ -73,13 +73,66 @@ CHECKERS: Dict[str, params.Checker] = {
     "qos": params.token,
     "name": params.token,
     "setup": params.setup_lines,
-    "additional_parameters": params.extra_options,
+    "additional_parameters": lambda name, value: extra_options(name, value),
     "checkpoint_seconds": params.positive_int,
 }
+
+#: sbatch options oarfutures writes itself (or that would break its use of sbatch), with what to use instead
+RESERVED_OPTIONS = {
+    "array": "map() makes the array and max_workers caps it",
+    "output": "the logs go to <folder>/logs (choose folder=)",
+    "error": "the logs go to <folder>/logs (choose folder=)",
+    "open-mode": "the logs are appended so that a requeued task keeps them",
+    "job-name": "use name=",
+    "parsable": "oarfutures reads sbatch's answer itself",
+    "wait": "sbatch would block until the job ends",
+    "test-only": "it would submit nothing",
+    "signal": "use checkpoint_seconds= (the signal is sent for Checkpointable calls)",
+    "requeue": "Checkpointable calls are requeued by oarfutures",
+    "dependency": "oarfutures chains the parts of a split array itself",
+    "wrap": "oarfutures writes the batch script",
+    "nodes": "use nodes=",
+    "cpus-per-task": "use cpus_per_task=",
+    "ntasks-per-node": "use tasks_per_node=",
+    "mem": "use mem= or mem_gb=",
+    "time": "use walltime= or timeout_min=",
+    "partition": "use partition=",
+    "account": "use account=",
+    "qos": "use qos=",
+    "gpus-per-node": "use gpus_per_node=",
+}
+SHORT_OPTIONS = {
+    "a": "array", "o": "output", "e": "error", "J": "job-name", "W": "wait", "d": "dependency", "N": "nodes",
+    "c": "cpus-per-task", "t": "time", "p": "partition", "A": "account", "q": "qos",
+}
+#: sbatch options of their own that are also prefixes of a reserved one
+PREFIX_OPTIONS = ("gpus", "ntasks")
 
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
 NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
 KEEP_VARIABLES = ("SLURM_CONF",)
+
+
+def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
+    options = params.extra_options(name, value)
+    for key in options:
+        params.reserved_option(name, key, RESERVED_OPTIONS, SHORT_OPTIONS, PREFIX_OPTIONS)
+    return options
+
+
+def directive(key: str, value: Union[bool, str]) -> str:
+    """One ``#SBATCH`` line: a one-letter key is a short option (``-C v100``), any other a long one."""
+    option = f"-{key}" if len(key) == 1 else f"--{key.replace('_', '-')}"
+    if value is True:
+        return f"#SBATCH {option}"
+    return f"#SBATCH {option} {value}" if len(key) == 1 else f"#SBATCH {option}={value}"
+
+
+def log_pattern(folder: str, suffix: str) -> str:
+    """``--output``/``--error`` value: quoted for sbatch (a space would end it), '%' kept literal ('%%')."""
+    logs = os.path.join(params.job_folder("folder", folder), layout.LOGS).replace("%", "%%")
+    return f'"{logs}/%A_%a.{suffix}"'
 
 
 def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -93,7 +146,7 @@ class SlurmBackend(Backend):
     query_interval = (1.0, 5.0)
 
     def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: Optional[int] = None) -> None:
-        self.folder = folder
+        self.folder = params.job_folder("folder", folder)
         self.parameters = {**PARAMETERS, **validate(parameters)}
         self._max_array_size = max_array_size
         self._accounting: Optional[bool] = None
@@ -127,10 +180,10 @@ class SlurmBackend(Backend):
     def render_script(self, submission: BatchSubmission, first: int, count: int) -> str:
         """The sbatch script of one array: tasks ``first .. first+count-1`` of the batch."""
         p = {**self.parameters, **submission.options}
-        logs = os.path.join(submission.folder, layout.LOGS)
         array = f"0-{count - 1}" + (f"%{submission.max_running}" if submission.max_running else "")
         lines = ["#!/bin/bash", f"#SBATCH --job-name={p['name']}", f"#SBATCH --array={array}"]
-        lines += [f"#SBATCH --output={logs}/%A_%a.out", f"#SBATCH --error={logs}/%A_%a.err"]
+        lines.append(f"#SBATCH --output={log_pattern(submission.folder, 'out')}")
+        lines.append(f"#SBATCH --error={log_pattern(submission.folder, 'err')}")
         lines.append("#SBATCH --open-mode=append")  # a requeued task keeps the logs of its earlier runs
         lines += [f"#SBATCH --nodes={p['nodes']}", f"#SBATCH --cpus-per-task={p['cpus_per_task']}"]
         if p["tasks_per_node"] > 1:
@@ -144,9 +197,7 @@ class SlurmBackend(Backend):
                 lines.append(f"#SBATCH --{option}={p[key]}")
         if p["gpus_per_node"]:
             lines.append(f"#SBATCH --gpus-per-node={p['gpus_per_node']}")
-        for key, value in (p["additional_parameters"] or {}).items():
-            option = key.replace("_", "-")
-            lines.append(f"#SBATCH --{option}" if value is True else f"#SBATCH --{option}={value}")
+        lines += [directive(key, value) for key, value in (p["additional_parameters"] or {}).items()]
         if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
         lines += list(p["setup"])
@@ -299,7 +350,9 @@ class SlurmPoolExecutor(JobExecutor):
     Parameters keep their ``sbatch`` meaning: ``partition``, ``walltime`` (seconds, timedelta or "H:MM:SS"),
     ``nodes``, ``cpus_per_task``, ``mem`` ("4G"), ``gpus_per_node``, ``account``, ``qos``, ``name``; ``setup`` lines
     run before the worker (module load, conda activate); ``additional_parameters`` adds any other ``#SBATCH``
-    option (``{"constraint": "v100"}``). ``max_workers`` caps running tasks (``--array=...%N``).
+    option (``{"constraint": "v100"}``, ``{"exclusive": True}`` for a flag, one-letter keys as short options) but
+    not those oarfutures writes itself (``output``, ``array``...: the error names the parameter to use).
+    ``max_workers`` caps running tasks (``--array=...%N``).
     """
 
     def __init__(
@@ -341,7 +394,7 @@ class SlurmPoolExecutor(JobExecutor):
             additional_parameters=additional_parameters,
             checkpoint_seconds=checkpoint_seconds,
         )
-        folder = resolve_folder(folder, SlurmBackend.name)
+        folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), SlurmBackend.name)
         backend = SlurmBackend(folder, parameters, max_array_size)
         super().__init__(
             backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions

@@ -73,12 +73,12 @@ def test_submit_runs_one_job_and_returns_its_result(oar, folder):
     assert future.result(timeout=120) == 12
     assert re.fullmatch(r"\d+", future.job_id)
     script = scripts(folder)[0]
-    logs = os.path.join(folder, "logs")
     for line in (
         "#OAR -l /nodes=1/core=1,walltime=0:10:00",
         "#OAR -n oarfutures",
-        f"#OAR -O {logs}/%jobid%.out",
-        f"#OAR -E {logs}/%jobid%.err",
+        f"#OAR -d {folder}",
+        "#OAR -O logs/%jobid%.out",  # relative to -d: OAR refuses log paths holding other characters than [\w./%-]
+        "#OAR -E logs/%jobid%.err",
         "#OAR --array 1",
     ):
         assert line in script.splitlines(), script

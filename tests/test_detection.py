@@ -1,0 +1,65 @@
+"""AutoPoolExecutor picks a scheduler only when its controller answers (issue 12, item 13).
+
+A Slurm controller that is down cannot be produced on demand on a shared test machine, so these tests put fake
+Slurm clients first on PATH: one that hangs as a real client does for about a minute, one that fails. The real
+schedulers are then checked to be picked where they run.
+"""
+import getpass
+import logging
+import time
+
+import pytest
+
+from conftest import require_command
+from oarfutures import AutoPoolExecutor, LocalPoolExecutor, auto
+
+HANGS = "#!/bin/sh\nexec /bin/sleep 60\n"
+FAILS = "#!/bin/sh\necho 'slurm_ping error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
+SLURM_CLIENTS = ("sbatch", "squeue", "scancel", "scontrol")
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """A PATH holding only fake Slurm clients, all answering with the given script."""
+    def install(script):
+        for name in SLURM_CLIENTS:
+            path = tmp_path / name
+            path.write_text(script)
+            path.chmod(0o755)
+        monkeypatch.setenv("PATH", str(tmp_path))
+    return install
+
+
+@pytest.mark.parametrize("script", [HANGS, FAILS], ids=["hangs", "fails"])
+def test_slurm_clients_without_an_answering_controller_fall_back_to_local_quickly(
+    fake_slurm, folder, monkeypatch, caplog, script
+):
+    fake_slurm(script)
+    monkeypatch.setattr(auto, "DETECTION_TIMEOUT", 1.0)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="oarfutures"):
+        executor = AutoPoolExecutor(folder=folder)
+    executor.shutdown()
+    assert isinstance(executor, LocalPoolExecutor)
+    assert time.monotonic() - start < 5
+    assert "slurm is installed but does not answer" in caplog.text
+
+
+def test_detection_waits_a_few_seconds_at_most():
+    """A Slurm client hangs about 60 s when its controller is down: detection must give up long before."""
+    assert 1 <= auto.DETECTION_TIMEOUT <= 10
+
+
+@pytest.mark.slurm
+def test_the_running_slurm_is_picked_by_root():
+    require_command("sbatch")
+    if getpass.getuser() != "root":
+        pytest.skip("OAR comes first for a normal user; the Slurm phase runs as root")
+    assert auto.detect_cluster() == "slurm"
+
+
+@pytest.mark.oar
+def test_the_running_oar_is_picked_by_a_normal_user():
+    require_command("oarsub")
+    assert auto.detect_cluster() == "oar"
+

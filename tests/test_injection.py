@@ -1,0 +1,204 @@
+"""Input is checked once, at the edge, as a security boundary (issue 12, item 9).
+
+Every value that reaches a ``#SBATCH``/``#OAR`` line, an ``oarsub`` argument or a shell is either refused with
+the parameter's name before anything is written or submitted, or quoted where a shell reads it. The rendering
+tests need no cluster; the ones marked ``slurm``/``oar`` submit to the real schedulers.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tasks
+from conftest import require_command
+from oarfutures import OarPoolExecutor, SlurmPoolExecutor, params
+from oarfutures.backend import BatchSubmission
+
+EXECUTORS = [SlurmPoolExecutor, OarPoolExecutor]
+
+
+def _submission(folder, count=1):
+    return BatchSubmission("b", 0, count, folder, "/usr/bin/python3", None, {}, False)
+
+
+def slurm_script(folder, **parameters):
+    backend = SlurmPoolExecutor(folder=folder, max_array_size=1001, **parameters).backend
+    return backend.render_script(_submission(folder), 0, 1)
+
+
+def oar_rendering(folder, **parameters):
+    return OarPoolExecutor(folder=folder, **parameters).backend.render_script(_submission(folder))
+
+
+def nothing_written(folder):
+    return not os.path.exists(folder) or os.listdir(os.path.join(folder, "jobs")) == []
+
+
+@pytest.mark.parametrize("executor, parameters, named", [
+    (SlurmPoolExecutor, {"partition": "cpu\n"}, "partition"),
+    (SlurmPoolExecutor, {"name": "job\n"}, "name"),
+    (OarPoolExecutor, {"queue": "default\n"}, "queue"),
+    (OarPoolExecutor, {"job_types": ["besteffort\n"]}, "job_types"),
+])
+def test_a_single_word_with_a_trailing_newline_is_refused(folder, executor, parameters, named):
+    with pytest.raises(ValueError, match=named):
+        executor(folder=folder, **parameters)
+    assert nothing_written(folder)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("key", ["constraint\n", "x;touch /tmp/PWNED", "a b", "--t", "x=y", "", "-"])
+def test_an_additional_parameter_key_must_be_an_option_name(folder, executor, key):
+    with pytest.raises(ValueError, match=r"additional_parameters key .* not an option name"):
+        executor(folder=folder, additional_parameters={key: "x"})
+    assert nothing_written(folder)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("value", [None, False, b"v100", ["a"], math.nan])
+def test_an_additional_parameter_value_that_cannot_be_rendered_is_refused_naming_its_key(folder, executor, value):
+    with pytest.raises((TypeError, ValueError), match=r"additional_parameters\['hold_me'\]"):
+        executor(folder=folder, additional_parameters={"hold_me": value})
+    assert nothing_written(folder)
+
+
+def test_slurm_flags_render_bare_numbers_as_text_and_one_letter_keys_as_short_options(folder):
+    extra = {"exclusive": True, "nice": 10, "C": "v100", "mem_per_cpu": "1G"}
+    script = slurm_script(folder, additional_parameters=extra)
+    for line in ("#SBATCH --exclusive\n", "#SBATCH --nice=10\n", "#SBATCH -C v100\n", "#SBATCH --mem-per-cpu=1G\n"):
+        assert line in script
+
+
+@pytest.mark.parametrize("executor, parameters, named", [
+    (SlurmPoolExecutor, {"setup": b"module load python"}, "setup"),
+    (OarPoolExecutor, {"setup": b"module load python"}, "setup"),
+    (OarPoolExecutor, {"job_types": b"besteffort"}, "job_types"),
+    (OarPoolExecutor, {"properties": b"host='a'"}, "properties"),
+])
+def test_bytes_are_refused_rather_than_rendered_byte_by_byte(folder, executor, parameters, named):
+    with pytest.raises(TypeError, match=named):
+        executor(folder=folder, **parameters)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("name", ["walltime", "timeout_min", "mem_gb"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_and_infinite_numbers_are_refused_naming_the_parameter(folder, executor, name, value):
+    executor_ = executor(folder=folder)
+    with pytest.raises(ValueError, match=name):
+        executor_.update_parameters(**{name: value})
+    executor_.shutdown()
+
+
+@pytest.mark.parametrize("executor, key, advice", [
+    (SlurmPoolExecutor, "output", "folder="),
+    (SlurmPoolExecutor, "o", "folder="),
+    (SlurmPoolExecutor, "outp", "folder="),  # sbatch's getopt_long reads it as --output
+    (SlurmPoolExecutor, "array", "map()"),
+    (SlurmPoolExecutor, "job_name", "name="),
+    (SlurmPoolExecutor, "time", "walltime="),
+    (SlurmPoolExecutor, "signal", "checkpoint_seconds="),
+    (SlurmPoolExecutor, "wrap", "batch script"),
+    (SlurmPoolExecutor, "W", "block"),
+    (OarPoolExecutor, "O", "folder="),
+    (OarPoolExecutor, "stdout", "folder="),
+    (OarPoolExecutor, "STDERR", "folder="),  # Getopt::Long ignores the case of long options
+    (OarPoolExecutor, "l", "resources="),
+    (OarPoolExecutor, "d", "folder="),
+    (OarPoolExecutor, "array_param_file", "map()"),
+    (OarPoolExecutor, "S", "command line"),
+])
+def test_options_the_package_sets_itself_are_refused_with_what_to_use_instead(folder, executor, key, advice):
+    with pytest.raises(ValueError, match=rf"additional_parameters '{key}' .*not accepted.*{advice}"):
+        executor(folder=folder, additional_parameters={key: "x"})
+    assert nothing_written(folder)
+
+
+@pytest.mark.parametrize("executor, key", [
+    (SlurmPoolExecutor, "gpus"),  # an option of its own, although a prefix of --gpus-per-node
+    (SlurmPoolExecutor, "ntasks"),
+    (SlurmPoolExecutor, "constraint"),
+    (OarPoolExecutor, "t"),  # the Grid'5000 example: additional_parameters={"t": "besteffort"}
+    (OarPoolExecutor, "reservation"),
+])
+def test_options_the_package_does_not_set_are_accepted(folder, executor, key):
+    executor(folder=folder, additional_parameters={key: "1"}).shutdown()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", 'a"b', "a'b", "a\\b", "a\x00b"])
+def test_a_folder_a_job_script_cannot_hold_is_refused_naming_folder_before_it_is_created(tmp_path, executor, bad):
+    folder = tmp_path / bad
+    with pytest.raises(ValueError, match="folder="):
+        executor(folder=str(folder))
+    assert not os.path.exists(tmp_path / bad.split("\x00")[0])
+
+
+def test_job_folder_returns_the_absolute_path_and_refuses_what_is_not_a_text_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert params.job_folder("folder", "a b;c") == str(tmp_path / "a b;c")
+    with pytest.raises(TypeError, match="folder"):
+        params.job_folder("folder", b"/tmp/x")
+
+
+def test_the_slurm_log_paths_are_quoted_with_percent_signs_kept_literal(tmp_path):
+    folder = str(tmp_path / "a b;c%j")
+    script = slurm_script(folder)
+    logs = os.path.join(folder, "logs").replace("%", "%%")
+    assert f'#SBATCH --output="{logs}/%A_%a.out"\n' in script
+    assert f'#SBATCH --error="{logs}/%A_%a.err"\n' in script
+
+
+def test_oarsub_is_told_the_job_folder_as_its_directory_and_the_log_paths_relative_to_it(tmp_path):
+    folder = str(tmp_path / "a b;c")
+    script, arguments = oar_rendering(folder)
+    assert arguments[arguments.index("-d") + 1] == folder
+    assert f"#OAR -d {folder}\n" in script  # OAR's -S reads the value up to the end of the line
+    # OAR refuses -O/-E paths holding other characters than [A-Za-z0-9_./%\\ -]: the folder stays out of them
+    assert arguments[arguments.index("-O") + 1] == "logs/%jobid%.out"
+    assert arguments[arguments.index("-E") + 1] == "logs/%jobid%.err"
+
+
+# ---------------------------------------------------------------------------------------------- real clusters
+@pytest.mark.slurm
+def test_slurm_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_percent_sign(tmp_path):
+    require_command("sbatch")
+    folder = tmp_path / "a b;c%j"
+    with SlurmPoolExecutor(folder=str(folder)) as executor:
+        future = executor.submit(tasks.add, 2, 3)
+        assert future.result(timeout=120) == 5
+    logs = os.listdir(folder / "logs")
+    assert f"{future.job_id}.out" in logs and f"{future.job_id}.err" in logs, logs
+
+
+@pytest.mark.oar
+def test_oar_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_plus(tmp_path):
+    require_command("oarsub")
+    folder = tmp_path / "a b;c+d"
+    with OarPoolExecutor(folder=str(folder), walltime="0:05:00") as executor:
+        future = executor.submit(tasks.add, 2, 3)
+        assert future.result(timeout=120) == 5
+    assert f"{future.job_id}.out" in os.listdir(folder / "logs")
+
+
+SUBMIT_WITHOUT_PWD = """
+import operator, sys
+from oarfutures import OarPoolExecutor
+with OarPoolExecutor(folder=sys.argv[1], walltime="0:05:00") as executor:
+    print(executor.submit(operator.add, 20, 22).result(timeout=120))
+"""
+
+
+@pytest.mark.oar
+def test_oar_submission_works_without_pwd_in_the_environment(tmp_path):
+    """Cron, ``env -i`` and some launchers give no $PWD, from which oarsub would take the launching folder."""
+    require_command("oarsub")
+    environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}
+    done = subprocess.run(
+        [sys.executable, "-c", SUBMIT_WITHOUT_PWD, str(tmp_path / "jobs")],
+        capture_output=True, text=True, timeout=180, env=environment, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
