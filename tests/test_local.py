@@ -408,3 +408,39 @@ def test_a_job_the_scheduler_forgot_fails_its_future_instead_of_hanging(folder):
         future = executor.submit(tasks.square, 2)
         with pytest.raises(JobFailedError, match="no longer knows the job"):
             future.result(timeout=30)
+
+
+def test_two_processes_attaching_at_once_run_each_call_once(tmp_path):
+    folder, runs = str(tmp_path / "jobs"), str(tmp_path / "runs")
+    client = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        ex = LocalPoolExecutor(1, folder={folder!r})
+        ex.map(tasks.note_run, [{runs!r}] * 6, range(6), [0.2] * 6)
+        os.kill(os.getpid(), signal.SIGKILL)   # at most the first call started
+        """
+    )
+    attacher = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+        from oarfutures import LocalPoolExecutor
+        with LocalPoolExecutor(2, folder={folder!r}) as ex:
+            try:
+                futures = ex.attach()
+            except RuntimeError as exc:
+                print("refused:", exc)
+            else:
+                print("attached", sum(1 for f in futures if f.exception(timeout=60) is None))
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", client], timeout=60).returncode == -9
+    both = [subprocess.Popen([sys.executable, "-c", attacher], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in both]
+    assert any(out.startswith("attached") for out in outputs), outputs
+    assert all(out.startswith(("attached", "refused: batch")) for out in outputs), outputs
+    assert all(tasks.runs_of(runs, call) <= 1 for call in range(6))
+    assert sum(tasks.runs_of(runs, call) for call in range(6)) >= 5  # all but a call the dead client had started
