@@ -97,11 +97,10 @@ class Poller:
             return set(self._executors)
 
     def watch(self, executor: Tracked) -> None:
-        """Follow this executor from now on (it has live tasks); the next state query comes soon."""
+        """Follow this executor from now on (it has live tasks); its next state query comes soon."""
         with self._lock:
             self._executors.add(executor)
-            self._schedule.pop(executor, None)
-        self._wakeup.set()
+        self.query_soon(executor)
 
     def forget(self, executor: Tracked) -> None:
         with self._lock:
@@ -109,8 +108,12 @@ class Poller:
             self._schedule.pop(executor, None)
 
     def query_soon(self, executor: Tracked) -> None:
+        """New jobs: ask for their states after the shortest interval (not at once: they cannot have moved yet,
+        and a thousand submits must not become a thousand queries)."""
+        low = executor.backend.query_interval[0]
         with self._lock:
-            self._schedule.pop(executor, None)
+            when = self._schedule.setdefault(executor, [time.monotonic() + low, low])
+            when[0], when[1] = min(when[0], time.monotonic() + low), low
         self._wakeup.set()
 
     def wake(self) -> None:

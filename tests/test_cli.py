@@ -296,7 +296,8 @@ def test_slurm_status_asks_slurm_once_for_all_the_tasks(slurm_one_at_a_time, fol
 
 @pytest.mark.slurm
 def test_slurm_cancel_yes_scancels_the_running_and_the_pending_task(slurm_one_at_a_time, folder):
-    futures = [slurm_one_at_a_time.submit(tasks.sleep_and_return, 60, i) for i in range(2)]
+    with slurm_one_at_a_time.batch():  # one array, %1: the second task pends in Slurm (not in our queue)
+        futures = [slurm_one_at_a_time.submit(tasks.sleep_and_return, 60, i) for i in range(2)]
     wait_for(lambda: slurm_one_at_a_time.status()["running"] >= 1, 60, "a task to run")
     out = cli("cancel", folder, "--yes").stdout
     assert "cancelled 2 job(s)" in out
