@@ -12,6 +12,7 @@ from concurrent.futures import Future, as_completed, wait
 import pytest
 
 import tasks
+from conftest import wait_for
 from oarfutures import JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
 
 
@@ -444,3 +445,29 @@ def test_two_processes_attaching_at_once_run_each_call_once(tmp_path):
     assert all(out.startswith(("attached", "refused: batch")) for out in outputs), outputs
     assert all(tasks.runs_of(runs, call) <= 1 for call in range(6))
     assert sum(tasks.runs_of(runs, call) for call in range(6)) >= 5  # all but a call the dead client had started
+
+
+def test_a_refused_wave_fails_its_futures_and_their_callbacks_may_submit(folder):
+    # waves of one task, as on OAR under max_workers; the scheduler refuses the second wave
+    executor = LocalPoolExecutor(1, folder=folder)
+    executor.backend.caps_all_jobs = False
+    real_submit, waves = executor.backend.submit, []
+
+    def refuse_the_second(submission):
+        waves.append(submission.first)
+        if len(waves) == 2:
+            raise RuntimeError("queue closed")
+        return real_submit(submission)
+
+    executor.backend.submit = refuse_the_second
+    with executor:
+        with executor.batch():
+            first = executor.submit(tasks.sleep_and_return, 0.3, 1)
+            second = executor.submit(tasks.square, 2)
+        from_callback = []
+        second.add_done_callback(lambda _: from_callback.append(executor.submit(tasks.square, 5)))
+        assert first.result(timeout=30) == 1
+        with pytest.raises(RuntimeError, match="queue closed"):
+            second.result(timeout=30)
+        wait_for(lambda: from_callback, 30, "the callback to submit")
+        assert from_callback[0].result(timeout=30) == 25
