@@ -159,10 +159,11 @@ def test_abort_racing_submissions_leaves_no_call_that_ran_cancelled_and_no_futur
     submitted, stop = [], threading.Event()
 
     def submit_in_a_loop():
-        name = 0
-        while not stop.is_set():
+        for name in range(30):  # bounded: the calls submitted after abort() still run, 2 at a time
+            if stop.is_set():
+                break
             submitted.append((name, executor.submit(tasks.note_run, runs, name, 0.3)))
-            name += 1
+            time.sleep(0.02)
 
     submitter = threading.Thread(target=submit_in_a_loop)
     submitter.start()
@@ -173,7 +174,7 @@ def test_abort_racing_submissions_leaves_no_call_that_ran_cancelled_and_no_futur
         stop.set()
         submitter.join(timeout=30)
     assert not submitter.is_alive()
-    _, not_done = wait([f for _, f in submitted], timeout=30)
+    _, not_done = wait([f for _, f in submitted], timeout=45)
     assert not not_done, f"{len(not_done)} future(s) still pending after abort()"
     time.sleep(1.5)  # a job nothing tracks would run meanwhile
     executor.shutdown(wait=True)
