@@ -172,3 +172,58 @@ def runs_of(folder, name):
     import os
 
     return sum(1 for entry in os.listdir(folder) if entry.startswith(f"{name}.")) if os.path.isdir(folder) else 0
+
+
+def _refuse_to_load(message):
+    raise ValueError(message)
+
+
+class FailsToLoad:
+    """An argument that pickles fine in the client and raises when the worker unpickles it."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def __reduce__(self):
+        return _refuse_to_load, (self.message,)
+
+
+def _write_own_result(outcomes):
+    """Write this task's result file as the worker would (temp file, then rename)."""
+    import pickle
+
+    folder, task = os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"]
+    path = os.path.join(folder, "results", task + ".pkl")
+    with open(path + ".tmp-test", "wb") as f:
+        pickle.dump({"outcomes": outcomes, "resubmissions": 0}, f)
+    os.replace(path + ".tmp-test", path)
+
+
+def write_two_outcomes_then_exit(x):
+    """As the first call of a chunk of 3: leave a result with 2 outcomes only, and exit without the worker's own."""
+    _write_own_result([("ok", 1), ("ok", 2)])
+    os._exit(0)
+
+
+def exit_and_write_result_later(delay, value):
+    """Exit with no result while a detached helper writes a valid one ``delay`` seconds later (a slow NFS)."""
+    import subprocess
+    import sys
+
+    folder, task = os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"]
+    path = os.path.join(folder, "results", task + ".pkl")
+    code = (
+        "import os, pickle, sys, time\n"
+        "time.sleep(float(sys.argv[1]))\n"
+        "with open(sys.argv[2] + '.tmp-late', 'wb') as f:\n"
+        "    pickle.dump({'outcomes': [('ok', sys.argv[3])], 'resubmissions': 0}, f)\n"
+        "os.replace(sys.argv[2] + '.tmp-late', sys.argv[2])\n"
+    )
+    subprocess.Popen(
+        [sys.executable, "-c", code, str(delay), path, str(value)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os._exit(0)

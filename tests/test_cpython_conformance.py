@@ -263,9 +263,10 @@ def test_map_iterator_close_cancels_leftover_calls(make_executor, gates, tmp_pat
     assert "ran-2" not in ran and "ran-3" not in ran, ran
 
 
-def test_shutdown_right_after_map(executor):
-    executor.map(str, [2] * 3)
+def test_shutdown_right_after_map_still_delivers_every_result(executor):
+    results = executor.map(str, [2] * 3)
     executor.shutdown()
+    assert list(results) == ["2"] * 3
 
 
 def test_no_stale_references(executor):
