@@ -19,6 +19,8 @@ DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickl
 RESUBMIT = 99  # exit status of a checkpointed task that must run again (OAR resubmits idempotent jobs on it)
 CHECKPOINT_SIGNAL = signal.SIGUSR2  # what Slurm's --signal=B:USR2, OAR's --signal=12 and interrupt() send
 EARLY_SIGNAL_VARIABLE = "OARFUTURES_SIGNALLED"  # set by the job script when the signal came before the worker
+#: the first command of a checkpointable job script: a signal while it runs (setup lines) is passed to the worker
+EARLY_SIGNAL_TRAP = f"trap 'export {EARLY_SIGNAL_VARIABLE}=1' {CHECKPOINT_SIGNAL.name[3:]}"
 
 
 def read_task(folder, batch, index):
