@@ -1,5 +1,6 @@
 """Checkpointing: an interrupted Checkpointable resumes from its saved state, and the same future resolves."""
 import os
+import subprocess
 import sys
 import time
 
@@ -8,6 +9,7 @@ import pytest
 import tasks
 from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+from oarfutures.backend import BatchSubmission
 
 
 @pytest.fixture(params=BACKENDS)
@@ -98,6 +100,17 @@ def test_a_plain_function_interrupted_before_its_worker_is_ready_still_fails(fol
         for future in submit_early_interrupted(executor, tasks.count_slowly):
             with pytest.raises(JobFailedError):  # the signal is not lost on the way to a function that cannot checkpoint
                 future.result(timeout=120)
+
+
+@pytest.mark.parametrize("checkpointable", [True, False], ids=["checkpointable", "plain"])
+def test_a_job_script_starts_the_worker_with_the_signal_ignored_only_when_it_checkpoints(tmp_path, checkpointable):
+    # an interpreter that only reports how it found the signal: ignored survives exec, a shell trap would not
+    python = tmp_path / "python"
+    python.write_text(f"#!{sys.executable}\nimport signal\nprint(signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN)\n")
+    python.chmod(0o755)
+    submission = BatchSubmission("batch", 0, 1, str(tmp_path), str(python), None, {}, checkpointable=checkpointable)
+    done = subprocess.run(["bash", "-c", submission.worker_command("0")], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(checkpointable)
 
 
 def test_a_plain_function_that_is_interrupted_fails_with_job_failed_error(make_executor):
