@@ -147,13 +147,13 @@ def test_the_resubmission_bound_is_enforced(folder):
 
 def test_a_preempted_array_task_resumes_without_disturbing_its_siblings(make_executor):
     executor = make_executor()
-    with executor.batch():  # one array of three counters
-        futures = [executor.submit(tasks.Counter(), 16, 0.25) for _ in range(3)]
+    with executor.batch():  # one array of three counters, counting long enough for OAR to deliver the signal
+        futures = [executor.submit(tasks.Counter(), 60, 0.25) for _ in range(3)]
     wait_until_started(executor, futures[1])
     time.sleep(1)
     executor.interrupt(futures[1])
     results = [future.result(timeout=300) for future in futures]
-    assert [count for count, _ in results] == [16, 16, 16]
+    assert [count for count, _ in results] == [60, 60, 60]
     assert [len(starts) for _, starts in results] == [1, 2, 1]
     assert [future.resubmissions for future in futures] == [0, 1, 0]
 
