@@ -29,10 +29,11 @@ if __name__ == "__main__":
     folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="checkpoint-")
     with AutoPoolExecutor(folder=folder, timeout_min=10) as executor:
         future = executor.submit(SlowCounter(), 60)  # 30 s of counting
-        while not future.running():  # a cluster reports it within seconds
+        while not (future.running() or future.done()):  # a cluster reports it within seconds; a job that died, too
             time.sleep(0.2)
         time.sleep(2)  # let it count a little
-        executor.interrupt(future)  # what a preemption does
+        if not future.done():
+            executor.interrupt(future)  # what a preemption does
         count, runs = future.result()
         print(f"counted to {count} in {runs} runs, {future.resubmissions} resubmission(s), jobs {future.job_ids}")
         assert count == 60 and runs == 2

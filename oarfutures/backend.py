@@ -47,13 +47,24 @@ class BatchSubmission:
     checkpointable: bool = False  # ask the scheduler for a checkpoint signal and to run the task again
 
     def worker_command(self, index_expression: str) -> str:
-        """Shell command running the worker; ``index_expression`` is shell arithmetic giving the task index."""
+        """Shell command running the worker; ``index_expression`` is shell arithmetic giving the task index.
+
+        A checkpointable batch ignores the checkpoint signal from just before ``exec`` until the worker catches
+        it: a signal then would otherwise kill the interpreter as it starts (an ignored signal stays ignored
+        across exec; one the script catches would not). One that came earlier, while the script ran, is in
+        ``OARFUTURES_SIGNALLED`` if the script caught it, and the worker acts on it.
+        """
         import shlex
 
-        return (
+        from oarfutures.worker import CHECKPOINT_SIGNAL
+
+        command = (
             f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "
             f"{shlex.quote(self.folder)} {shlex.quote(self.batch)} $(( {index_expression} ))"
         )
+        if self.checkpointable:
+            return f"trap '' {CHECKPOINT_SIGNAL.name[3:]}; {command}"
+        return command
 
 
 class Backend(abc.ABC):

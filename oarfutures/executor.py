@@ -58,6 +58,7 @@ logger.addHandler(logging.NullHandler())  # a library prints nothing unless its 
 LOG_TAIL_BYTES = 2000
 UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
 FAILED_JOB_GRACE = 5.0
+LATE_RESULT_WATCH = 300.0  # seconds an executor keeps watching for the result of a task that failed without one
 TIDY_WAIT = 30.0  # seconds shutdown(wait=True) waits, after the futures settled, for their files to be tidied  # a job that failed wrote no result as a rule: its future fails after at most this
 
 
@@ -122,6 +123,17 @@ def _refuse_new_work() -> None:
 # Like concurrent.futures' own pools: once the interpreter is exiting, submit() raises instead of queueing work
 # that nothing would run. (threading._register_atexit hooks run before non-daemon threads are joined.)
 threading._register_atexit(_refuse_new_work)  # type: ignore[attr-defined]
+
+
+_executors: "weakref.WeakSet[JobExecutor]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for executor in list(_executors):
+        executor._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def resolve_folder(folder: Optional[str], kind: str) -> str:
@@ -210,6 +222,15 @@ class JobExecutor(cf.Executor):
         self._closed_event = threading.Event()
         # an executor dropped without shutdown() still releases its backend (the local pool's threads)
         weakref.finalize(self, backend.close)
+        _executors.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's other threads are gone in a forked child: a lock they held would stay held forever.
+        (Taking the locks around every fork instead would serialise every local worker's start.)"""
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._tidy_lock = threading.Lock()
+        self._service = self._service.copy_for_child()
 
     # ------------------------------------------------------------------ the Executor API
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
@@ -747,8 +768,8 @@ class JobExecutor(cf.Executor):
                 self._log_tail(task.job_id),
             )
             logger.info("%s", error)
-            self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < 3600}
-            self._failed_ids[task.task_id] = now
+            with self._lock:
+                self._failed_ids[task.task_id] = now
             self._service.run(self._settle_failure, task, error)
 
     def _grace_of(self, task: Task) -> float:
@@ -842,8 +863,10 @@ class JobExecutor(cf.Executor):
             self._service.run(self._stop_all, reason, False)
 
     def release_if_idle(self, poller: Poller) -> None:
+        now = time.monotonic()
         with self._lock:
-            if self._watched and not self._tasks and not self._cancelled:
+            self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < LATE_RESULT_WATCH}
+            if self._watched and not self._tasks and not self._cancelled and not self._failed_ids:
                 self._watched = False
                 poller.forget(self)
 

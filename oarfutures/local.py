@@ -26,8 +26,8 @@ QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
 
 
-def _die_with_client(client: int) -> None:
-    """In the worker before it starts: be killed when the client dies (Linux), like a job of a dead scheduler.
+def _before_worker_starts(client: int) -> None:
+    """In the worker before exec: be killed when the client dies (Linux), like a job of a dead scheduler.
 
     Without it a worker of a killed client runs on beside the calls attach() settles. If the client died before
     the request took effect, the worker already has another parent: it leaves at once.
@@ -38,6 +38,9 @@ def _die_with_client(client: int) -> None:
         pass
     if os.getppid() != client:
         os._exit(1)
+    # interrupt() may come while the interpreter starts, before the worker can catch the checkpoint signal, which
+    # would kill it: blocked, the signal stays pending across exec until the worker listens (it unblocks it then)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [CHECKPOINT_SIGNAL])
 
 
 def _finish_local_work_at_exit() -> None:
@@ -171,7 +174,7 @@ class LocalBackend(Backend):
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 env=environment,
-                preexec_fn=functools.partial(_die_with_client, os.getpid()),
+                preexec_fn=functools.partial(_before_worker_starts, os.getpid()),
             )
         with self._lock:
             self._processes[job_id] = process

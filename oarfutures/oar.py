@@ -23,6 +23,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.worker import EARLY_SIGNAL_TRAP
+
+MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
 
 PENDING_STATES = {"Waiting", "Hold", "toLaunch", "Launching", "toAckReservation"}
 RUNNING_STATES = {"Running", "Finishing", "Suspended", "Resuming", "toError"}
@@ -185,13 +188,18 @@ class OarBackend(Backend):
                 lines.append(f"#OAR {option} {value}")
                 arguments += [option, value]
         lines.append(f"#OAR --array {submission.count}")
+        if submission.checkpointable:
+            lines.append(EARLY_SIGNAL_TRAP)
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
         world_size = p["nodes"] * p["tasks_per_node"]
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
             lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=oar")
-        if submission.checkpointable:  # OAR resubmits only jobs that ran for more than 60 s
-            lines.append("export OARFUTURES_MIN_RUNTIME=62")
+        if submission.checkpointable:
+            # OAR resubmits an exit 99 only if stop_time - start_time > 60, in whole seconds, and the start_time it
+            # records can be up to 2 s after the job really started (oar_meta_sched sets it from its own clock,
+            # which runs ahead when it is called often): 65 s of the worker's time is more than 60 of OAR's
+            lines.append(f"export OARFUTURES_MIN_RUNTIME={MIN_RUNTIME}")
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
         return "\n".join(lines) + "\n", arguments
 
@@ -280,6 +288,8 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
     if state in RUNNING_STATES:
         return JobStatus(JobState.RUNNING, state)
     if state == "Terminated":
+        if exit_code == "99":  # OAR writes its resubmission and this state together: it will not resubmit now
+            reason = _not_resubmitted(job, reason)
         common = JobState.COMPLETED if job.get("exit_code") == 0 else JobState.FAILED
         return JobStatus(common, state, exit_code, reason)
     if "WALLTIME" in kinds:
@@ -287,6 +297,13 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
     if "FRAG_JOB_REQUEST" in kinds:
         return JobStatus(JobState.CANCELLED, "Error (deleted)", exit_code, reason)
     return JobStatus(JobState.FAILED, state or "Error", exit_code, reason)
+
+
+def _not_resubmitted(job: Mapping[str, Any], reason: str) -> str:
+    """Why a job that asked to be resubmitted (exit 99) was not: OAR's own rule, with the numbers it used."""
+    ran = (job.get("stopTime") or 0) - (job.get("startTime") or 0)
+    why = f"OAR did not resubmit it: it resubmits an exit 99 of an idempotent job that ran more than 60 s (this one: {ran} s)"
+    return f"{why}; {reason}" if reason else why
 
 
 def _exit_code(status: Optional[int]) -> Optional[str]:

@@ -54,3 +54,10 @@ class ServiceThread:
             except BaseException:  # noqa: B036 - a callback's SystemExit must not end the executor's service
                 logger.exception("oarfutures: %s failed in %s", getattr(job, "__name__", job), self._name)
             del job, args  # while idle, hold no task: its futures' results must be freed when the user drops them
+
+    def copy_for_child(self) -> "ServiceThread":
+        """In a forked child: the same queued work on a thread of the child's own (the parent's is gone)."""
+        child = ServiceThread(self._name)
+        for job, args in self._jobs:
+            child.run(job, *args)
+        return child

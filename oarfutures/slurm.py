@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.worker import EARLY_SIGNAL_TRAP
 
 STATES = {
     "PENDING": JobState.PENDING,
@@ -200,13 +201,15 @@ class SlurmBackend(Backend):
         lines += [directive(key, value) for key, value in (p["additional_parameters"] or {}).items()]
         if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
+            lines.append(EARLY_SIGNAL_TRAP)
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
         world_size = p["nodes"] * p["tasks_per_node"]
         if world_size > 1:  # the worker launches the ranks with srun and gathers their results
             lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=srun")
         if submission.checkpointable:
-            lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue $SLURM_JOB_ID"')
+            # the array task's own id: the task whose SLURM_JOB_ID is the array's id would requeue every task
+            lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
         return "\n".join(lines) + "\n"
 

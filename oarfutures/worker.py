@@ -18,6 +18,9 @@ from oarfutures import layout
 DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
 RESUBMIT = 99  # exit status of a checkpointed task that must run again (OAR resubmits idempotent jobs on it)
 CHECKPOINT_SIGNAL = signal.SIGUSR2  # what Slurm's --signal=B:USR2, OAR's --signal=12 and interrupt() send
+EARLY_SIGNAL_VARIABLE = "OARFUTURES_SIGNALLED"  # set by the job script when the signal came before the worker
+#: the first command of a checkpointable job script: a signal while it runs (setup lines) is passed to the worker
+EARLY_SIGNAL_TRAP = f"trap 'export {EARLY_SIGNAL_VARIABLE}=1' {CHECKPOINT_SIGNAL.name[3:]}"
 
 
 def read_task(folder, batch, index):
@@ -94,7 +97,12 @@ class Interrupted(BaseException):
 
 
 class _Task:
-    """One run of a task: its calls, and what to do when the checkpoint signal interrupts one of them."""
+    """One run of a task: its calls, and what to do when the checkpoint signal interrupts one of them.
+
+    The signal may come at any time, even while the worker starts (a preemption does not wait for Python): the
+    worker listens from its first line, and a signal that comes before a call is kept and acted on when the call
+    would start, rather than killing the worker or being dropped.
+    """
 
     def __init__(self, folder, batch, index):
         self.folder, self.batch, self.index = folder, batch, index
@@ -102,16 +110,42 @@ class _Task:
         self.started = time.monotonic()
         self.in_call = False
         self.claims_calls = True  # the ranks of a multi-task job all run the call their launcher claimed
+        self.signalled = False  # a checkpoint signal came while no call ran, and no call has acted on it yet
+
+    def listen(self):
+        """Catch the checkpoint signal from now on, including one the job script caught or held for us.
+
+        The job script of a checkpointable batch records a signal that comes while it runs and ignores it from
+        just before ``exec`` (an ignored signal stays ignored across exec, a caught one would kill the new
+        process); a local worker may start with the signal blocked, so that it stays pending until this point.
+        """
+        self.signalled = bool(os.environ.pop(EARLY_SIGNAL_VARIABLE, ""))
+        signal.signal(CHECKPOINT_SIGNAL, self.on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [CHECKPOINT_SIGNAL])
+
+    def stop_listening(self):
+        """For work that cannot checkpoint: the signal stops the job as it always did, also one that came early."""
+        signal.signal(CHECKPOINT_SIGNAL, signal.SIG_DFL)
+        if self.signalled:
+            os.kill(os.getpid(), CHECKPOINT_SIGNAL)
 
     def on_signal(self, signum, frame):
         if self.in_call:
             self.in_call = False  # one checkpoint per run
             raise Interrupted(signum)
+        self.signalled = True
+
+    def enter_call(self):
+        """From here the signal interrupts the call; one that came before interrupts it now, before it starts."""
+        self.in_call = True
+        if self.signalled:
+            self.in_call = self.signalled = False
+            raise Interrupted(CHECKPOINT_SIGNAL)
 
     def run(self, meta, functions, calls, done, resubmissions):
         """Run the calls; return the exit status (RESUBMIT when the task must come back)."""
-        if any(callable(getattr(f, "checkpoint", None)) for f in functions):
-            signal.signal(CHECKPOINT_SIGNAL, self.on_signal)
+        if not any(callable(getattr(f, "checkpoint", None)) for f in functions):
+            self.stop_listening()
         outcomes = list(done)
         several = len(done) + len(calls) > 1
         for position, (fn_index, args, kwargs) in enumerate(calls):
@@ -120,7 +154,7 @@ class _Task:
                 continue
             function = functions[fn_index]
             try:
-                self.in_call = True
+                self.enter_call()
                 outcomes.append(("ok", function(*args, **kwargs)))
             except Interrupted:
                 remaining = calls[position + 1 :]
@@ -272,9 +306,10 @@ def claim_call(folder, batch, index, call):
 
 def main(argv):
     folder, batch, index = argv[0], argv[1], int(argv[2])
+    task = _Task(folder, batch, index)
+    task.listen()  # first: the checkpoint signal may already be on its way
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
-    task = _Task(folder, batch, index)
     world_size = int(os.environ.get("OARFUTURES_RANKS", "1"))
     if "--rank" not in argv and not claim_task(folder, batch, index):
         return 0
@@ -282,6 +317,7 @@ def main(argv):
         from oarfutures import ranks
 
         if "--rank" not in argv:  # the job's first process: start the ranks, then write the task's result
+            task.stop_listening()  # it does not checkpoint
             per_node = int(os.environ.get("OARFUTURES_TASKS_PER_NODE", world_size))
             task.write(ranks.launch(folder, batch, index, world_size, per_node, os.environ.get("OARFUTURES_LAUNCHER")), 0)
             return 0
