@@ -172,7 +172,7 @@ to_alive=$(ids "LIMIT $OAR_NB_CORES" "state <> 'Alive'")
 # the tests hold jobs in Waiting with advance reservations, several at once (pytest runs 3 processes): the
 # stock rule "no more than 2 waiting advance reservations per user" (#12) would refuse the third at random
 rule=$(oaradmissionrules -S -Y 2>/dev/null | sed -n 's/^--- (\([0-9]*\)) RULE.*/\1/p' | while read -r id; do
-    oaradmissionrules -s "$id" -f 2>/dev/null | grep -q 'waiting advance reservations' && echo "$id"; done)
+    if oaradmissionrules -s "$id" -f 2>/dev/null | grep -q 'waiting advance reservations'; then echo "$id"; fi; done)
 [ -z "$rule" ] || oaradmissionrules -m "$rule" -N >/dev/null || die "cannot disable the reservation limit (rule $rule)"
 
 # --- 5. the unprivileged submitter ---------------------------------------------------------
