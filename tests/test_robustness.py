@@ -4,15 +4,13 @@ No future is ever lost: it resolves with a result or an error, and one executor'
 """
 import gc
 import os
-import pickle
 import shutil
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
-import time
-from concurrent.futures import TimeoutError, wait
+from concurrent.futures import TimeoutError
 
 import pytest
 
