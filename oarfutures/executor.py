@@ -773,10 +773,12 @@ class JobExecutor(cf.Executor):
             self._service.run(self._settle_failure, task, error)
 
     def _grace_of(self, task: Task) -> float:
+        """The long grace only where a result may be on its way: the job completed, or it was last seen running
+        before the scheduler forgot it. A job that failed, or vanished while pending, wrote nothing."""
         status = task.last_status
-        if status is not None and not task.vanished and status.state is not JobState.COMPLETED:
-            return min(self.result_grace, FAILED_JOB_GRACE)
-        return self.result_grace
+        if status is not None and (status.state is JobState.COMPLETED or (task.vanished and status.state is JobState.RUNNING)):
+            return self.result_grace
+        return min(self.result_grace, FAILED_JOB_GRACE)
 
     def _put_away_late_result(self, task_id: str) -> None:
         """A result that arrived after its future failed: kept (in delivered/) but out of the scanned folder."""
@@ -805,7 +807,7 @@ class JobExecutor(cf.Executor):
             status = statuses.get(task.job_id or "")
             if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
                 # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
-                grace = self.result_grace if task.last_status is not None else max(UNSEEN_GRACE, self.result_grace)
+                grace = min(self.result_grace, FAILED_JOB_GRACE) if task.last_status is not None else UNSEEN_GRACE
                 if now - task.submitted_at > grace:
                     task.vanished = True
                     self._mark_ended(task, now)
@@ -876,7 +878,7 @@ class JobExecutor(cf.Executor):
         path = layout.result_path(self.folder, task.batch, task.index)
         delivered = layout.delivered_path(self.folder, task.batch, task.index)
         try:
-            outcomes, resubmissions = batchfiles.read_result(path, delivered)
+            outcomes, resubmissions = self._read_result(path, delivered)
         except batchfiles.CorruptResultError as exc:
             self._settle_failure(task, exc)
             return
@@ -898,6 +900,20 @@ class JobExecutor(cf.Executor):
         with contextlib.suppress(OSError):
             os.replace(path, delivered)
         self._retire(task)
+
+    @staticmethod
+    def _read_result(path: str, delivered: str) -> Tuple[list, int]:
+        """Read a result the scan saw. If it is in neither place, look again for a moment before giving up: it
+        was there, and only a move between the two names (another client delivering it) can hide it."""
+        for _ in range(20):
+            try:
+                return batchfiles.read_result(path, delivered)
+            except batchfiles.CorruptResultError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                logger.warning("oarfutures: result %s is in neither results/ nor delivered/; looking again", path)
+                time.sleep(0.1)
+        return batchfiles.read_result(path, delivered)
 
     def _settle_failure(self, task: Task, error: BaseException) -> None:
         for future in task.futures:

@@ -157,14 +157,19 @@ class Poller:
 
     def _start_queries(self, executors: Set[Tracked], now: float) -> None:
         """One query per group whose executors are due, unless that group's last query has not answered yet."""
-        due: Dict[object, List[Tracked]] = {}
+        groups: Dict[object, List[Tracked]] = {}
+        due: Set[object] = set()
         with self._lock:
             for executor in executors:
+                group = executor.backend.query_group()
+                groups.setdefault(group, []).append(executor)
                 when = self._schedule.setdefault(executor, [now, executor.backend.query_interval[0]])
                 if now >= when[0]:
-                    due.setdefault(executor.backend.query_group(), []).append(executor)
-        for group, members in due.items():
-            if group in self._queries:
+                    due.add(group)
+        # a due group asks for all its executors' jobs at once, and they all wait for the next one together:
+        # executors on their own schedules would each trigger a query of the whole group
+        for group, members in groups.items():
+            if group not in due or group in self._queries:
                 continue
             backend = members[0].backend
             ids: List[str] = []

@@ -152,8 +152,8 @@ def test_keyboard_interrupt_in_the_with_block_cancels_the_jobs(folder):
             wait_for(lambda: squeue_states(future.job_id).get(future.job_id) == "RUNNING", 120, "the job to run")
             raise KeyboardInterrupt
     wait_for(lambda: squeue_states(future.job_id).get(future.job_id) in ("CANCELLED", None), 30, "the job to end")
-    with pytest.raises(JobFailedError):
-        future.result(timeout=0)
+    # cancelled if its worker had not claimed the call yet (then it never ran), else failed with the job
+    assert future.cancelled() or isinstance(future.exception(timeout=0), JobFailedError)
 
 
 def test_state_queries_are_batched_for_all_live_jobs(slurm):
