@@ -878,7 +878,7 @@ class JobExecutor(cf.Executor):
         path = layout.result_path(self.folder, task.batch, task.index)
         delivered = layout.delivered_path(self.folder, task.batch, task.index)
         try:
-            outcomes, resubmissions = self._read_result(path, delivered)
+            outcomes, resubmissions = batchfiles.read_result(path, delivered)
         except batchfiles.CorruptResultError as exc:
             self._settle_failure(task, exc)
             return
@@ -900,20 +900,6 @@ class JobExecutor(cf.Executor):
         with contextlib.suppress(OSError):
             os.replace(path, delivered)
         self._retire(task)
-
-    @staticmethod
-    def _read_result(path: str, delivered: str) -> Tuple[list, int]:
-        """Read a result the scan saw. If it is in neither place, look again for a moment before giving up: it
-        was there, and only a move between the two names (another client delivering it) can hide it."""
-        for _ in range(20):
-            try:
-                return batchfiles.read_result(path, delivered)
-            except batchfiles.CorruptResultError as exc:
-                if not isinstance(exc.__cause__, FileNotFoundError):
-                    raise
-                logger.warning("oarfutures: result %s is in neither results/ nor delivered/; looking again", path)
-                time.sleep(0.1)
-        return batchfiles.read_result(path, delivered)
 
     def _settle_failure(self, task: Task, error: BaseException) -> None:
         for future in task.futures:

@@ -56,8 +56,11 @@ class ServiceThread:
             del job, args  # while idle, hold no task: its futures' results must be freed when the user drops them
 
     def copy_for_child(self) -> "ServiceThread":
-        """In a forked child: the same queued work on a thread of the child's own (the parent's is gone)."""
+        """In a forked child: the same queued work, for a thread the child starts on its next ``run``.
+
+        No thread may start here: this runs in every child of a fork, including the short-lived ones that
+        ``subprocess`` forks to exec a worker, where queued work (moving result files) must never run.
+        """
         child = ServiceThread(self._name)
-        for job, args in self._jobs:
-            child.run(job, *args)
+        child._jobs.extend(self._jobs)
         return child
