@@ -84,7 +84,7 @@ class Poller:
         self._schedule: Dict[Tracked, List[float]] = {}  # executor -> [next query time, current interval]
         self._queries: Dict[object, _Query] = {}  # query group -> the query in flight
         self.pid = os.getpid()
-        #: scheduler state queries made so far (benchmarks read it)
+        #: scheduler state queries made so far (benchmarks read it); the local pool's in-memory ones not counted
         self.query_count = 0
         self._thread = threading.Thread(target=self._run, name="oarfutures-poller", daemon=True)
         self._thread.start()
@@ -179,7 +179,8 @@ class Poller:
                 if not ids:
                     self._reschedule(members, now, changed=False)
                     continue
-            self.query_count += 1
+            if not getattr(backend, "query_is_cheap", False):  # a scheduler's, not the local pool's memory
+                self.query_count += 1
             self._queries[group] = _Query(members, ids, self._wakeup)
 
     def _finish_queries(self, now: float) -> bool:
