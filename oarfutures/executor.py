@@ -537,10 +537,14 @@ class JobExecutor(cf.Executor):
         return [future for task in tasks for future in task.futures]
 
     def _result_on_disk(self, task: Task) -> bool:
-        return any(
-            os.path.exists(path)
-            for path in (layout.result_path(self.folder, task.batch, task.index), layout.delivered_path(self.folder, task.batch, task.index))
-        )
+        """Looked up by opening it: NFS revalidates an open() (close-to-open), where a stat may use its cache."""
+        for path in (layout.result_path(self.folder, task.batch, task.index), layout.delivered_path(self.folder, task.batch, task.index)):
+            try:
+                with open(path, "rb"):
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
         """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
@@ -755,7 +759,7 @@ class JobExecutor(cf.Executor):
             for task in overdue:
                 task.settling = True
         for task in overdue:
-            if self._result_on_disk(task):  # by name: NFS revalidates an open() that a listing would not
+            if self._result_on_disk(task):  # by name, not by the last listing
                 self._service.run(self._deliver, task)
                 continue
             status = None if task.vanished else task.last_status
