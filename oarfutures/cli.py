@@ -29,6 +29,7 @@ STATES = ("done", "failed", "running", "pending", "ended-without-result", "unkno
 #: a job the scheduler does not know is "not visible yet" for this long after its record was last written
 VISIBILITY_GRACE = 15.0
 WORKER_MODULE = b"oarfutures.worker"
+RESIDENT_MODULE = b"oarfutures.pool_worker"
 
 
 class CliError(Exception):
@@ -133,20 +134,37 @@ class LocalWorkers(Backend):
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
-    def workers(self) -> Dict[str, List[int]]:
-        """task id -> pids of the worker processes of this folder (a multi-task job's ranks included)."""
+    def workers(self, job_ids: Sequence[str]) -> Dict[str, List[int]]:
+        """task id -> pids of the processes running it: the worker (one-shot or resident) and a multi-task job's ranks.
+
+        One-shot workers and ranks name their task on their command line, ``python -u -m oarfutures.worker
+        FOLDER BATCH INDEX``; a resident worker (``oarfutures.pool_worker``) serves task after task, and the claim
+        of a task without a result names the one running it.
+        """
+        named, residents = self._scan()
+        for job_id in job_ids:
+            pid = self._resident_running(job_id)
+            if pid in residents:
+                named[job_id] = [pid] + named.get(job_id, [])  # the worker first: it would report its ranks' deaths
+        return named
+
+    def _scan(self) -> Tuple[Dict[str, List[int]], Set[int]]:
+        """One pass over /proc: the workers and ranks of this folder by task id, and every resident worker."""
         real = os.path.realpath(self.folder)
-        found: Dict[str, List[int]] = {}
+        named: Dict[str, List[int]] = {}
+        residents = set()
         try:
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
         except OSError:
-            return found
+            return named, residents
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     args = f.read().split(b"\0")
             except OSError:
                 continue
+            if RESIDENT_MODULE in args:
+                residents.add(int(pid))
             if WORKER_MODULE not in args:
                 continue
             at = args.index(WORKER_MODULE)
@@ -154,20 +172,36 @@ class LocalWorkers(Backend):
                 continue
             folder, batch, index = (a.decode(errors="replace") for a in args[at + 1 : at + 4])
             if os.path.realpath(folder) == real:
-                found.setdefault(layout.task_id(batch, int(index)), []).append(int(pid))
-        return found
+                named.setdefault(layout.task_id(batch, int(index)), []).append(int(pid))
+        for pids_of_task in named.values():
+            pids_of_task.sort()
+        return named, residents
+
+    def _resident_running(self, job_id: str) -> Optional[int]:
+        """The pid of the process of this machine that claimed the task, while the task has no result."""
+        batch, _, index = job_id.rpartition("_")
+        if not index.isdigit() or os.path.exists(layout.result_path(self.folder, batch, int(index))):
+            return None
+        owner = (layout.claim_owner(layout.claim_path(self.folder, batch, int(index))) or "").split()
+        if len(owner) == 4 and owner[0] == "run" and owner[2] == os.uname().nodename and owner[3].isdigit():
+            return int(owner[3])
+        return None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
-        running = self.workers()
+        running = self.workers(job_ids)
         return {
             j: JobStatus(JobState.RUNNING, "RUNNING", reason=f"pid {min(running[j])}") for j in job_ids if j in running
         }
 
     def cancel(self, job_ids: Sequence[str]) -> None:
-        running = self.workers()
+        named, residents = self._scan()
         refused = []
         for job_id in job_ids:
-            for pid in sorted(running.get(job_id, [])):  # the worker first: it would report its ranks' deaths
+            pids = named.get(job_id, [])
+            resident = self._resident_running(job_id)  # read just before the kill: a resident moves on to other tasks
+            if resident in residents:
+                pids = [resident] + pids  # the worker first: it would report its ranks' deaths
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -1,20 +1,23 @@
 """The local backend: the same worker and files as on a cluster, in subprocesses on this machine.
 
-It is a tiny scheduler: a queue and ``max_workers`` slot threads, each running one worker process at a time, so
-the concurrency cap is real (submitit's local executor has none). Job ids are our task ids. A cancelled job is
-never started; a worker that cannot start fails its job, never its slot.
+It is a tiny scheduler: a queue and ``max_workers`` slot threads, each owning one resident worker process
+(``pool_worker``) that runs task after task, so the concurrency cap is real (submitit's local executor has none)
+and a call costs no interpreter start (as with ``ProcessPoolExecutor``). Job ids are our task ids. A cancelled
+job is never started; a call that kills its worker fails alone, and the slot starts a new worker; a worker that
+cannot start fails its job, never its slot. Slots and their workers leave after ``IDLE_SECONDS`` without work.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
 import functools
+import json
 import os
 import signal
 import subprocess
 import threading
 import weakref
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
 from oarfutures import layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
@@ -24,6 +27,7 @@ from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
+IDLE_SECONDS = 10.0  # a slot and its resident worker leave after this long without work
 
 
 def _before_worker_starts(client: int) -> None:
@@ -53,6 +57,63 @@ def _after_fork_in_child() -> None:
     """A forked child has none of the parent's threads or workers: its copies of the pools start empty."""
     for backend in list(_backends):
         backend.reset()
+
+
+class _Job(NamedTuple):
+    job_id: str
+    python: str
+    folder: str
+    batch: str
+    index: int
+    variables: Dict[str, str]  # the job's own environment (ranks)
+
+
+class _Resident:
+    """One resident worker (``pool_worker``) and the two pipes to it."""
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.listening = False  # its current task takes the checkpoint signal
+        requests, self._requests = os.pipe()
+        self._replies, replies = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [python, "-u", "-m", "oarfutures.pool_worker", str(requests), str(replies)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(requests, replies),
+                preexec_fn=functools.partial(_before_worker_starts, os.getpid()),
+            )
+        except BaseException:
+            os.close(self._requests)
+            os.close(self._replies)
+            raise
+        finally:
+            os.close(requests)
+            os.close(replies)
+        self._reader = os.fdopen(self._replies, "r")
+
+    def ready_for(self, job: _Job) -> bool:
+        return self.python == job.python and self.process.poll() is None
+
+    def send(self, request: Dict[str, Any]) -> None:
+        os.write(self._requests, (json.dumps(request) + "\n").encode())
+
+    def reply(self) -> Optional[str]:
+        """The worker's next line, or None once it has died."""
+        return self._reader.readline().strip() or None
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def close(self) -> None:
+        """Closing its request pipe tells an idle worker to leave; one that does not is killed."""
+        os.close(self._requests)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.close()
 
 
 _backends: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
@@ -92,11 +153,12 @@ class LocalBackend(Backend):
     def reset(self) -> None:
         """Start empty: at creation, and in a forked child (whose copy of the parent's threads is dead)."""
         self._lock = threading.Condition()
-        self._queue: Deque[Tuple[str, List[str], Dict[str, str]]] = collections.deque()  # job id, command, env
-        self._slots: List[threading.Thread] = []
+        self._queue: Deque[_Job] = collections.deque()
+        self._slots: List[threading.Thread] = []  # alive, or about to take a job
         self._closing = False
         self._states: Dict[str, JobStatus] = {}
-        self._processes: Dict[str, subprocess.Popen] = {}
+        self._running: Dict[str, _Resident] = {}  # the worker of each running job
+        self._interrupts: Set[str] = set()  # running jobs to interrupt once their task listens
         self._killed: Dict[str, str] = {}  # job id -> why we killed it
         self._skip: Set[str] = set()  # queued jobs cancelled before a slot took them
         self._busy = 0  # slots between taking a job and seeing its worker exit
@@ -115,14 +177,12 @@ class LocalBackend(Backend):
 
     def submit(self, submission: BatchSubmission) -> List[str]:
         job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]
-        base = [submission.python, "-u", "-m", "oarfutures.worker", submission.folder, submission.batch]
         p = {"nodes": 1, "tasks_per_node": 1, **self.parameters, **submission.options}
         ranks = {"OARFUTURES_RANKS": str(p["nodes"] * p["tasks_per_node"]), "OARFUTURES_TASKS_PER_NODE": str(p["tasks_per_node"])}
         with self._lock:
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
-                self._queue.append((job_id, base + [str(index)], ranks))
-            self._slots = [slot for slot in self._slots if slot.is_alive()]
+                self._queue.append(_Job(job_id, submission.python, submission.folder, submission.batch, index, ranks))
             while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
                 slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
                 self._slots.append(slot)
@@ -131,56 +191,77 @@ class LocalBackend(Backend):
         return job_ids
 
     def _slot(self) -> None:
-        """One slot: run queued workers one after the other until the backend closes."""
-        while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._lock.wait()
-                if self._closing:
-                    return
-                job_id, command, variables = self._queue.popleft()
-                if job_id in self._skip:  # cancelled while queued: never started
-                    self._skip.discard(job_id)
-                    self._lock.notify_all()
-                    continue
-                self._states[job_id] = self._changed[job_id] = RUNNING
-                self._busy += 1
-            code: Optional[int] = None
-            try:
-                code = self._run_worker(job_id, command, variables)
-            except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
-                failure = f"the worker could not start: {exc}"
-            with self._lock:
-                if code is None:
-                    self._killed[job_id] = failure
-                self._processes.pop(job_id, None)
-                self._busy -= 1
-                if code == RESUBMIT and job_id not in self._killed:  # checkpointed: run it again, same job id
-                    self._states[job_id] = QUEUED
-                    self._queue.append((job_id, command, variables))
-                    self._lock.notify_all()
-                    continue
-                self._states[job_id] = self._changed[job_id] = self._ended_status(job_id, code)
-                self._lock.notify_all()
-            get_poller().wake()
+        """One slot: run queued jobs one after the other on its resident worker, until idle or closed.
 
-    def _run_worker(self, job_id: str, command: List[str], variables: Dict[str, str]) -> int:
-        out_path, err_path = self.log_paths(job_id)
-        environment = {**os.environ, **variables, "OARFUTURES_JOB_ID": job_id, "OARFUTURES_LAUNCHER": "local"}
-        with open(out_path, "ab") as out, open(err_path, "ab") as err:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=environment,
-                preexec_fn=functools.partial(_before_worker_starts, os.getpid()),
-            )
+        The worker is started, used and closed by this thread alone: PR_SET_PDEATHSIG fires when the thread that
+        started a process ends, and a slot thread ends only after closing its worker.
+        """
+        resident: Optional[_Resident] = None
+        try:
+            while True:
+                with self._lock:
+                    if not self._lock.wait_for(lambda: self._queue or self._closing, timeout=IDLE_SECONDS):
+                        self._slots.remove(threading.current_thread())  # under the lock: submit() starts a new slot
+                        return
+                    if self._closing:
+                        return
+                    job = self._queue.popleft()
+                    if job.job_id in self._skip:  # cancelled while queued: never started
+                        self._skip.discard(job.job_id)
+                        self._lock.notify_all()
+                        continue
+                    self._states[job.job_id] = self._changed[job.job_id] = RUNNING
+                    self._busy += 1
+                code: Optional[int] = None
+                try:
+                    if resident is None or not resident.ready_for(job):
+                        if resident is not None:
+                            resident.close()
+                        resident = _Resident(job.python)
+                    code = self._run(resident, job)
+                except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
+                    failure = f"the worker could not start: {exc}"
+                with self._lock:
+                    if code is None:
+                        self._killed[job.job_id] = failure
+                    self._running.pop(job.job_id, None)
+                    self._busy -= 1
+                    if code == RESUBMIT and job.job_id not in self._killed:  # checkpointed: again, same job id
+                        self._states[job.job_id] = QUEUED
+                        self._queue.append(job)
+                        self._lock.notify_all()
+                        continue
+                    self._states[job.job_id] = self._changed[job.job_id] = self._ended_status(job.job_id, code)
+                    self._lock.notify_all()
+                get_poller().wake()
+        finally:
+            if resident is not None:
+                resident.close()
+
+    def _run(self, resident: "_Resident", job: "_Job") -> int:
+        """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
+        variables = {**job.variables, "OARFUTURES_JOB_ID": job.job_id, "OARFUTURES_LAUNCHER": "local"}
+        request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": variables}
+        request["logs"] = self.log_paths(job.job_id)
+        resident.listening = False
+        resident.send(request)
         with self._lock:
-            self._processes[job_id] = process
-            if job_id in self._killed:  # cancelled while it was starting
-                process.kill()
-        return process.wait()
+            self._running[job.job_id] = resident
+            if job.job_id in self._killed:  # cancelled while it was starting
+                resident.kill()
+        reply = resident.reply()
+        if reply is not None and reply.startswith("refused "):
+            raise OSError(reply[len("refused ") :])
+        if reply == "started":
+            with self._lock:
+                resident.listening = True
+                if job.job_id in self._interrupts:  # interrupt() came before the task could take the signal
+                    self._interrupts.discard(job.job_id)
+                    resident.process.send_signal(CHECKPOINT_SIGNAL)
+            done = resident.reply()
+            if done is not None:
+                return int(done.split()[1])
+        return resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
 
     def _ended_status(self, job_id: str, code: Optional[int]) -> JobStatus:
         if code is None:
@@ -204,17 +285,20 @@ class LocalBackend(Backend):
                     self._states[job_id] = self._changed[job_id] = status
                 elif state is RUNNING:
                     self._killed.setdefault(job_id, "cancelled")
-                    process = self._processes.get(job_id)
-                    if process is not None:
-                        process.kill()
+                    resident = self._running.get(job_id)
+                    if resident is not None:  # the kill ends its call, and the slot replaces the worker
+                        resident.kill()
 
     def interrupt(self, job_id: str) -> None:
         """The checkpoint signal to a running worker: what a preemption does on a cluster."""
         with self._lock:
-            process = self._processes.get(job_id)
-            if process is None:
+            if self._states.get(job_id) is not RUNNING:
                 raise RuntimeError(f"job {job_id} is not running: nothing to interrupt")
-            process.send_signal(CHECKPOINT_SIGNAL)
+            resident = self._running.get(job_id)
+            if resident is not None and resident.listening:
+                resident.process.send_signal(CHECKPOINT_SIGNAL)
+            else:  # its task does not listen yet: the slot sends the signal when it does
+                self._interrupts.add(job_id)
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         """What changed since the last query (reports_changes_only): the cost follows the news, not the queue."""
@@ -224,6 +308,7 @@ class LocalBackend(Backend):
                 if status.state.ended:
                     self._states.pop(job_id, None)
                     self._killed.pop(job_id, None)
+                    self._interrupts.discard(job_id)
             return news
 
     def log_paths(self, job_id: str) -> List[str]:

@@ -111,6 +111,7 @@ class _Task:
         self.in_call = False
         self.claims_calls = True  # the ranks of a multi-task job all run the call their launcher claimed
         self.signalled = False  # a checkpoint signal came while no call ran, and no call has acted on it yet
+        self.durable = True  # fsync the result: the job's machine may crash before its page cache reaches the disk
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -214,8 +215,9 @@ class _Task:
         temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
             f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(temp, self.destination)
 
 
@@ -308,15 +310,25 @@ def main(argv):
     folder, batch, index = argv[0], argv[1], int(argv[2])
     task = _Task(folder, batch, index)
     task.listen()  # first: the checkpoint signal may already be on its way
+    return run_task(task, rank="--rank" in argv)
+
+
+def run_task(task, rank=False):
+    """Claim, load and run one task in this process; return the exit status its job should end with.
+
+    A one-shot job process and a resident local worker (``pool_worker``) both come here, so the claims, the
+    ranks and the checkpoint protocol are the same wherever a task runs.
+    """
+    folder, batch, index = task.folder, task.batch, task.index
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ["OARFUTURES_JOB_FOLDER"], os.environ["OARFUTURES_TASK_ID"] = folder, layout.task_id(batch, index)
     world_size = int(os.environ.get("OARFUTURES_RANKS", "1"))
-    if "--rank" not in argv and not claim_task(folder, batch, index):
+    if not rank and not claim_task(folder, batch, index):
         return 0
     if world_size > 1:
         from oarfutures import ranks
 
-        if "--rank" not in argv:  # the job's first process: start the ranks, then write the task's result
+        if not rank:  # the job's first process: start the ranks, then write the task's result
             task.stop_listening()  # it does not checkpoint
             per_node = int(os.environ.get("OARFUTURES_TASKS_PER_NODE", world_size))
             task.write(ranks.launch(folder, batch, index, world_size, per_node, os.environ.get("OARFUTURES_LAUNCHER")), 0)

@@ -227,3 +227,25 @@ def exit_and_write_result_later(delay, value):
         stderr=subprocess.DEVNULL,
     )
     os._exit(0)
+
+
+def pid_and_task_id(_=None):
+    """Which process ran the call, and the task id its environment names."""
+    import os
+
+    return os.getpid(), os.environ["OARFUTURES_TASK_ID"]
+
+
+def print_everywhere(text):
+    """Output through every path a call has: Python, the raw file descriptors, C stdio, a child process."""
+    import ctypes
+    import os
+    import subprocess
+    import sys
+
+    print(f"{text} python")
+    print(f"{text} python-err", file=sys.stderr)
+    os.write(1, f"{text} fd\n".encode())
+    ctypes.CDLL(None).printf(f"{text} c-stdio-unflushed".encode())  # no newline: sits in C's buffer
+    subprocess.run(["echo", f"{text} child"], check=True)
+    return text

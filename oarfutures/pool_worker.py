@@ -1,0 +1,77 @@
+"""A resident worker of the local backend: ``python -m oarfutures.pool_worker REQUESTS REPLIES``.
+
+Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
+(as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
+process (``worker.run_task``: the same claim, task files, result file and checkpoint protocol), with its output
+sent to the task's own log files, so ``attach()``, the CLI and ``logs()`` see no difference. A call that kills the
+process fails only its own task: the backend sees the pipe close, reports the exit status and starts a new worker.
+
+The protocol, one line each way per step, on two pipes that are not the call's stdin or stdout:
+the backend writes a JSON request; the worker answers ``started`` once the task listens for the checkpoint signal
+(so an ``interrupt()`` is never sent to a worker that would drop it) and ``done <exit status>`` when it has ended,
+or ``refused <reason>`` if the task cannot start (its log files cannot be opened).
+"""
+import contextlib
+import json
+import os
+import signal
+import sys
+import traceback
+
+from oarfutures import worker
+
+
+def serve(requests, replies):
+    """Run requested tasks until the backend closes the request pipe (idle, shutdown) or dies."""
+    console = os.dup(1), os.dup(2)  # where output between tasks goes: the client's own stdout/stderr
+    for line in requests:
+        request = json.loads(line)
+        os.environ.update(request["environment"])
+        task = worker._Task(request["folder"], request["batch"], request["index"])
+        task.durable = False  # a crash of this machine takes the client and its futures with it
+        try:
+            logs = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666) for path in request["logs"]]
+        except OSError as exc:  # the task cannot start, the worker can go on with the next one
+            os.write(replies, f"refused {exc}\n".encode())
+            continue
+        with _output_to(logs, console):
+            code = _run(task, replies)
+        os.write(replies, f"done {code}\n".encode())
+
+
+def _run(task, replies):
+    task.listen()
+    os.write(replies, b"started\n")
+    try:
+        return worker.run_task(task)
+    except Exception:  # our own failure (say, the disk is full): the job fails with it, as a one-shot worker would
+        traceback.print_exc()
+        return 1
+    finally:
+        # a checkpoint signal from now on was meant for the task that just ended: it must not reach the next one
+        signal.signal(worker.CHECKPOINT_SIGNAL, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _output_to(logs, console):
+    """File descriptors 1 and 2 go to the task's logs, so output of C code and subprocesses lands there too."""
+    _flush()
+    for fd, log in zip((1, 2), logs):
+        os.dup2(log, fd)
+        os.close(log)
+    try:
+        yield
+    finally:
+        _flush()
+        for fd, saved in zip((1, 2), console):
+            os.dup2(saved, fd)
+
+
+def _flush():
+    """C stdio needs no flush: the worker runs under ``python -u``, which also makes C's stdout unbuffered."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a call may have replaced or closed them
+            stream.flush()
+
+if __name__ == "__main__":
+    serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))
