@@ -12,7 +12,7 @@ import shutil
 import struct
 import sys
 import warnings
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Sequence, Tuple, Union
 
 import cloudpickle
 
@@ -38,27 +38,49 @@ def client_sys_path() -> List[str]:
     return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
+class PickledTask(NamedTuple):
+    """A task whose calls were pickled when they were submitted (so an unpicklable one failed its own submit)."""
+
+    blob: bytes
+    calls: int
+
+
+Task = Union[Sequence[Call], PickledTask]
+
+
+def calls_in(task: Task) -> int:
+    return task.calls if isinstance(task, PickledTask) else len(task)
+
+
+def pickle_functions(functions: Sequence[Callable]) -> bytes:
+    try:
+        return cloudpickle.dumps(list(functions))
+    except Exception as exc:
+        names = ", ".join(getattr(f, "__qualname__", repr(f)) for f in functions)
+        raise TypeError(f"cannot pickle the function to run ({names}): {exc}") from exc
+
+
+def pickle_task(calls: Sequence[Call], number: int = 0) -> bytes:
+    try:
+        return cloudpickle.dumps(list(calls))
+    except Exception as exc:
+        raise TypeError(f"cannot pickle the arguments of task {number}: {exc}") from exc
+
+
 def write_batch(
     folder: str,
     batch: str,
     functions: Sequence[Callable],
-    tasks: Sequence[Sequence[Call]],
+    tasks: Sequence[Task],
     warn_bytes: int,
     max_resubmissions: int = 3,
 ) -> None:
     """Write the batch's files; raise in the caller (nothing submitted) when anything cannot be pickled."""
-    try:
-        fn_blob = cloudpickle.dumps(list(functions))
-    except Exception as exc:
-        names = ", ".join(getattr(f, "__qualname__", repr(f)) for f in functions)
-        raise TypeError(f"cannot pickle the function to run ({names}): {exc}") from exc
+    fn_blob = pickle_functions(functions)
     _warn_if_large(fn_blob, warn_bytes, "the pickled function")
     blobs = []
     for number, calls in enumerate(tasks):
-        try:
-            blobs.append(cloudpickle.dumps(list(calls)))
-        except Exception as exc:
-            raise TypeError(f"cannot pickle the arguments of task {number}: {exc}") from exc
+        blobs.append(calls.blob if isinstance(calls, PickledTask) else pickle_task(calls, number))
         _warn_if_large(blobs[-1], warn_bytes, f"the pickled arguments of task {number}")
     offsets = [0]
     for blob in blobs:

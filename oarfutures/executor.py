@@ -49,6 +49,8 @@ from oarfutures import batchfiles, layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
 from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
+from oarfutures import gathering as gathering_module
+from oarfutures.gathering import Gatherer, Gathering
 from oarfutures.poller import Poller, get_poller
 from oarfutures.service import ServiceThread
 
@@ -126,6 +128,28 @@ threading._register_atexit(_refuse_new_work)  # type: ignore[attr-defined]
 
 
 _executors: "weakref.WeakSet[JobExecutor]" = weakref.WeakSet()
+_gathering_executors: "weakref.WeakSet[JobExecutor]" = weakref.WeakSet()
+
+
+def _gather_at_exit(executor: "JobExecutor") -> None:
+    """Calls gathered when the interpreter exits go out then, as ``ProcessPoolExecutor`` runs its queued work.
+
+    Registered when the first window opens, so it runs before the local backends' drain (hooks run last first).
+    """
+    global _gathering_registered
+    if not _gathering_registered:
+        _gathering_registered = True
+        threading._register_atexit(_submit_gathered_at_exit)  # type: ignore[attr-defined]
+    _gathering_executors.add(executor)
+
+
+_gathering_registered = False
+
+
+def _submit_gathered_at_exit() -> None:
+    for executor in list(_gathering_executors):
+        for gathering in executor._gatherer.take_all():
+            executor._submit_gathered(gathering)
 
 
 def _after_fork_in_child() -> None:
@@ -211,6 +235,7 @@ class JobExecutor(cf.Executor):
         self._batch_left: Dict[str, int] = {}
         self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
+        self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._failed_ids: Dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
@@ -253,12 +278,49 @@ class JobExecutor(cf.Executor):
 
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
         collected = getattr(self._collecting, "calls", None)
+        self._check_open()
         if collected is not None:  # inside batch(): submitted with the others when the block ends
-            self._check_open()
             future = JobFuture()
             collected.append((fn, args, kwargs, options, future))
             return future
-        return self._submit_batch([fn], [[(0, args, kwargs)]], options)[0]
+        gathered = self._gatherer.gather(options, fn, args, kwargs)
+        if gathered is not None:  # a submission with these options is in flight: this call goes out after it
+            return gathered
+        try:
+            return self._submit_batch([fn], [[(0, args, kwargs)]], options)[0]
+        finally:
+            self._submission_ended(options)
+
+    def _submission_ended(self, options: Dict[str, Any], window_over: bool = False) -> None:
+        """What was gathered behind a submission goes out next, on the service thread; with nothing gathered, a
+        window stays open for the next ``submit`` of a loop, and when it is over the executor may close."""
+        gathering = self._gatherer.ended(options, window_over)
+        if gathering is not None:
+            self._service.run(self._submit_gathered_then_next, gathering)
+        elif window_over:
+            self._close_if_idle()
+        else:
+            _gather_at_exit(self)
+            window = threading.Timer(gathering_module.WINDOW_SECONDS, self._submission_ended, (options, True))
+            window.daemon = True  # at exit, _submit_gathered_at_exit submits what it would have
+            window.start()
+
+    def _submit_gathered_then_next(self, gathering: Gathering) -> None:
+        try:
+            self._submit_gathered(gathering)
+        finally:
+            self._submission_ended(gathering.options)
+
+    def _submit_gathered(self, gathering: Gathering) -> None:
+        """Submit gathered calls as one batch; a refusal fails their futures, which were handed out."""
+        try:
+            kept = gathering.without_cancelled()
+            if kept.futures:
+                self._submit_batch(kept.functions, kept.tasks, kept.options, kept.futures, accepted=True)
+        except BaseException as exc:  # noqa: B036
+            for future in gathering.futures:
+                if not future.cancelled():
+                    _guarded(set_exception, future, exc)
 
     def _map(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict
@@ -331,6 +393,7 @@ class JobExecutor(cf.Executor):
         with self._lock:
             self._shutdown = True
             live = [f for task in self._tasks.values() for f in task.futures]
+        live += self._gatherer.pending_futures()  # accepted before the shutdown: they go out all the same
         if cancel_futures:
             for future in live:
                 future.cancel()
@@ -359,6 +422,8 @@ class JobExecutor(cf.Executor):
 
     def _stop_all(self, reason: str, cancel_futures: bool) -> None:
         """Cancel every unfinished job; futures not yet started are cancelled (``cancel_futures``) or fail."""
+        for future in self._gatherer.pending_futures():  # not submitted yet: cancelled, they never will be
+            future.cancel()
         with self._lock:
             tasks = [t for t in self._tasks.values() if not t.settling or t.aborting]
             for task in tasks:
@@ -415,27 +480,31 @@ class JobExecutor(cf.Executor):
     def _submit_batch(
         self,
         functions: Sequence[Callable[..., Any]],
-        tasks: Sequence[Sequence[batchfiles.Call]],
+        tasks: Sequence[batchfiles.Task],
         options: Dict,
         futures: Optional[List[JobFuture]] = None,
+        accepted: bool = False,
     ) -> List[JobFuture]:
-        """Write and submit one batch; ``futures``, one per task, are the ones batch() already handed out."""
-        self._check_open()
+        """Write and submit one batch; ``futures``, one per task, are the ones already handed out (batch(),
+        gathered calls). ``accepted``: calls gathered before a shutdown, which go out all the same."""
+        if not accepted:
+            self._check_open()
         batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
-        record = records.BatchRecord(batch, self.backend.name, [len(calls) for calls in tasks], checkpointable=checkpointable)
+        calls_per_task = [batchfiles.calls_in(calls) for calls in tasks]
+        record = records.BatchRecord(batch, self.backend.name, calls_per_task, checkpointable=checkpointable)
         try:
             record.save(self.folder)
         except BaseException:
             batchfiles.remove_batch_files(self.folder, batch)
             raise
         new = [
-            self._new_task(record, index, len(calls), options, futures[index : index + 1] if futures else None)
-            for index, calls in enumerate(tasks)
+            self._new_task(record, index, calls, options, futures[index : index + 1] if futures else None)
+            for index, calls in enumerate(calls_per_task)
         ]
         with self._lock:
-            shut_down = self._shutdown  # by another thread meanwhile
+            shut_down = self._shutdown and not accepted  # by another thread meanwhile
             if not shut_down:
                 self._register(record, new, new)
         if shut_down:
@@ -980,6 +1049,7 @@ class JobExecutor(cf.Executor):
     def _close_if_idle(self) -> None:
         with self._tidy_lock, self._lock:
             idle = self._shutdown and not self._tasks and not self._finished_batches and not self._closed
+            idle = idle and not self._gatherer.busy()
             if idle:
                 self._closed = True
         if idle:

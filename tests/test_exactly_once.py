@@ -54,6 +54,8 @@ def test_a_cancelled_queued_submit_never_runs_and_starts_no_worker(folder, runs)
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
     queued = executor.submit(tasks.note_run, runs, "queued")
     after = executor.submit(tasks.note_run, runs, "after")  # the slot passes the cancelled job to reach it
+    # a submit gathered behind another goes out a moment later: cancel it once it waits in the backend's queue
+    wait_for(lambda: queued.job_id is not None and after.job_id is not None, 30, "the calls to be submitted")
     assert queued.cancel()
     assert blocker.result(timeout=30) == "blocker" and after.result(timeout=30) == "after"
     executor.shutdown(wait=True)

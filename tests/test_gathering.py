@@ -1,0 +1,101 @@
+"""Separate ``submit`` calls go out together (dask and joblib submit one call at a time), and nothing is lost.
+
+A submit with nothing in flight goes out at once; the calls submitted while it is in flight (or within a few
+milliseconds after) are gathered into the next array. Every gathered call is pickled at its own submit, runs
+once, goes out even if the executor is shut down or the interpreter exits meanwhile, and never runs if it was
+cancelled before it went out.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import tasks
+from conftest import require_command, wait_for
+from oarfutures import LocalPoolExecutor, SlurmPoolExecutor, gathering, records
+from test_exactly_once import assert_ran_once_or_never
+
+
+def batches(folder):
+    return len(records.load_all(folder))
+
+
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_a_loop_of_submits_goes_out_as_a_few_arrays(cluster, folder):
+    if cluster == "slurm":
+        require_command("sbatch")
+        executor = SlurmPoolExecutor(folder=folder, walltime="0:10:00")
+    else:
+        executor = LocalPoolExecutor(2, folder=folder)
+    with executor:
+        futures = [executor.submit(tasks.square, n) for n in range(200)]
+        assert [f.result(timeout=600) for f in futures] == [n * n for n in range(200)]
+        assert len({f.task_id for f in futures}) == 200
+    assert batches(folder) <= 20  # one per submit without gathering; a handful with it
+
+
+def test_an_unpicklable_call_in_a_burst_fails_its_own_submit_and_no_other(local):
+    first = [local.submit(tasks.square, n) for n in range(20)]
+    with pytest.raises(TypeError, match="cannot pickle the arguments"):
+        local.submit(tasks.size_of, threading.Lock())
+    with pytest.raises(TypeError, match="cannot pickle the function"):
+        local.submit(lambda lock=threading.Lock(): lock)
+    then = [local.submit(tasks.square, n) for n in range(20, 40)]
+    assert [f.result(timeout=60) for f in first + then] == [n * n for n in range(40)]
+
+
+def test_shutdown_right_after_a_burst_runs_every_gathered_call(folder, tmp_path):
+    runs = str(tmp_path / "runs")
+    executor = LocalPoolExecutor(2, folder=folder)
+    futures = [executor.submit(tasks.note_run, runs, f"c{n}") for n in range(30)]
+    executor.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [f"c{n}" for n in range(30)]
+    assert all(tasks.runs_of(runs, f"c{n}") == 1 for n in range(30))
+
+
+def test_shutdown_with_cancel_futures_cancels_gathered_calls_and_they_never_run(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(gathering, "WINDOW_SECONDS", 2.0)  # the burst is still gathered when shutdown comes
+    runs = str(tmp_path / "runs")
+    executor = LocalPoolExecutor(1, folder=folder)
+    blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
+    wait_for(blocker.running, 30, "the blocker to run")
+    futures = [executor.submit(tasks.note_run, runs, f"c{n}") for n in range(30)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert blocker.result(timeout=0) == "blocker"
+    assert sum(f.cancelled() for f in futures) >= 29  # all but the first, which went out at once
+    assert_ran_once_or_never(futures, runs, [f"c{n}" for n in range(30)])
+
+
+def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
+    """As with ProcessPoolExecutor, work submitted and never waited for runs before the interpreter exits."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "client.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+            import tasks
+            from oarfutures import LocalPoolExecutor, gathering
+            gathering.WINDOW_SECONDS = 30  # no window closes before the exit: the exit must send the calls
+            executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
+            for n in range(30):
+                executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}")
+            """
+        )
+    )
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    assert [tasks.runs_of(str(runs), f"c{n}") for n in range(30)] == [1] * 30
+
+
+def test_abort_cancels_gathered_calls_too(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(gathering, "WINDOW_SECONDS", 2.0)
+    runs = str(tmp_path / "runs")
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        futures = [executor.submit(tasks.note_run, runs, f"c{n}") for n in range(10)]
+        executor.abort("test")
+    assert all(f.cancelled() for f in futures[1:])
+    assert_ran_once_or_never(futures, runs, [f"c{n}" for n in range(10)])
