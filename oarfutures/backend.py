@@ -88,6 +88,9 @@ class Backend(abc.ABC):
     #: how long a job that ended normally may be over, with no result file yet, before its future fails:
     #: shared filesystems lag (NFS caches directory listings up to 60 s by default)
     result_grace: float = 60.0
+    #: after a submission, how long further ``submit`` calls wait to go out together in one array: a scheduler
+    #: command costs tens of milliseconds and loads the controller, a few milliseconds of waiting do not matter
+    gather_seconds: float = 0.005
 
     @abc.abstractmethod
     def submit(self, submission: BatchSubmission) -> List[str]:

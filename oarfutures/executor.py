@@ -49,7 +49,6 @@ from oarfutures import batchfiles, layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
 from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
-from oarfutures import gathering as gathering_module
 from oarfutures.gathering import Gatherer, Gathering
 from oarfutures.poller import Poller, get_poller
 from oarfutures.service import ServiceThread
@@ -294,6 +293,7 @@ class JobExecutor(cf.Executor):
     def _submission_ended(self, options: Dict[str, Any], window_over: bool = False) -> None:
         """What was gathered behind a submission goes out next, on the service thread; with nothing gathered, a
         window stays open for the next ``submit`` of a loop, and when it is over the executor may close."""
+        window_over = window_over or not self.backend.gather_seconds
         gathering = self._gatherer.ended(options, window_over)
         if gathering is not None:
             self._service.run(self._submit_gathered_then_next, gathering)
@@ -301,7 +301,7 @@ class JobExecutor(cf.Executor):
             self._close_if_idle()
         else:
             _gather_at_exit(self)
-            window = threading.Timer(gathering_module.WINDOW_SECONDS, self._submission_ended, (options, True))
+            window = threading.Timer(self.backend.gather_seconds, self._submission_ended, (options, True))
             window.daemon = True  # at exit, _submit_gathered_at_exit submits what it would have
             window.start()
 

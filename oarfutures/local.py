@@ -130,6 +130,9 @@ class LocalBackend(Backend):
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
     query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling
+    # a local submission costs a few file writes: a window would only delay calls that dask sends one by one as
+    # results come back (submits from several threads are still gathered while one is in flight)
+    gather_seconds = 0.0
 
     #: the generic parameters are accepted (a script runs unchanged here) and have no effect on this machine
     CHECKERS: Dict[str, params.Checker] = {

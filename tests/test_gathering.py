@@ -15,7 +15,9 @@ import pytest
 
 import tasks
 from conftest import require_command, wait_for
-from oarfutures import LocalPoolExecutor, SlurmPoolExecutor, gathering, records
+from oarfutures import LocalPoolExecutor, SlurmPoolExecutor, records
+from oarfutures.backend import Backend
+from oarfutures.local import LocalBackend
 from test_exactly_once import assert_ran_once_or_never
 
 
@@ -24,7 +26,9 @@ def batches(folder):
 
 
 @pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
-def test_a_loop_of_submits_goes_out_as_a_few_arrays(cluster, folder):
+def test_a_loop_of_submits_goes_out_as_a_few_arrays(cluster, folder, monkeypatch):
+    # the local backend opens no window by default (a local submission is cheap): give it Slurm's
+    monkeypatch.setattr(LocalBackend, "gather_seconds", Backend.gather_seconds)
     if cluster == "slurm":
         require_command("sbatch")
         executor = SlurmPoolExecutor(folder=folder, walltime="0:10:00")
@@ -57,7 +61,7 @@ def test_shutdown_right_after_a_burst_runs_every_gathered_call(folder, tmp_path)
 
 
 def test_shutdown_with_cancel_futures_cancels_gathered_calls_and_they_never_run(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(gathering, "WINDOW_SECONDS", 2.0)  # the burst is still gathered when shutdown comes
+    monkeypatch.setattr(LocalBackend, "gather_seconds", 2.0)  # the burst is still gathered when shutdown comes
     runs = str(tmp_path / "runs")
     executor = LocalPoolExecutor(1, folder=folder)
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
@@ -79,8 +83,9 @@ def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
             import sys
             sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
             import tasks
-            from oarfutures import LocalPoolExecutor, gathering
-            gathering.WINDOW_SECONDS = 30  # no window closes before the exit: the exit must send the calls
+            from oarfutures import LocalPoolExecutor
+            from oarfutures.local import LocalBackend
+            LocalBackend.gather_seconds = 30  # no window closes before the exit: the exit must send the calls
             executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
             for n in range(30):
                 executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}")
@@ -92,7 +97,7 @@ def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
 
 
 def test_abort_cancels_gathered_calls_too(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(gathering, "WINDOW_SECONDS", 2.0)
+    monkeypatch.setattr(LocalBackend, "gather_seconds", 2.0)
     runs = str(tmp_path / "runs")
     with LocalPoolExecutor(1, folder=folder) as executor:
         futures = [executor.submit(tasks.note_run, runs, f"c{n}") for n in range(10)]
