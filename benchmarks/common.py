@@ -56,10 +56,10 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def machine() -> Dict[str, Any]:
+def machine(python: Optional[str] = None) -> Dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
-    python = job_python()
+    python = python or job_python()
     return {
         "host": socket.gethostname(),
         "nproc": os.cpu_count(),
@@ -432,3 +432,66 @@ def folder_bytes(folder: str) -> List[int]:
             except OSError:
                 pass
     return [total, files]
+
+
+# ---------------------------------------------------------------------- CPU of a process tree
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``), so that a
+    worker whose parent exited stays in our tree and :func:`tree_cpu` still sees it. False where unsupported."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _stat(pid: int) -> Optional[List[str]]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # fields from the state on (the name may hold spaces)
+    except (OSError, IndexError):
+        return None
+
+
+def unreaped_descendants() -> List[Dict[str, Any]]:
+    """Descendants of this process not yet waited for (alive or zombie), each with the CPU seconds /proc gives it
+    (its own plus its waited-for children's): what ``RUSAGE_CHILDREN`` does not count yet."""
+    parents: Dict[int, int] = {}
+    stats: Dict[int, List[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields:
+                parents[int(entry)], stats[int(entry)] = int(fields[1]), fields
+    me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+    found = []
+    for pid in stats:
+        ancestor, seen = parents.get(pid), 0
+        while ancestor and ancestor != me and seen < 64:
+            ancestor, seen = parents.get(ancestor), seen + 1
+        if ancestor == me:
+            fields = stats[pid]  # state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+            cpu = sum(int(x) for x in fields[11:15]) / tick
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+            except OSError:
+                command = ""
+            found.append({"pid": pid, "state": fields[0], "cpu_seconds": cpu, "command": command})
+    return found
+
+
+def tree_cpu() -> Dict[str, float]:
+    """CPU seconds (user + system) of this process, its waited-for descendants and its unreaped ones."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    unreaped = unreaped_descendants()
+    return {
+        "self": own.ru_utime + own.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+        "unreaped": sum(p["cpu_seconds"] for p in unreaped),
+        "unreaped_processes": len(unreaped),
+    }

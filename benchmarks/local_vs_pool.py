@@ -1,13 +1,33 @@
-"""The local backend against ``concurrent.futures.ProcessPoolExecutor``: N calls of 10 ms, ``max_workers=2``.
+"""The local backend against the standard pools, on issue 13's targets: ``max_workers=2``, calls of 5 ms.
 
-Each contender in its own child (the CI venv interpreter); wall time from creating the executor to the last
-result of ``list(ex.map(work, range(N)))`` (pool start-up included on both sides), then ``shutdown``:
+Four scenarios, each with oarfutures' ``LocalPoolExecutor(max_workers=2)`` and with its baseline:
 
-* ``ProcessPoolExecutor(max_workers=2).map(work, ...)`` (chunksize 1, its default);
-* ``LocalPoolExecutor(max_workers=2).map(work, ...)``: one worker process per task (chunksize 1, the default);
-* the same with ``chunksize=25``: 25 calls per worker process, the knob that amortises start-up.
+* ``map``: ``list(ex.map(work, range(400)))``; baseline ``concurrent.futures.ProcessPoolExecutor(max_workers=2)``
+  (both with their default chunksize, 1);
+* ``submit``: 400 ``ex.submit(work, i)``, then ``as_completed`` over them; same baseline;
+* ``dask``: ``dask.compute(total, scheduler=ex)`` of a graph of 200 independent ``dask.delayed(work)(i)`` and one
+  ``sum`` of them (the graph is built before the clock starts); same baseline as the scheduler;
+* ``joblib``: ``joblib.Parallel(n_jobs=2)`` of 200 ``delayed(work)(i)`` through ``oarfutures.joblib_backend``
+  (``parallel_config(backend="oarfutures", executor=LocalPoolExecutor(max_workers=2))``) vs joblib's own ``loky``
+  backend with ``n_jobs=2``; joblib's default automatic batching on both sides, as users call it.
 
-``work`` sleeps 10 ms, so the floor is N x 10 ms / 2 workers.
+``work`` (defined here, so a ``__main__`` function in the child, as in a user's script) sleeps 5 ms: the floor of
+400 calls on 2 workers is 1 s. ``--quick``: 100 and 50 calls.
+
+**Wall time** runs from creating the executor to the return of its ``shutdown()`` (``with ex: ...``, as users
+write it), the same for every contender: for loky, whose workers outlive ``Parallel``, that is the shutdown of
+joblib's reusable loky executor. The time to the last result (shutdown excluded) is kept in the JSON as well.
+
+**CPU** is that of every process of the measurement: the child's own (``RUSAGE_SELF``), its waited-for descendants
+(``RUSAGE_CHILDREN``, after ``shutdown`` has reaped the workers) and any descendant still unreaped then (alive or
+zombie, read from ``/proc``; the child makes itself the subreaper of orphans so none escapes): the child's own
+CPU from just before the executor is made to the return of ``shutdown()`` (so imports do not count), its
+descendants' until they have used no CPU for 1 s (at most 15 s after shutdown), so that a worker still exiting
+after ``shutdown()`` returned, or a helper such as loky's resource tracker, counts in full.
+
+Every (scenario, side) is one child process (the chosen job interpreter, see ``common.job_python``); each repeat
+runs every scenario's two sides back to back, in alternating order. Figures are medians over repeats; the ratio is
+oarfutures' median over the baseline's, both measured in this invocation; the target beside it is issue 13's.
 """
 
 from __future__ import annotations
@@ -18,96 +38,247 @@ import time
 from benchmarks import common
 
 NAME = "local_vs_pool"
-SIDES = ("process_pool", "local", "local_chunked")
-CHUNK = 25
+SLEEP = 0.005
+WORKERS = 2
+SCENARIOS = ("map", "submit", "dask", "joblib")
+SIDES = ("baseline", "oarfutures")
+BASELINES = {
+    "map": "ProcessPoolExecutor",
+    "submit": "ProcessPoolExecutor",
+    "dask": "ProcessPoolExecutor",
+    "joblib": "joblib loky",
+}
+TARGETS = {"map": 1.2, "submit": 1.2, "dask": 1.5, "joblib": 1.5}
+CPU_TARGET = 2.0
 
 
 def work(x):
-    time.sleep(0.01)
+    time.sleep(SLEEP)
     return x
 
 
+def sizes(quick: bool) -> dict:
+    return {"map": 100, "submit": 100, "dask": 50, "joblib": 50} if quick else {
+        "map": 400, "submit": 400, "dask": 200, "joblib": 200
+    }
+
+
+def describe(scenario: str, n: int) -> str:
+    return {
+        "map": f"map {n}",
+        "submit": f"submit {n} + as_completed",
+        "dask": f"dask.compute {n} tasks + sum",
+        "joblib": f"joblib Parallel {n}",
+    }[scenario]
+
+
 # ---------------------------------------------------------------------- child
+def _oarfutures_executor(args: dict):
+    import oarfutures
+
+    return oarfutures.LocalPoolExecutor(max_workers=WORKERS, folder=os.path.abspath("jobs"), python=args["python"])
+
+
+def _shutdown_loky() -> None:
+    """Stop joblib's reusable loky executor (it outlives ``Parallel`` to be reused) and wait for its workers."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 def measure(args: dict) -> dict:
     import concurrent.futures as cf
 
-    side, n = args["side"], args["n"]
-    out: dict = {"side": side, "calls": n, "load_start": common.load()}
-    t0 = time.perf_counter()
-    if side == "process_pool":
-        ex = cf.ProcessPoolExecutor(max_workers=2)
-        values = list(ex.map(work, range(n)))
-    else:
+    scenario, side, n = args["scenario"], args["side"], args["n"]
+    out: dict = {"scenario": scenario, "side": side, "calls": n, "load_start": common.load()}
+    out["subreaper"] = common.become_subreaper()
+    expected = list(range(n))
+    graph = None
+    if scenario == "dask":
+        import dask
+
+        graph = dask.delayed(sum)([dask.delayed(work)(i) for i in range(n)])
+        out["versions"] = {"dask": dask.__version__}
+    if scenario == "joblib":
+        import joblib
+        from joblib.externals import loky
+
+        out["versions"] = {"joblib": joblib.__version__, "loky (joblib's)": loky.__version__}
+        if side == "oarfutures":
+            import oarfutures.joblib_backend  # noqa: F401  registers backend "oarfutures"
+    if side == "oarfutures":
         import oarfutures
 
-        ex = oarfutures.LocalPoolExecutor(max_workers=2, folder=os.path.abspath("jobs"), python=args["python"])
-        values = list(ex.map(work, range(n), chunksize=CHUNK if side == "local_chunked" else 1))
-    out["wall_seconds"] = time.perf_counter() - t0
-    ex.shutdown()
-    out["ok"] = values == list(range(n))
-    out["cpu_seconds_children"] = sum(os.times()[2:4])
-    out["cpu_seconds_self"] = sum(os.times()[0:2])
+        out["versions"] = {**out.get("versions", {}), "oarfutures": oarfutures.__version__}
+    else:
+        import multiprocessing
+
+        out["start_method"] = multiprocessing.get_start_method()
+
+    cpu0 = common.tree_cpu()
+    t0 = time.perf_counter()
+    if scenario == "joblib":
+        import joblib
+
+        calls = (joblib.delayed(work)(i) for i in range(n))
+        if side == "oarfutures":
+            ex = _oarfutures_executor(args)
+            with joblib.parallel_config(backend="oarfutures", executor=ex, n_jobs=WORKERS):
+                parallel = joblib.Parallel()
+                values = parallel(calls)
+        else:
+            with joblib.parallel_config(backend="loky", n_jobs=WORKERS):
+                parallel = joblib.Parallel()
+                values = parallel(calls)
+        t_last = time.perf_counter()
+        ex.shutdown() if side == "oarfutures" else _shutdown_loky()
+        out["batch_size"] = str(getattr(parallel, "batch_size", "?"))
+        out["effective_batch_size"] = getattr(getattr(parallel, "_backend", None), "_effective_batch_size", None)
+        ok = values == expected
+    else:
+        ex = _oarfutures_executor(args) if side == "oarfutures" else cf.ProcessPoolExecutor(max_workers=WORKERS)
+        if scenario == "map":
+            values = list(ex.map(work, range(n)))
+            ok = values == expected
+        elif scenario == "submit":
+            futures = [ex.submit(work, i) for i in range(n)]
+            values = [f.result() for f in cf.as_completed(futures)]
+            ok = sorted(values) == expected
+        elif scenario == "dask":
+            import dask
+
+            (total,) = dask.compute(graph, scheduler=ex)
+            ok = total == sum(expected)
+        else:
+            raise ValueError(f"unknown scenario {scenario!r}")
+        t_last = time.perf_counter()
+        ex.shutdown()
+    t_end = time.perf_counter()
+    cpu1 = common.tree_cpu()
+    out["cpu_seconds_at_shutdown"] = sum(cpu1[part] - cpu0[part] for part in ("self", "children", "unreaped"))
+    settled = _settle(cpu1)
+
+    out["ok"] = ok
+    out["wall_seconds"] = t_end - t0  # creation -> shutdown returned
+    out["to_last_result_seconds"] = t_last - t0
+    out["shutdown_seconds"] = t_end - t_last
+    out["cpu_seconds_self"] = cpu1["self"] - cpu0["self"]  # the client's own, up to shutdown
+    for part in ("children", "unreaped"):
+        out[f"cpu_seconds_{part}"] = settled[part] - cpu0[part]
+    out["cpu_seconds"] = sum(out[f"cpu_seconds_{part}"] for part in ("self", "children", "unreaped"))
+    out["settle_seconds"] = settled["settle_seconds"]
+    out["unreaped_after_settling"] = common.unreaped_descendants()[:10]
     return out
+
+
+def _settle(cpu: dict, quiet: float = 1.0, limit: float = 15.0) -> dict:
+    """Wait until the descendants stop using CPU (none for ``quiet`` s, at most ``limit`` s after shutdown) and
+    return their CPU then: a worker still exiting after ``shutdown()`` returned (the last one writes its result,
+    then tears its interpreter down) or a helper process (loky's resource tracker) counts in full."""
+    t0 = last_change = time.perf_counter()
+    total = cpu["children"] + cpu["unreaped"]
+    while time.perf_counter() - last_change < quiet and time.perf_counter() - t0 < limit:
+        time.sleep(0.1)
+        cpu = common.tree_cpu()
+        if cpu["children"] + cpu["unreaped"] > total + 0.005:
+            total, last_change = cpu["children"] + cpu["unreaped"], time.perf_counter()
+    cpu["settle_seconds"] = time.perf_counter() - t0
+    return cpu
 
 
 # ---------------------------------------------------------------------- orchestrator
 def run(ctx) -> dict:
-    n = 200 if ctx.quick else 1000
-    repeats = 1  # the chunksize=1 run alone takes ~30-60 s here
+    n = sizes(ctx.quick)
+    repeats = ctx.repeats(3, 3)  # one oarfutures repeat takes ~3 min today (fresh interpreter per call)
     runs = []
     for r in range(repeats):
-        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-            folder = common.scratch(f"{NAME}-{side}")
-            print(f"  {NAME}: {side} N={n} (load {common.load():.1f})", flush=True)
-            res = common.run_child(NAME, {"side": side, "n": n, "python": ctx.python}, folder=folder, timeout=600)
-            res["repeat"] = r
-            runs.append(res)
-            ctx.cleanup(folder)
-    return {"name": NAME, "calls": n, "floor_seconds": n * 0.01 / 2, "runs": runs, "rows": rows(runs, n)}
+        for i, scenario in enumerate(SCENARIOS):
+            for side in SIDES if (r + i) % 2 == 0 else SIDES[::-1]:
+                folder = common.scratch(f"{NAME}-{scenario}-{side}")
+                print(f"  {NAME} {r + 1}/{repeats}: {scenario} {side} N={n[scenario]} (load {common.load():.1f})",
+                      flush=True)
+                res = common.run_child(
+                    NAME,
+                    {"scenario": scenario, "side": side, "n": n[scenario], "python": ctx.python},
+                    folder=folder,
+                    timeout=900,
+                    python=ctx.python,
+                )
+                res.setdefault("scenario", scenario)
+                res["repeat"] = r
+                if "error" in res:
+                    print(f"    error: {res['error']}\n{res.get('stderr', '')}", flush=True)
+                else:
+                    print(f"    wall {res['wall_seconds']:.2f} s, CPU {res['cpu_seconds']:.2f} s"
+                          f"{'' if res.get('ok') else ', WRONG RESULTS'}", flush=True)
+                runs.append(res)
+                ctx.cleanup(folder)
+    return {"name": NAME, "calls": n, "sleep_seconds": SLEEP, "max_workers": WORKERS, "repeats": repeats,
+            "runs": runs, "rows": rows(runs, n)}
 
 
-def rows(runs: list, n: int) -> list:
-    by = {side: [r for r in runs if r.get("side") == side and "error" not in r] for side in SIDES}
-    wall = {side: common.median([r["wall_seconds"] for r in by[side]]) for side in SIDES}
-    cpu = {side: common.median([r["cpu_seconds_children"] + r["cpu_seconds_self"] for r in by[side]]) for side in SIDES}
-    case = f"local_vs_pool N={n} x 10 ms"
-    load = common.load_range(*runs)
-    out = [
-        common.row(
-            case,
-            "wall, chunksize=1 [s]",
-            wall["local"],
-            "ProcessPoolExecutor",
-            wall["process_pool"],
-            unit="s",
-            runs=len(by["local"]),
-            load=load,
-            note=f"floor {n * 0.01 / 2:.1f} s",
-        ),
-        common.row(
-            case,
-            f"wall, chunksize={CHUNK} [s]",
-            wall["local_chunked"],
-            "ProcessPoolExecutor",
-            wall["process_pool"],
-            unit="s",
-            runs=len(by["local_chunked"]),
-            load=load,
-        ),
-        common.row(
-            case,
-            "CPU, chunksize=1 (all processes) [s]",
-            cpu["local"],
-            "ProcessPoolExecutor",
-            cpu["process_pool"],
-            unit="s",
-            runs=len(by["local"]),
-            load=load,
-        ),
-    ]
-    failed = [f"{r.get('side')}: {r.get('error') or 'wrong results'}" for r in runs if "error" in r or not r.get("ok")]
-    if failed:
-        out[0]["note"] += "; " + "; ".join(failed)
+def _s(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _pairwise(runs: list, scenario: str, key: str) -> str:
+    """min-max of the per-repeat ratios (each repeat's two sides ran back to back): how much load moved them."""
+    ratios = []
+    for r in sorted({x["repeat"] for x in runs}):
+        pair = {x["side"]: x for x in runs if x["repeat"] == r and x.get("scenario") == scenario and "error" not in x}
+        if len(pair) == 2 and pair["baseline"][key]:
+            ratios.append(pair["oarfutures"][key] / pair["baseline"][key])
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "n/a"
+
+
+def rows(runs: list, n: dict) -> list:
+    case = f"local_vs_pool {int(SLEEP * 1000)} ms calls, {WORKERS} workers"
+    out = []
+    for kind, key in (("wall", "wall_seconds"), ("CPU", "cpu_seconds")):
+        for scenario in SCENARIOS:
+            mine = [r for r in runs if r.get("scenario") == scenario]
+            good = {s: [r for r in mine if r.get("side") == s and "error" not in r] for s in SIDES}
+            value = {s: common.median([r[key] for r in good[s]]) for s in SIDES}
+            target = TARGETS[scenario] if kind == "wall" else CPU_TARGET
+            if kind == "wall":
+                last = {s: common.median([r["to_last_result_seconds"] for r in good[s]]) for s in SIDES}
+                note = (
+                    f"creation to shutdown; to last result {_s(last['oarfutures'])} vs "
+                    f"{_s(last['baseline'])} s; floor {n[scenario] * SLEEP / WORKERS:.2f} s"
+                )
+            else:
+                client = {s: common.median([r["cpu_seconds_self"] for r in good[s]]) for s in SIDES}
+                unreaped = {s: common.median([r["cpu_seconds_unreaped"] for r in good[s]]) for s in SIDES}
+                note = (
+                    f"client + all descendants; the client alone {_s(client['oarfutures'])} vs "
+                    f"{_s(client['baseline'])} s"
+                )
+                if any(v and v > 0.005 for v in unreaped.values()):
+                    note += (
+                        f"; in processes still unreaped after shutdown {_s(unreaped['oarfutures'])} vs "
+                        f"{_s(unreaped['baseline'])} s"
+                    )
+            note += f"; per-repeat ratios {_pairwise(mine, scenario, key)}"
+            failed = [
+                f"{r.get('side')}: {r.get('error') or 'wrong results'}" for r in mine if "error" in r or not r.get("ok")
+            ]
+            if failed:
+                note += "; FAILED " + "; ".join(failed)
+            row = common.row(
+                case,
+                f"{describe(scenario, n[scenario])}: {kind} [s]",
+                value["oarfutures"],
+                BASELINES[scenario],
+                value["baseline"],
+                unit="s",
+                runs=min(len(good["oarfutures"]), len(good["baseline"])),
+                load=common.load_range(*mine),
+                note=note,
+            )
+            row["target"] = target
+            out.append(row)
     return out
 
 
