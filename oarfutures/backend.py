@@ -92,6 +92,10 @@ class Backend(abc.ABC):
     #: command costs tens of milliseconds and loads the controller, a few milliseconds of waiting do not matter
     gather_seconds: float = 0.005
 
+    def gather_window(self) -> float:
+        """How long to gather ``submit`` calls after a submission (``gather_seconds``, unless there is no point)."""
+        return self.gather_seconds
+
     @abc.abstractmethod
     def submit(self, submission: BatchSubmission) -> List[str]:
         """Submit one array; return the job id of each task, in task order. Raise with the scheduler's message."""

@@ -293,17 +293,17 @@ class JobExecutor(cf.Executor):
     def _submission_ended(self, options: Dict[str, Any], window_over: bool = False) -> None:
         """What was gathered behind a submission goes out next, on the service thread; with nothing gathered, a
         window stays open for the next ``submit`` of a loop, and when it is over the executor may close."""
-        window_over = window_over or not self.backend.gather_seconds
-        gathering = self._gatherer.ended(options, window_over)
+        window = 0.0 if window_over else self.backend.gather_window()
+        gathering = self._gatherer.ended(options, window_over=not window)
         if gathering is not None:
             self._service.run(self._submit_gathered_then_next, gathering)
-        elif window_over:
+        elif not window:
             self._close_if_idle()
         else:
             _gather_at_exit(self)
-            window = threading.Timer(self.backend.gather_seconds, self._submission_ended, (options, True))
-            window.daemon = True  # at exit, _submit_gathered_at_exit submits what it would have
-            window.start()
+            timer = threading.Timer(window, self._submission_ended, (options, True))
+            timer.daemon = True  # at exit, _submit_gathered_at_exit submits what it would have
+            timer.start()
 
     def _submit_gathered_then_next(self, gathering: Gathering) -> None:
         try:

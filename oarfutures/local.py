@@ -130,9 +130,6 @@ class LocalBackend(Backend):
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
     query_interval = (0.2, 1.0)
     result_grace = 0.5  # the worker renames its result before it exits; this only covers our own scheduling
-    # a local submission costs a few file writes: a window would only delay calls that dask sends one by one as
-    # results come back (submits from several threads are still gathered while one is in flight)
-    gather_seconds = 0.0
 
     #: the generic parameters are accepted (a script runs unchanged here) and have no effect on this machine
     CHECKERS: Dict[str, params.Checker] = {
@@ -177,6 +174,11 @@ class LocalBackend(Backend):
 
     def query_group(self) -> object:
         return self  # job ids are only meaningful to this backend
+
+    def gather_window(self) -> float:
+        """A window only while calls wait for a free slot: a call gathered then starts no later than it would
+        have, while dask, which sends a call each time one ends (a slot is free), sees no delay."""
+        return self.gather_seconds if self._queue or self._busy >= self.max_workers else 0.0
 
     def submit(self, submission: BatchSubmission) -> List[str]:
         job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]

@@ -16,7 +16,6 @@ import pytest
 import tasks
 from conftest import require_command, wait_for
 from oarfutures import LocalPoolExecutor, SlurmPoolExecutor, records
-from oarfutures.backend import Backend
 from oarfutures.local import LocalBackend
 from test_exactly_once import assert_ran_once_or_never
 
@@ -27,8 +26,6 @@ def batches(folder):
 
 @pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def test_a_loop_of_submits_goes_out_as_a_few_arrays(cluster, folder, monkeypatch):
-    # the local backend opens no window by default (a local submission is cheap): give it Slurm's
-    monkeypatch.setattr(LocalBackend, "gather_seconds", Backend.gather_seconds)
     if cluster == "slurm":
         require_command("sbatch")
         executor = SlurmPoolExecutor(folder=folder, walltime="0:10:00")
