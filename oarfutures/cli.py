@@ -648,18 +648,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise CliError(f"task {args.task} was never submitted: it has no logs")
     shown = 0
     out = sys.stdout.buffer
-    for job_id in job_ids:
-        for log in backends.log_paths(record.backend, job_id):
-            try:
-                with open(log, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            out.write(f"==> {log} <==\n".encode())
-            out.write(data)
-            if data and not data.endswith(b"\n"):
-                out.write(b"\n")
-            shown += 1
+    # a task another job of its array ran (stolen) has logs of its own, written by that job
+    stolen = [p for p in layout.stolen_log_paths(folder, layout.task_id(batch, index)) if os.path.exists(p)]
+    for log in [p for job_id in job_ids for p in backends.log_paths(record.backend, job_id)] + stolen:
+        try:
+            with open(log, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        out.write(f"==> {log} <==\n".encode())
+        out.write(data)
+        if data and not data.endswith(b"\n"):
+            out.write(b"\n")
+        shown += 1
     out.flush()
     if not shown:
         raise CliError(f"no log files for task {args.task} (job {', '.join(job_ids)}): it has not started, or they were removed")
