@@ -392,13 +392,25 @@ def estimate_runtime(backends: Backends, row: TaskRow, now: float) -> Optional[f
     return None if end is None else max(0.0, end - start)
 
 
+def stolen_tasks(folder: str) -> Dict[str, str]:
+    """task id -> the job that stole it (another task of its array runs it), from the markers in results/."""
+    try:
+        names = os.listdir(os.path.join(folder, layout.RESULTS))
+    except OSError:
+        return {}
+    return dict(found for found in map(layout.parse_stolen_marker, names) if found)
+
+
 def task_rows(folder: str, backends: Backends, batches: Sequence[records.BatchRecord]) -> List[TaskRow]:
-    """The state of every task of these (unfinished) batches: result files first, then one query per backend."""
+    """The state of every task of these (unfinished) batches: result files first, then one query per backend.
+    A stolen task's state is its stealer's (its own job has nothing to run)."""
     results = result_files(folder)
+    stolen = stolen_tasks(folder)
     rows: List[TaskRow] = []
     for record in batches:
         for index in range(len(record.calls)):
-            row = TaskRow(record, index, record.job_ids.get(index))
+            task = layout.task_id(record.batch, index)
+            row = TaskRow(record, index, stolen.get(task) or record.job_ids.get(index))
             row.result = results.get(row.task_id)
             if row.result is not None:
                 classify_result(row)
