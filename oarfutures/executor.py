@@ -927,6 +927,7 @@ class JobExecutor(cf.Executor):
         cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs."""
         if not stolen:
             return
+        changed = False
         with self._lock:
             for task_id, job_id in stolen:
                 task = self._tasks.get(task_id)
@@ -940,7 +941,9 @@ class JobExecutor(cf.Executor):
                     self._leftovers.setdefault(task.batch, []).append(task.own_job_id)
                 for future in task.futures:
                     future.job_ids.append(job_id)
-        get_poller().query_soon(self)
+                changed = True
+        if changed:  # (markers stay until delivery: only news asks for a query sooner)
+            get_poller().query_soon(self)
 
     def _forget_stolen_marker(self, task: Task) -> None:
         if task.own_job_id and task.job_id:
