@@ -201,3 +201,18 @@ def test_steal_seconds_zero_disables_stealing(cluster, folder):
         futures = array_of(executor, lambda ex: [ex.submit(tasks.square, i) for i in range(3)])
         assert [f.result(timeout=TIMEOUT[cluster]) for f in futures] == [0, 1, 4]
     assert not stolen(futures) and len({f.job_id for f in futures}) == 3
+
+
+@pytest.mark.slurm
+def test_the_slurm_walltime_comes_from_the_parameter_else_the_partition(folder):
+    require_command("sbatch")
+    from oarfutures.slurm import PARAMETERS, SlurmBackend
+
+    backend = SlurmBackend(folder, {})
+    out = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, check=True).stdout
+    default = next(line for line in out.splitlines() if "Default=YES" in line)
+    expected = "unlimited" if "DefaultTime=NONE" in default and "MaxTime=UNLIMITED" in default else None
+    if expected:  # this cluster's partitions have no limit; elsewhere the figure is seconds
+        assert backend.walltime_of({**PARAMETERS}) == expected
+    assert backend.walltime_of({**PARAMETERS, "walltime": 61}) == "120"
+    assert backend.walltime_of({**PARAMETERS, "partition": "nosuchpartition"}) == ""  # unknown: no stealing
