@@ -103,7 +103,7 @@ class Task:
     last_status: Optional[JobStatus] = None
     running: bool = False
     vanished: bool = False  # the scheduler stopped reporting the job (purged, or never seen)
-    own_job_id: Optional[str] = None  # set when another job of its array stole it: the job it was submitted as
+    own_job_id: Optional[str] = None  # set when another job of its array stole it: the job it was submitted as ("": none)
 
     @property
     def task_id(self) -> str:
@@ -892,8 +892,8 @@ class JobExecutor(cf.Executor):
         except batchfiles.CorruptResultError as exc:
             self._settle_failure(task, exc)
             return
-        if stolen_by:
-            self._note_stolen([(task.task_id, stolen_by)])
+        if stolen_by:  # (usually known from its marker already)
+            self._note_stolen([(task.task_id, stolen_by)], delivering=task)
         if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
             outcomes = outcomes * len(task.futures)
         for position, future in enumerate(task.futures):
@@ -921,19 +921,22 @@ class JobExecutor(cf.Executor):
         self._retire(task)
 
     # ------------------------------------------------------------------ stolen tasks (see worker.steal)
-    def _note_stolen(self, stolen: List[Tuple[str, str]]) -> None:
+    def _note_stolen(self, stolen: List[Tuple[str, str]], delivering: Optional[Task] = None) -> None:
         """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
         running, or over without a result, which fails the task naming that job); the own job is left over and
-        cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs."""
+        cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
+        whose result names its stealer, being delivered (so settling, and perhaps attached without a job)."""
         if not stolen:
             return
         changed = False
         with self._lock:
             for task_id, job_id in stolen:
                 task = self._tasks.get(task_id)
-                if task is None or task.settling or task.phase is not Phase.SUBMITTED or task.own_job_id or task.job_id == job_id:
+                if task is None or task.own_job_id is not None or task.job_id == job_id:
+                    continue
+                if task is not delivering and (task.settling or task.phase is not Phase.SUBMITTED):
                     continue  # a task still being submitted is seen again on the next scan
-                task.own_job_id, task.job_id = task.job_id, job_id
+                task.own_job_id, task.job_id = task.job_id or "", job_id  # "": it had no job (attached, submitting)
                 task.last_status, task.vanished, task.ended_since = None, False, None
                 task.submitted_at = time.monotonic()
                 self._ended.discard(task)
@@ -946,7 +949,7 @@ class JobExecutor(cf.Executor):
             get_poller().query_soon(self)
 
     def _forget_stolen_marker(self, task: Task) -> None:
-        if task.own_job_id and task.job_id:
+        if task.own_job_id is not None and task.job_id:
             _remove(layout.stolen_marker_path(self.folder, task.batch, task.index, task.job_id))
 
     def _cancel_leftovers(self, batch: str) -> None:
