@@ -6,7 +6,10 @@ Three contenders, each in its own child process, all with the same interpreter (
 * **floor**: ``sbatch --parsable --array=0-(N-1) --wrap '<python> -c pass'`` (default ``slurm-%A_%a.out`` logs), then
   ``squeue -h -r -t all -j ARRAY -o %T`` every 0.25 s until no task is pending or running: what Slurm itself needs
   to start N interpreters. Its own polling is counted too, but it is a measuring device, not a design.
-* **oarfutures**: ``list(SlurmPoolExecutor(python=<python>).map(noop, range(N)))``.
+* **oarfutures**: ``list(SlurmPoolExecutor(python=<python>).map(noop, range(N)))`` (stealing on, the default);
+  **nosteal**: the same with ``steal_seconds=0``; **oarfutures-1s** / **nosteal-1s**: the same two with calls
+  that sleep 1 s (stealing must not serialise what Slurm would run in parallel). Choose contenders with
+  ``OARF_BENCH_SLURM_SIDES=floor,oarfutures,...`` (default: all).
 * **submitit**: ``[j.result() for j in SlurmExecutor(folder, python=<python>).map_array(noop, range(N))]``
   (its defaults: ``srun`` inside the batch script, ``--time=5``, ``%256`` array throttle, above our 16 slots).
   Note: submitit's ``map_array`` builds a fresh executor without ``python=`` (slurm.py, ``array_ex =
@@ -29,12 +32,14 @@ import time
 from benchmarks import common
 
 NAME = "slurm_array"
-SIDES = ("floor", "oarfutures", "submitit")
+SIDES = ("floor", "oarfutures", "nosteal", "oarfutures-1s", "nosteal-1s", "submitit")
 POLL = 0.25  # floor: seconds between squeue calls
 ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "SUSPENDED"}
 
 
-def noop(x):
+def noop(x, seconds=0.0):
+    if seconds:
+        time.sleep(seconds)
     return x
 
 
@@ -68,14 +73,16 @@ def measure(args: dict) -> dict:
         out["wall_seconds"] = time.perf_counter() - t0
         out["final_states"] = states
         out["ok"] = states.get("COMPLETED") == n
-    elif side == "oarfutures":
+    elif side.startswith(("oarfutures", "nosteal")):
         import oarfutures
         from oarfutures.poller import get_poller
 
         out["oarfutures_file"] = oarfutures.__file__
-        ex = oarfutures.SlurmPoolExecutor(folder=os.path.abspath("jobs"), python=python, name=name)
+        steal = {"steal_seconds": 0} if side.startswith("nosteal") else {}
+        seconds = 1.0 if side.endswith("-1s") else 0.0
+        ex = oarfutures.SlurmPoolExecutor(folder=os.path.abspath("jobs"), python=python, name=name, **steal)
         t0 = time.perf_counter()
-        results = ex.map(noop, range(n), timeout=limit)
+        results = ex.map(noop, range(n), [seconds] * n, timeout=limit)
         out["submit_seconds"] = time.perf_counter() - t0
         values = list(results)
         out["wall_seconds"] = time.perf_counter() - t0
@@ -104,8 +111,9 @@ def run(ctx) -> dict:
     n = 100 if ctx.quick else 1000
     repeats = ctx.repeats(quick=1, full=1)
     runs = []
+    sides = tuple(x for x in os.environ.get("OARF_BENCH_SLURM_SIDES", ",".join(SIDES)).split(",") if x in SIDES)
     for r in range(repeats):
-        order = SIDES[r % 3 :] + SIDES[: r % 3]  # rotate, so no contender always runs on the busiest minute
+        order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate, so no contender always runs on the busiest minute
         for side in order:
             folder = common.scratch(f"{NAME}-{side}")
             name = f"bench-{side[:5]}-{os.getpid()}-{r}"
@@ -172,6 +180,18 @@ def rows(runs: list, n: int) -> list:
             note=f"floor polled {polls['floor']} times (every {POLL} s, measuring device)",
         ),
     ]
+    if by["nosteal"] and by["oarfutures"]:
+        out.insert(
+            1,
+            common.row(case, "submit -> all done, stealing vs steal_seconds=0 [s]", wall["oarfutures"], "steal_seconds=0",
+                       wall["nosteal"], unit="s", runs=len(by["oarfutures"]), load=common.load_range(*every("nosteal"))),
+        )
+    if by["nosteal-1s"] and by["oarfutures-1s"]:
+        out.insert(
+            2,
+            common.row(case, "1 s calls: submit -> all done [s]", wall["oarfutures-1s"], "steal_seconds=0", wall["nosteal-1s"],
+                       unit="s", runs=len(by["oarfutures-1s"]), load=common.load_range(*by["oarfutures-1s"], *by["nosteal-1s"])),
+        )
     queues = "; ".join(f"{r['side']}: {r.get('slurm_queue')}" for r in runs)
     configs = sorted({common.slurm_brief(r.get("slurm_config") or {}) for r in runs})
     out[0]["note"] = (

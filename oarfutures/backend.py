@@ -6,6 +6,7 @@ mapped onto the few states the core acts on. Adding a scheduler means one new mo
 from __future__ import annotations
 
 import abc
+import os
 import enum
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -46,6 +47,23 @@ class BatchSubmission:
     options: Dict[str, object]  # per-call parameter overrides (validated by the adapter)
     checkpointable: bool = False  # ask the scheduler for a checkpoint signal and to run the task again
 
+    def steal_variables(
+        self, steal_seconds: float, walltime: str, world_size: int, first: Optional[int] = None, count: Optional[int] = None
+    ) -> str:
+        """The ``export`` line that lets the array's jobs steal its pending tasks (see ``worker.steal``), or "".
+
+        Never for a checkpointable batch or a multi-task job; ``walltime`` is the job's effective walltime in
+        seconds, "unlimited", or a shell expression giving it; empty when unknown (the worker then steals nothing).
+        """
+        first = self.first if first is None else first  # one array of a batch Slurm's MaxArraySize split
+        count = self.count if count is None else count
+        if not steal_seconds or self.checkpointable or world_size > 1 or count < 2:
+            return ""
+        return (
+            f"export OARFUTURES_STEAL_SECONDS={steal_seconds:g} OARFUTURES_WALLTIME={walltime} "
+            f"OARFUTURES_ARRAY_FIRST={first} OARFUTURES_ARRAY_COUNT={count} OARFUTURES_JOB_START=$EPOCHSECONDS"
+        )
+
     def worker_command(self, index_expression: str) -> str:
         """Shell command running the worker; ``index_expression`` is shell arithmetic giving the task index.
 
@@ -58,13 +76,26 @@ class BatchSubmission:
 
         from oarfutures.worker import CHECKPOINT_SIGNAL
 
+        from oarfutures import layout
+
+        claims = shlex.quote(os.path.dirname(layout.claim_path(self.folder, self.batch, 0)))
+        resume = shlex.quote(layout.resume_path(self.folder, self.batch, 0)[: -len("0.resume.pkl")])
+        # A task whose claim is already taken (another task of the array stole it, or its future was cancelled)
+        # exits here, before any Python starts; a checkpointed task (its resume file exists) runs again. The
+        # worker checks the claim again, atomically: this test only saves starting an interpreter.
+        skip = (
+            f'OARFUTURES_INDEX=$(( {index_expression} ))\n'
+            f'if [ -e {claims}/"$OARFUTURES_INDEX" ] && [ ! -e {resume}"$OARFUTURES_INDEX".resume.pkl ]; then\n'
+            f'  echo "oarfutures: task {self.batch}_$OARFUTURES_INDEX not run: claimed before'
+            f' ($(cat {claims}/"$OARFUTURES_INDEX" 2>/dev/null))" >&2; exit 0\nfi\n'
+        )
         command = (
             f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "
-            f"{shlex.quote(self.folder)} {shlex.quote(self.batch)} $(( {index_expression} ))"
+            f'{shlex.quote(self.folder)} {shlex.quote(self.batch)} "$OARFUTURES_INDEX"'
         )
         if self.checkpointable:
-            return f"trap '' {CHECKPOINT_SIGNAL.name[3:]}; {command}"
-        return command
+            return f"{skip}trap '' {CHECKPOINT_SIGNAL.name[3:]}; {command}"
+        return skip + command
 
 
 class Backend(abc.ABC):

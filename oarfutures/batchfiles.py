@@ -128,11 +128,17 @@ def read_result(path: str, delivered: str = "") -> Tuple[list, int]:
     ``delivered`` is where the file is looked for when it is gone from ``path``: another client of the same
     folder may have delivered it first.
     """
+    outcomes, resubmissions, _ = read_result_and_runner(path, delivered)
+    return outcomes, resubmissions
+
+
+def read_result_and_runner(path: str, delivered: str = "") -> Tuple[list, int, "str | None"]:
+    """``read_result``, and the job that ran the task when it was not the task's own (a stealer), else None."""
     for candidate in (path, delivered):
         try:
             with open(candidate, "rb") as f:
                 result = pickle.load(f)
-            return list(result["outcomes"]), int(result["resubmissions"])
+            return list(result["outcomes"]), int(result["resubmissions"]), result.get("stolen_by")
         except FileNotFoundError as exc:
             missing = exc
             continue

@@ -392,13 +392,25 @@ def estimate_runtime(backends: Backends, row: TaskRow, now: float) -> Optional[f
     return None if end is None else max(0.0, end - start)
 
 
+def stolen_tasks(folder: str) -> Dict[str, str]:
+    """task id -> the job that stole it (another task of its array runs it), from the markers in results/."""
+    try:
+        names = os.listdir(os.path.join(folder, layout.RESULTS))
+    except OSError:
+        return {}
+    return dict(found for found in map(layout.parse_stolen_marker, names) if found)
+
+
 def task_rows(folder: str, backends: Backends, batches: Sequence[records.BatchRecord]) -> List[TaskRow]:
-    """The state of every task of these (unfinished) batches: result files first, then one query per backend."""
+    """The state of every task of these (unfinished) batches: result files first, then one query per backend.
+    A stolen task's state is its stealer's (its own job has nothing to run)."""
     results = result_files(folder)
+    stolen = stolen_tasks(folder)
     rows: List[TaskRow] = []
     for record in batches:
         for index in range(len(record.calls)):
-            row = TaskRow(record, index, record.job_ids.get(index))
+            task = layout.task_id(record.batch, index)
+            row = TaskRow(record, index, stolen.get(task) or record.job_ids.get(index))
             row.result = results.get(row.task_id)
             if row.result is not None:
                 classify_result(row)
@@ -648,18 +660,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise CliError(f"task {args.task} was never submitted: it has no logs")
     shown = 0
     out = sys.stdout.buffer
-    for job_id in job_ids:
-        for log in backends.log_paths(record.backend, job_id):
-            try:
-                with open(log, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            out.write(f"==> {log} <==\n".encode())
-            out.write(data)
-            if data and not data.endswith(b"\n"):
-                out.write(b"\n")
-            shown += 1
+    # a task another job of its array ran (stolen) has logs of its own, written by that job
+    stolen = [p for p in layout.stolen_log_paths(folder, layout.task_id(batch, index)) if os.path.exists(p)]
+    for log in [p for job_id in job_ids for p in backends.log_paths(record.backend, job_id)] + stolen:
+        try:
+            with open(log, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        out.write(f"==> {log} <==\n".encode())
+        out.write(data)
+        if data and not data.endswith(b"\n"):
+            out.write(b"\n")
+        shown += 1
     out.flush()
     if not shown:
         raise CliError(f"no log files for task {args.task} (job {', '.join(job_ids)}): it has not started, or they were removed")

@@ -104,6 +104,7 @@ class Task:
     last_status: Optional[JobStatus] = None
     running: bool = False
     vanished: bool = False  # the scheduler stopped reporting the job (purged, or never seen)
+    own_job_id: Optional[str] = None  # set when another job of its array stole it: the job it was submitted as ("": none)
 
     @property
     def task_id(self) -> str:
@@ -238,6 +239,7 @@ class JobExecutor(cf.Executor):
         self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
         self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._failed_ids: Dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
+        self._leftovers: Dict[str, List[str]] = {}  # per batch, the own jobs of stolen tasks: cancelled at its end
         self._watched = False
         self._broken = False  # its folder is gone: every future failed
         self._finished_batches: List[Tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
@@ -453,12 +455,14 @@ class JobExecutor(cf.Executor):
 
     def logs(self, future: JobFuture) -> str:
         """stdout and stderr of every job that ran this future's task, in order (resubmissions included)."""
+        # a task another job of its array ran (stolen) has logs of its own: that job's are another call's output
+        stolen = [p for p in layout.stolen_log_paths(self.folder, future.task_id) if os.path.exists(p)] if future.task_id else []
+        job_ids = future.job_ids[:-1] if stolen else future.job_ids
         parts = []
-        for job_id in dict.fromkeys(future.job_ids):
-            for path in self.backend.log_paths(job_id):
-                if os.path.exists(path):
-                    with open(path, errors="replace") as f:
-                        parts.append(f"==> {path} <==\n{f.read()}")
+        for path in [p for job_id in dict.fromkeys(job_ids) for p in self.backend.log_paths(job_id)] + stolen:
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    parts.append(f"==> {path} <==\n{f.read()}")
         return "\n".join(parts)
 
     def status(self) -> Dict[str, int]:
@@ -805,7 +809,9 @@ class JobExecutor(cf.Executor):
         fail the tasks whose job has been over for their grace period without a result."""
         results_dir = os.path.join(self.folder, layout.RESULTS)
         with os.scandir(results_dir) as entries:
-            names = [e.name[: -len(layout.RESULT_SUFFIX)] for e in entries if e.name.endswith(layout.RESULT_SUFFIX)]
+            listed = [e.name for e in entries]
+        names = [n[: -len(layout.RESULT_SUFFIX)] for n in listed if n.endswith(layout.RESULT_SUFFIX)]
+        self._note_stolen([m for m in map(layout.parse_stolen_marker, listed) if m])
         found, late = [], []
         with self._lock:
             for name in names:
@@ -951,10 +957,12 @@ class JobExecutor(cf.Executor):
         path = layout.result_path(self.folder, task.batch, task.index)
         delivered = layout.delivered_path(self.folder, task.batch, task.index)
         try:
-            outcomes, resubmissions = batchfiles.read_result(path, delivered)
+            outcomes, resubmissions, stolen_by = batchfiles.read_result_and_runner(path, delivered)
         except batchfiles.CorruptResultError as exc:
             self._settle_failure(task, exc)
             return
+        if stolen_by:  # (usually known from its marker already)
+            self._note_stolen([(task.task_id, stolen_by)], delivering=task)
         if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
             outcomes = outcomes * len(task.futures)
         for position, future in enumerate(task.futures):
@@ -972,12 +980,58 @@ class JobExecutor(cf.Executor):
         # kept until the whole batch is delivered, so that a client re-attaching after a crash gets every result
         with contextlib.suppress(OSError):
             os.replace(path, delivered)
+        self._forget_stolen_marker(task)
         self._retire(task)
 
     def _settle_failure(self, task: Task, error: BaseException) -> None:
         for future in task.futures:
             _guarded(set_exception, future, error)
+        self._forget_stolen_marker(task)
         self._retire(task)
+
+    # ------------------------------------------------------------------ stolen tasks (see worker.steal)
+    def _note_stolen(self, stolen: List[Tuple[str, str]], delivering: Optional[Task] = None) -> None:
+        """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
+        running, or over without a result, which fails the task naming that job); the own job is left over and
+        cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
+        whose result names its stealer, being delivered (so settling, and perhaps attached without a job)."""
+        if not stolen:
+            return
+        changed = False
+        with self._lock:
+            for task_id, job_id in stolen:
+                task = self._tasks.get(task_id)
+                if task is None or task.own_job_id is not None or task.job_id == job_id:
+                    continue
+                if task is not delivering and (task.settling or task.phase is not Phase.SUBMITTED):
+                    continue  # a task still being submitted is seen again on the next scan
+                task.own_job_id, task.job_id = task.job_id or "", job_id  # "": it had no job (attached, submitting)
+                task.last_status, task.vanished, task.ended_since = None, False, None
+                task.submitted_at = time.monotonic()
+                self._ended.discard(task)
+                if task.own_job_id:
+                    self._leftovers.setdefault(task.batch, []).append(task.own_job_id)
+                for future in task.futures:
+                    future.job_ids.append(job_id)
+                changed = True
+        if changed:  # (markers stay until delivery: only news asks for a query sooner)
+            get_poller().query_soon(self)
+
+    def _forget_stolen_marker(self, task: Task) -> None:
+        if task.own_job_id is not None and task.job_id:
+            _remove(layout.stolen_marker_path(self.folder, task.batch, task.index, task.job_id))
+
+    def _cancel_leftovers(self, batch: str) -> None:
+        """Every task of the batch is settled: its stolen tasks' own jobs have nothing to run, one cancel for all
+        (Slurm: ranges of one array). Those that started already exited at once (their claim was taken)."""
+        with self._lock:
+            leftovers = self._leftovers.pop(batch, [])
+        if leftovers:
+            try:
+                self.backend.cancel(leftovers)
+                logger.info("cancelled %d leftover job(s) of batch %s (their tasks were stolen)", len(leftovers), batch)
+            except Exception as exc:  # they exit at once if they start: their claims are taken
+                logger.warning("oarfutures: cancelling the leftover jobs of batch %s failed: %s", batch, exc)
 
     # ------------------------------------------------------------------ bookkeeping
     def _retire(self, task: Task, how: str = "done") -> None:
@@ -1025,6 +1079,7 @@ class JobExecutor(cf.Executor):
                 self._finish_batch(record, how)
 
     def _finish_batch(self, record: records.BatchRecord, how: str) -> None:
+        self._cancel_leftovers(record.batch)
         # kept files keep a delivered batch attachable (the command line's `results` relies on it)
         if how == "uncertain":
             return

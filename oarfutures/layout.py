@@ -13,10 +13,13 @@ worker can find its input before anyone knows which job id it got::
       claims/<batch>/<i>         who runs task i: created once, atomically, by its worker or by a cancel()
       claims/<batch>/<i>.<k>     the same for call k of a task of several calls (chunksize > 1)
       results/<batch>_<i>.pkl    written by the worker to a temp name, then renamed: appears complete or not at all
+      results/<batch>_<i>.stolen.<job>   empty marker: job <job> (another task of the array) claimed task i and
+                                 runs it; the client then follows that job for it (see worker.steal)
       results/delivered/         results a client has read, kept until the whole batch is delivered (re-attach)
       jobs/<batch>.json          what was submitted: task count, scheduler job ids (to re-attach after a crash)
       jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
       logs/                      stdout/stderr of every job, kept after results are collected
+      logs/<batch>_<i>.stolen.out|err   the output of task i when another job of its array ran it (stolen)
 
 This module imports nothing heavy: the worker starts once per task.
 """
@@ -62,6 +65,26 @@ def record_path(folder: str, batch: str) -> str:
 
 def script_path(folder: str, batch: str) -> str:
     return os.path.join(folder, JOBS, batch + ".sh")
+
+
+#: what separates a task id from the stealing job's id in the name of a steal marker in results/
+STOLEN = ".stolen."
+
+
+def stolen_marker_path(folder: str, batch: str, index: int, job_id: str) -> str:
+    return os.path.join(folder, RESULTS, task_id(batch, index) + STOLEN + job_id)
+
+
+def parse_stolen_marker(name: str) -> "tuple[str, str] | None":
+    """(task id, job id) from a steal marker's file name, None for any other name."""
+    task, sep, job = name.partition(STOLEN)
+    return (task, job) if sep and job and "." not in job else None
+
+
+def stolen_log_paths(folder: str, task: str) -> "list[str]":
+    """Where a stolen task's stdout and stderr go (its own job's logs are another job's files)."""
+    base = os.path.join(folder, LOGS, task + ".stolen")
+    return [base + ".out", base + ".err"]
 
 
 def lock_path(folder: str) -> str:

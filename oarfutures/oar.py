@@ -48,6 +48,7 @@ PARAMETERS: Dict[str, Any] = {
     "cpus_per_task": None,
     "mem_gb": None,
     "memory_property": "memnode",
+    "steal_seconds": 60,
 }
 CHECKERS: Dict[str, params.Checker] = {
     "queue": params.token,
@@ -67,6 +68,7 @@ CHECKERS: Dict[str, params.Checker] = {
     "cpus_per_task": params.positive_int,
     "mem_gb": params.positive_number,
     "memory_property": params.token,
+    "steal_seconds": params.non_negative_number,
 }
 
 #: oarsub options oarfutures passes itself (or that would break its use of oarsub), with what to use instead
@@ -190,9 +192,14 @@ class OarBackend(Backend):
         lines.append(f"#OAR --array {submission.count}")
         if submission.checkpointable:
             lines.append(EARLY_SIGNAL_TRAP)
+        world_size = p["nodes"] * p["tasks_per_node"]
+        # the walltime OAR gave the job: the parameter, or what the admission rules set (the queue's default)
+        walltime = f"${{OAR_JOB_WALLTIME_SECONDS:-{p['walltime'] or ''}}}"
+        steal = p["steal_seconds"] and submission.steal_variables(p["steal_seconds"], walltime, world_size)
+        if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
+            lines.append(steal)
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
-        world_size = p["nodes"] * p["tasks_per_node"]
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
             lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=oar")
         if submission.checkpointable:
@@ -324,7 +331,9 @@ class OarPoolExecutor(JobExecutor):
     idempotent...); ``additional_parameters`` -> any other option (``{"t": "besteffort"}`` -> ``#OAR -t
     besteffort``), except those oarfutures passes itself (``-O``, ``-l``, ``-d``...: the error names the parameter to
     use); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
-    cap of their own, so tasks are submitted in waves as earlier ones finish.
+    cap of their own, so tasks are submitted in waves as earlier ones finish. ``steal_seconds``: for how long
+    after its own call a job may run pending calls of its array in the same interpreter (0: never; see the
+    README's "Stealing").
     """
 
     def __init__(
@@ -345,6 +354,7 @@ class OarPoolExecutor(JobExecutor):
         setup: Sequence[str] = (),
         additional_parameters: Optional[Mapping[str, Any]] = None,
         checkpoint_seconds: int = 90,
+        steal_seconds: float = 60,
         python: Optional[str] = None,
         keep_files: bool = False,
         result_grace: Optional[float] = None,
@@ -366,6 +376,7 @@ class OarPoolExecutor(JobExecutor):
             setup=setup,
             additional_parameters=additional_parameters,
             checkpoint_seconds=checkpoint_seconds,
+            steal_seconds=steal_seconds,
         )
         folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), OarBackend.name)
         backend = OarBackend(folder, parameters)

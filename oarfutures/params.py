@@ -84,6 +84,15 @@ def positive_number(name: str, value: Any) -> Optional[float]:
     return None if value is None else _number(name, value, "a positive number")
 
 
+def non_negative_number(name: str, value: Any) -> float:
+    """A finite number >= 0 (0 switches the feature off), e.g. ``steal_seconds``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds >= 0, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return value
+
+
 def optional_line(name: str, value: Any) -> Optional[str]:
     return None if value is None else line(name, value)
 

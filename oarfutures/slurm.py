@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import logging
 import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -16,6 +17,8 @@ from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
 from oarfutures.worker import EARLY_SIGNAL_TRAP
+
+logger = logging.getLogger("oarfutures")
 
 STATES = {
     "PENDING": JobState.PENDING,
@@ -60,6 +63,7 @@ PARAMETERS: Dict[str, Any] = {
     "setup": (),
     "additional_parameters": None,
     "checkpoint_seconds": 90,
+    "steal_seconds": 60,
 }
 CHECKERS: Dict[str, params.Checker] = {
     "partition": params.token,
@@ -76,6 +80,7 @@ CHECKERS: Dict[str, params.Checker] = {
     "setup": params.setup_lines,
     "additional_parameters": lambda name, value: extra_options(name, value),
     "checkpoint_seconds": params.positive_int,
+    "steal_seconds": params.non_negative_number,
 }
 
 #: sbatch options oarfutures writes itself (or that would break its use of sbatch), with what to use instead
@@ -151,6 +156,7 @@ class SlurmBackend(Backend):
         self.parameters = {**PARAMETERS, **validate(parameters)}
         self._max_array_size = max_array_size
         self._accounting: Optional[bool] = None
+        self._walltimes: Dict[Optional[str], str] = {}  # partition -> its jobs' default walltime (see walltime_of)
         self.environment = commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES)
 
     # ------------------------------------------------------------------ configuration read once from Slurm
@@ -161,6 +167,40 @@ class SlurmBackend(Backend):
             self._max_array_size = int(found.group(1)) if found else 1001
         storage = re.search(r"^AccountingStorageType\s*=\s*(\S+)", text, re.M)
         self._accounting = bool(storage and storage.group(1) != "accounting_storage/none")
+
+    def walltime_of(self, p: Mapping[str, Any]) -> str:
+        """The effective walltime of the jobs, for stealing: seconds, "unlimited", or "" when unknown.
+
+        ``walltime`` as Slurm applies it (whole minutes), else the partition's DefaultTime, else its MaxTime
+        (``scontrol show partition``, asked once per partition; the default partition when none is given). A QOS
+        or association limit below it is not seen: stealing then keeps to the partition's figure.
+        """
+        if p["walltime"]:
+            return str(-(-p["walltime"] // 60) * 60)
+        partition = p["partition"]
+        if partition not in self._walltimes:
+            self._walltimes[partition] = self._partition_walltime(partition)
+        return self._walltimes[partition]
+
+    def _partition_walltime(self, partition: Optional[str]) -> str:
+        try:
+            text = commands.run(["scontrol", "show", "partition", "-o", *([partition] if partition else [])], env=self.environment)
+        except Exception as exc:  # noqa: BLE001 - stealing is an optimisation: without the figure, none
+            logger.warning("oarfutures: the walltime of partition %s is unknown (%s): no stealing", partition or "(default)", exc)
+            return ""
+        for line in text.splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            if partition is None and fields.get("Default") != "YES":
+                continue
+            for key in ("DefaultTime", "MaxTime"):
+                value = fields.get(key, "NONE")
+                if value == "UNLIMITED":
+                    return "unlimited"
+                if value != "NONE":
+                    seconds = _parse_slurm_time(value)
+                    return "" if seconds is None else str(seconds)
+            return "unlimited"
+        return ""
 
     @property
     def max_array_size(self) -> int:
@@ -202,9 +242,12 @@ class SlurmBackend(Backend):
         if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
             lines.append(EARLY_SIGNAL_TRAP)
+        world_size = p["nodes"] * p["tasks_per_node"]
+        steal = p["steal_seconds"] and submission.steal_variables(p["steal_seconds"], self.walltime_of(p), world_size, first, count)
+        if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
+            lines.append(steal)
         lines += list(p["setup"])
         lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
-        world_size = p["nodes"] * p["tasks_per_node"]
         if world_size > 1:  # the worker launches the ranks with srun and gathers their results
             lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=srun")
         if submission.checkpointable:
@@ -342,6 +385,19 @@ def _ranges(job_ids: Sequence[str]) -> List[str]:
     return plain
 
 
+def _parse_slurm_time(text: str) -> Optional[int]:
+    """Seconds of a Slurm time: "MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS"; None if unreadable."""
+    found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not found:
+        return None
+    days, a, b, c = (int(g) if g else None for g in found.groups())
+    if days is not None:  # D-HH[:MM[:SS]]
+        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:
+        return a * 3600 + b * 60 + c
+    return a * 60 + (b or 0)
+
+
 def _slurm_time(seconds: int) -> str:
     minutes = -(-seconds // 60)  # Slurm counts whole minutes
     return f"{minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00"
@@ -355,7 +411,8 @@ class SlurmPoolExecutor(JobExecutor):
     run before the worker (module load, conda activate); ``additional_parameters`` adds any other ``#SBATCH``
     option (``{"constraint": "v100"}``, ``{"exclusive": True}`` for a flag, one-letter keys as short options) but
     not those oarfutures writes itself (``output``, ``array``...: the error names the parameter to use).
-    ``max_workers`` caps running tasks (``--array=...%N``).
+    ``max_workers`` caps running tasks (``--array=...%N``). ``steal_seconds``: for how long after its own call a
+    task may run pending calls of its array in the same interpreter (0: never; see the README's "Stealing").
     """
 
     def __init__(
@@ -375,6 +432,7 @@ class SlurmPoolExecutor(JobExecutor):
         setup: Sequence[str] = (),
         additional_parameters: Optional[Mapping[str, Any]] = None,
         checkpoint_seconds: int = 90,
+        steal_seconds: float = 60,
         python: Optional[str] = None,
         max_array_size: Optional[int] = None,
         keep_files: bool = False,
@@ -396,6 +454,7 @@ class SlurmPoolExecutor(JobExecutor):
             setup=setup,
             additional_parameters=additional_parameters,
             checkpoint_seconds=checkpoint_seconds,
+            steal_seconds=steal_seconds,
         )
         folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), SlurmBackend.name)
         backend = SlurmBackend(folder, parameters, max_array_size)

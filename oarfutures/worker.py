@@ -109,9 +109,12 @@ class _Task:
         self.destination = layout.result_path(folder, batch, index)  # a rank of a multi-task job writes elsewhere
         self.started = time.monotonic()
         self.in_call = False
+        self.stolen_by = None  # the job id of the job that ran this task in place of its own (see steal)
         self.claims_calls = True  # the ranks of a multi-task job all run the call their launcher claimed
         self.signalled = False  # a checkpoint signal came while no call ran, and no call has acted on it yet
         self.durable = True  # fsync the result: the job's machine may crash before its page cache reaches the disk
+        self.checkpointable = False  # one of its functions has a checkpoint(): never stolen from, never steals
+        self.all_ok = False  # every call ran and returned (set by run): only then may the job steal more work
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -145,7 +148,8 @@ class _Task:
 
     def run(self, meta, functions, calls, done, resubmissions):
         """Run the calls; return the exit status (RESUBMIT when the task must come back)."""
-        if not any(callable(getattr(f, "checkpoint", None)) for f in functions):
+        self.checkpointable = any(callable(getattr(f, "checkpoint", None)) for f in functions)
+        if not self.checkpointable:
             self.stop_listening()
         outcomes = list(done)
         several = len(done) + len(calls) > 1
@@ -165,6 +169,7 @@ class _Task:
             finally:
                 self.in_call = False
         self.write(outcomes, resubmissions)
+        self.all_ok = all(outcome[0] == "ok" for outcome in outcomes)
         return 0
 
     def checkpoint(self, meta, functions, function, args, kwargs, remaining, outcomes, resubmissions):
@@ -211,7 +216,7 @@ class _Task:
 
     def write(self, outcomes, resubmissions):
         """Write the result through a temp file and a rename: the client sees all of it or nothing."""
-        blob = dump_outcomes(outcomes, resubmissions)
+        blob = dump_outcomes(outcomes, resubmissions, self.stolen_by)
         temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
             f.write(blob)
@@ -247,10 +252,14 @@ def error_outcome(exc, skip_frames=0):
     return ("error", blob, type(exc).__qualname__, str(exc), text)
 
 
-def dump_outcomes(outcomes, resubmissions=0):
-    """Pickle the outcomes; a value that cannot be pickled becomes a PicklingError naming its type."""
+def dump_outcomes(outcomes, resubmissions=0, stolen_by=None):
+    """Pickle the outcomes; a value that cannot be pickled becomes a PicklingError naming its type.
+
+    ``stolen_by``: the job that ran the task in place of its own job (the client then names that job).
+    """
+    extra = {"stolen_by": stolen_by} if stolen_by else {}
     try:
-        return pickle.dumps({"outcomes": outcomes, "resubmissions": resubmissions}, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps({"outcomes": outcomes, "resubmissions": resubmissions, **extra}, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
     safe = []
@@ -263,7 +272,7 @@ def dump_outcomes(outcomes, resubmissions=0):
             what = "result" if outcome[0] == "ok" else "exception"
             problem = pickle.PicklingError(f"the {what} of type {kind} cannot be pickled: {exc!r}")
             safe.append(error_outcome(problem))
-    return pickle.dumps({"outcomes": safe, "resubmissions": resubmissions}, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps({"outcomes": safe, "resubmissions": resubmissions, **extra}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 NOT_RUN = ("error", None, "CancelledError", "the call was cancelled before it started", "")
@@ -310,7 +319,144 @@ def main(argv):
     folder, batch, index = argv[0], argv[1], int(argv[2])
     task = _Task(folder, batch, index)
     task.listen()  # first: the checkpoint signal may already be on its way
-    return run_task(task, rank="--rank" in argv)
+    policy = StealPolicy.from_environment()  # read and removed: nothing the calls start may inherit it
+    rank = "--rank" in argv
+    status = run_task(task, rank=rank)
+    if status == 0 and not rank and policy.allows(task):
+        steal(task, policy)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------- stealing
+STEAL_VARIABLES = (
+    "OARFUTURES_STEAL_SECONDS",  # how long after its own call a job may start stolen calls (0: never)
+    "OARFUTURES_WALLTIME",  # the job's effective walltime in seconds, "unlimited", or empty (unknown)
+    "OARFUTURES_JOB_START",  # when the job script started (epoch seconds)
+    "OARFUTURES_ARRAY_FIRST",  # the array's tasks: FIRST .. FIRST+COUNT-1 of the batch
+    "OARFUTURES_ARRAY_COUNT",
+)
+STEAL_MARGIN_FACTOR = 1.5  # a stolen task must fit this many times its estimate ...
+STEAL_MARGIN_SECONDS = 10.0  # ... plus this, in the job's remaining walltime
+
+
+class StealPolicy:
+    """When a job that has run its own task may run pending tasks of its array (read from the job script).
+
+    A job steals only: after its own task ran and every call of it returned; for a batch with no checkpointable
+    function; in a job of one task (not multi-task); within ``window`` seconds after its own task (no stolen
+    task starts later); and a task only when the longest task this job ran so far, times STEAL_MARGIN_FACTOR
+    plus STEAL_MARGIN_SECONDS, fits in the remaining walltime. An unknown walltime steals nothing.
+    """
+
+    def __init__(self, window, walltime, job_start, first, count):
+        self.window, self.walltime, self.job_start, self.first, self.count = window, walltime, job_start, first, count
+
+    @classmethod
+    def from_environment(cls, environ=os.environ):
+        values = {name: environ.pop(name, "") for name in STEAL_VARIABLES}
+        try:
+            window = float(values["OARFUTURES_STEAL_SECONDS"] or 0)
+            wall = values["OARFUTURES_WALLTIME"]
+            walltime = float("inf") if wall == "unlimited" else float(wall) if wall else None
+            job_start = float(values["OARFUTURES_JOB_START"] or time.time())
+            first, count = int(values["OARFUTURES_ARRAY_FIRST"] or 0), int(values["OARFUTURES_ARRAY_COUNT"] or 0)
+        except ValueError:
+            return cls(0.0, None, 0.0, 0, 0)
+        return cls(window, walltime, job_start, first, count)
+
+    def allows(self, task):
+        """Whether this job may steal at all, now that its own task ran."""
+        return (
+            self.window > 0
+            and self.walltime is not None
+            and self.count > 1
+            and task.all_ok
+            and not task.checkpointable
+            and int(os.environ.get("OARFUTURES_RANKS", "1")) <= 1
+        )
+
+    def fits(self, estimate):
+        """Whether a task estimated at ``estimate`` seconds can finish within the job's walltime."""
+        remaining = self.walltime - (time.time() - self.job_start)
+        return estimate * STEAL_MARGIN_FACTOR + STEAL_MARGIN_SECONDS <= remaining
+
+
+def steal(task, policy):
+    """Run pending tasks of this job's array in this process, the last ones the scheduler would start first.
+
+    Each is claimed like any task (``layout.claim``): a task that started holds its own claim, a cancelled one
+    says "cancelled", so a call still runs once or never. Claimed, it gets a marker in ``results/`` naming this
+    job, which the client then follows for it (a stealer that dies mid-call fails that call, naming this job);
+    its output goes to ``logs/<task id>.stolen.out|err``; its result is its usual result file.
+    """
+    job = os.environ.get("OARFUTURES_JOB_ID", "")
+    if not job:
+        return
+    folder, batch = task.folder, task.batch
+    stop = time.monotonic() + policy.window
+    estimate = time.monotonic() - task.started  # the longest task seen so far, its own included
+    claims = os.path.dirname(layout.claim_path(folder, batch, 0))
+    stolen = 0
+    while time.monotonic() < stop and policy.fits(estimate):
+        try:
+            taken = {int(n) for n in os.listdir(claims) if n.isdigit()}
+        except OSError:  # the batch's files are gone (delivered and tidied, or aborted)
+            break
+        index = next((i for i in reversed(range(policy.first, policy.first + policy.count)) if i not in taken), None)
+        if index is None:
+            break
+        started = time.monotonic()
+        ran = _run_stolen(folder, batch, index, job)
+        if ran is None:
+            break
+        if not ran:
+            continue
+        stolen += 1
+        estimate = max(estimate, time.monotonic() - started)
+    if stolen:
+        print(f"oarfutures: job {job} ran {stolen} task(s) of its array after its own", file=sys.stderr)
+
+
+def _run_stolen(folder, batch, index, job):
+    """Claim and run task ``index`` here; False if another run or a cancel() holds its claim, None to stop."""
+    try:
+        if not layout.claim(layout.claim_path(folder, batch, index), _owner()):
+            return False
+    except OSError:  # the batch's files are gone: stop
+        return None
+    try:  # after the claim: a marker must never name a job that does not run the task
+        with open(layout.stolen_marker_path(folder, batch, index, job), "wb"):
+            pass
+    except OSError as exc:  # the task is ours now and runs; only a kill of this job would go unnoticed longer
+        print(f"oarfutures worker: cannot mark task {layout.task_id(batch, index)} as stolen: {exc}", file=sys.stderr)
+    task_id = layout.task_id(batch, index)
+    os.environ["OARFUTURES_TASK_ID"] = task_id
+    stolen = _Task(folder, batch, index)
+    stolen.stolen_by = job
+    out_path, err_path = layout.stolen_log_paths(folder, task_id)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        for fd, path in ((1, out_path), (2, err_path)):
+            log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(log, fd)
+            os.close(log)
+        print(f"oarfutures: task {task_id} run by job {job}, another task of its array", file=sys.stderr)
+        try:
+            loaded = read_task(folder, batch, index)
+        except Exception as exc:
+            stolen.write([error_outcome(exc)], 0)
+        else:
+            stolen.run(*loaded)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+    print(f"oarfutures: job {job} ran task {task_id} of its array", file=sys.stderr)
+    return True
 
 
 def run_task(task, rank=False):

@@ -249,3 +249,12 @@ def print_everywhere(text):
     ctypes.CDLL(None).printf(f"{text} c-stdio-unflushed".encode())  # no newline: sits in C's buffer
     subprocess.run(["echo", f"{text} child"], check=True)
     return text
+
+
+def shout(text):
+    """Print ``text`` to stdout and stderr (what a task's logs must show), and return it."""
+    import sys
+
+    print(f"out: {text}")
+    print(f"err: {text}", file=sys.stderr)
+    return text
