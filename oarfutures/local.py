@@ -74,6 +74,7 @@ class _Resident:
     def __init__(self, python: str) -> None:
         self.python = python
         self.listening = False  # its current task takes the checkpoint signal
+        self.killed = False
         requests, self._requests = os.pipe()
         self._replies, replies = os.pipe()
         try:
@@ -93,7 +94,8 @@ class _Resident:
         self._reader = os.fdopen(self._replies, "r")
 
     def ready_for(self, job: _Job) -> bool:
-        return self.python == job.python and self.process.poll() is None
+        # a worker killed by a cancel may be a moment from dying: poll() alone could still find it alive
+        return self.python == job.python and not self.killed and self.process.poll() is None
 
     def send(self, request: Dict[str, Any]) -> None:
         os.write(self._requests, (json.dumps(request) + "\n").encode())
@@ -103,6 +105,7 @@ class _Resident:
         return self._reader.readline().strip() or None
 
     def kill(self) -> None:
+        self.killed = True
         self.process.kill()
 
     def close(self) -> None:

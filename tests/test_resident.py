@@ -4,6 +4,7 @@ What users rely on from one-shot workers must hold: each call's output in its ow
 that kills its process failing alone, workers that leave when idle and die with their client.
 """
 import os
+import threading
 
 import pytest
 
@@ -54,3 +55,33 @@ def test_idle_workers_leave_and_come_back_on_demand(folder, monkeypatch):
         assert executor.backend._slots == []
         second, _ = executor.submit(tasks.pid_and_task_id).result(timeout=60)
     assert second != first
+
+
+def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(folder, monkeypatch):
+    """A cancel may kill a worker just after its call ended, before the slot hears of it: the slot must not hand
+    the next call to that dying worker (the next call would fail with SIGKILL)."""
+    executor = LocalPoolExecutor(1, folder=folder)
+    reply, kill, late = local._Resident.reply, local._Resident.kill, []
+
+    def reply_then_cancel(resident):
+        line = reply(resident)
+        if line and line.startswith("done") and not late:
+            running = [job for job, state in executor.backend._states.items() if state is local.RUNNING]
+            late.append(running)
+            executor.backend.cancel(running)  # the task ended; its job is still running for the backend
+        return line
+
+    def kill_slowly(resident):  # a worker dies a moment after its kill: make the moment long enough to matter
+        kill_now = resident.process.kill
+        resident.process.kill = lambda: threading.Timer(0.3, kill_now).start()
+        kill(resident)
+
+    monkeypatch.setattr(local._Resident, "reply", reply_then_cancel)
+    monkeypatch.setattr(local._Resident, "kill", kill_slowly)
+    try:
+        first = executor.submit(tasks.square, 2)
+        first.exception(timeout=60)  # its result or a cancellation: either is right for a call cancelled as it ended
+        assert executor.submit(tasks.sleep_and_return, 1, "next").result(timeout=60) == "next"
+    finally:
+        executor.shutdown()
+    assert late == [[first.job_id]]
