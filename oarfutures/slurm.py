@@ -2,20 +2,25 @@
 
 States come from ``sacct`` where accounting is on, else from ``squeue -t all`` (which forgets a job after
 MinJobAge: the core then fails the future rather than waiting). Both are asked once per poll for every live array
-of the process, by array id, never once per job.
+of the process, by array id, never once per job. Both print an array's pending tasks as one collapsed row
+(``123_[5-999%4]``; a task gets a row of its own once it starts), so a query costs one row per distinct state, not
+one per task, and the tasks of a collapsed row share one ``JobStatus``.
 """
 from __future__ import annotations
 
 import datetime
 import getpass
+import logging
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
 from oarfutures.worker import EARLY_SIGNAL_TRAP
+
+logger = logging.getLogger("oarfutures")
 
 STATES = {
     "PENDING": JobState.PENDING,
@@ -112,6 +117,9 @@ PREFIX_OPTIONS = ("gpus", "ntasks")
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
 NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
 KEEP_VARIABLES = ("SLURM_CONF",)
+# squeue and sacct cut a collapsed row's task list at 64 bytes by default (``16_[0-2,4-5,8-9,11-13,17,19-20,``: the
+# tasks after the cut would look purged); 0 prints it whole
+QUERY_VARIABLES = {"SLURM_BITSTR_LEN": "0"}
 
 
 def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -151,7 +159,7 @@ class SlurmBackend(Backend):
         self.parameters = {**PARAMETERS, **validate(parameters)}
         self._max_array_size = max_array_size
         self._accounting: Optional[bool] = None
-        self.environment = commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES)
+        self.environment = {**commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES), **QUERY_VARIABLES}
 
     # ------------------------------------------------------------------ configuration read once from Slurm
     def _config(self) -> None:
@@ -258,15 +266,19 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------------ state
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
-        arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-        wanted = set(job_ids)
-        if self.accounting:
-            rows = self._sacct(arrays)
-        else:
-            rows = self._squeue(arrays)
-        return {job_id: status for job_id, status in rows if job_id in wanted}
+        """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
+        up its own). A task's own row wins over a collapsed row that still lists it (sacct lags)."""
+        arrays = sorted({job_id.partition("_")[0] for job_id in job_ids})
+        rows = self._sacct(arrays) if self.accounting else self._squeue(arrays)
+        statuses, cut = _statuses(rows)
+        if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
+            logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
+            each_task, _ = _statuses(self._squeue(sorted(cut), each_task=True))
+            statuses = {**each_task, **statuses}
+        return statuses
 
-    def _sacct(self, arrays: Sequence[str]) -> Iterable:
+    def _sacct(self, arrays: Sequence[str]) -> Iterable[Tuple[str, JobStatus]]:
+        # no --array (22.05 has none): pending tasks stay collapsed, as wanted
         out = commands.run(
             ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"], env=self.environment
         )
@@ -274,15 +286,15 @@ class SlurmBackend(Backend):
             fields = row.split("|")
             if len(fields) < 3:
                 continue
-            job, state, exit_code = fields[0], fields[1], fields[2]
             reason = fields[3] if len(fields) > 3 else ""
-            for job_id in _expand(job):
-                yield job_id, _status(state, exit_code, reason)
+            yield fields[0], _status(fields[1], fields[2], reason)
 
-    def _squeue(self, arrays: Sequence[str]) -> Iterable:
+    def _squeue(self, arrays: Sequence[str], each_task: bool = False) -> Iterable[Tuple[str, JobStatus]]:
+        """Without ``-r`` (``each_task``) the pending tasks of an array come as one collapsed row."""
         try:
             out = commands.run(
-                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
+                ["squeue", "-h", *(["-r"] if each_task else []), "-t", "all", "-j", ",".join(arrays),
+                 "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
                 env=self.environment,
             )
         except commands.SchedulerCommandError as exc:
@@ -294,30 +306,70 @@ class SlurmBackend(Backend):
             if len(fields) >= 4:
                 status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
                 exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
-                for job_id in _expand(fields[0]):
-                    yield job_id, _status(fields[1], exit_code, fields[2])
+                yield fields[0], _status(fields[1], exit_code, fields[2])
 
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
 
 
+#: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
+#: gives the core the very objects it saw last time, and costs no object per task
+_STATUS_CACHE: Dict[Tuple[str, Optional[str], str], JobStatus] = {}
+
+
 def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
-    word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
-    common = STATES.get(word, JobState.PENDING)
-    return JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
+    key = (state, exit_code, reason)
+    status = _STATUS_CACHE.get(key)
+    if status is None:
+        word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
+        common = STATES.get(word, JobState.PENDING)
+        status = JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
+        if len(_STATUS_CACHE) >= 10_000:  # reasons and exit codes are few; never grow without bound
+            _STATUS_CACHE.clear()
+        _STATUS_CACHE[key] = status
+    return status
 
 
-def _expand(job: str) -> List[str]:
-    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> ['12_4', '12_5', '12_6', '12_9']."""
-    found = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job)
-    if not found:
+def _statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:
+    """job id -> status from squeue/sacct rows, and the arrays whose collapsed row was cut short.
+
+    A collapsed row (``12_[4-6,9%2]``) gives its one status to each of its tasks; rows of single jobs or tasks
+    come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
+    """
+    statuses: Dict[str, JobStatus] = {}
+    own = []
+    cut: Set[str] = set()
+    for job, status in rows:
+        if not job.endswith("]") and "_[" not in job:
+            own.append((job, status))
+            continue
+        try:
+            statuses.update(dict.fromkeys(_expand(job), status))
+        except ValueError:
+            cut.add(job.partition("_")[0])
+    statuses.update(own)
+    return statuses, cut
+
+
+def _expand(job: str) -> Iterable[str]:
+    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> [12_4, 12_5, 12_6, 12_9];
+    '12_[0-198:2]' (every other task) -> 12_0, 12_2, ... 12_198. ValueError if the list was cut short
+    (``12_[0-2,4-5,`` or ``12_[0-2,4...]``)."""
+    array, _, spec = job.partition("_")
+    if not spec.startswith("["):
         return [job]
-    array, spec = found.group(1), found.group(2).split("%")[0]
-    ids = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        ids += [f"{array}_{i}" for i in range(int(low), int(high or low) + 1)]
+    if not spec.endswith("]") or "..." in spec:
+        raise ValueError(f"task list cut short: {job}")
+    prefix = array + "_"
+    ids: List[str] = []
+    for part in spec[1:-1].split("%")[0].split(","):
+        if not part:
+            continue
+        span, _, step = part.partition(":")
+        low, _, high = span.partition("-")
+        # C-level iteration: a 100,000-task row costs no Python bytecode per task
+        ids += map(prefix.__add__, map(str, range(int(low), int(high or low) + 1, int(step or 1))))
     return ids
 
 
