@@ -265,34 +265,40 @@ class SlurmBackend(Backend):
         commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
 
     # ------------------------------------------------------------------ state
+    #: the last answer, with the command output it was read from: the same output gives the same dict object back
+    #: (the core then knows that nothing moved without looking at each job). Shared by every SlurmBackend of the
+    #: process, as their queries are (``query_group``)
+    _last_answer: Optional[Tuple[Tuple[Any, ...], Dict[str, JobStatus]]] = None
+
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
-        up its own). A task's own row wins over a collapsed row that still lists it (sacct lags)."""
+        up its own). A task's own row wins over a collapsed row that still lists it (sacct lags). The answer is
+        shared (see ``_last_answer``): read it, never change it."""
         arrays = sorted({job_id.partition("_")[0] for job_id in job_ids})
-        rows = self._sacct(arrays) if self.accounting else self._squeue(arrays)
-        statuses, cut = _statuses(rows)
+        accounting = self.accounting
+        out = self._sacct(arrays) if accounting else self._squeue(arrays)
+        key = (accounting, arrays, out)
+        last = SlurmBackend._last_answer
+        if last is not None and last[0] == key:
+            return last[1]
+        statuses, cut = _statuses(_sacct_rows(out) if accounting else _squeue_rows(out))
         if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
             logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
-            each_task, _ = _statuses(self._squeue(sorted(cut), each_task=True))
-            statuses = {**each_task, **statuses}
+            each_task, _ = _statuses(_squeue_rows(self._squeue(sorted(cut), each_task=True)))
+            return {**each_task, **statuses}
+        SlurmBackend._last_answer = (key, statuses)
         return statuses
 
-    def _sacct(self, arrays: Sequence[str]) -> Iterable[Tuple[str, JobStatus]]:
+    def _sacct(self, arrays: Sequence[str]) -> str:
         # no --array (22.05 has none): pending tasks stay collapsed, as wanted
-        out = commands.run(
+        return commands.run(
             ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"], env=self.environment
         )
-        for row in out.splitlines():
-            fields = row.split("|")
-            if len(fields) < 3:
-                continue
-            reason = fields[3] if len(fields) > 3 else ""
-            yield fields[0], _status(fields[1], fields[2], reason)
 
-    def _squeue(self, arrays: Sequence[str], each_task: bool = False) -> Iterable[Tuple[str, JobStatus]]:
+    def _squeue(self, arrays: Sequence[str], each_task: bool = False) -> str:
         """Without ``-r`` (``each_task``) the pending tasks of an array come as one collapsed row."""
         try:
-            out = commands.run(
+            return commands.run(
                 ["squeue", "-h", *(["-r"] if each_task else []), "-t", "all", "-j", ",".join(arrays),
                  "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
                 env=self.environment,
@@ -300,13 +306,7 @@ class SlurmBackend(Backend):
         except commands.SchedulerCommandError as exc:
             if "Invalid job id specified" not in exc.stderr:
                 raise
-            return  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
-        for row in out.splitlines():
-            fields = [field.strip() for field in row.split("|")]
-            if len(fields) >= 4:
-                status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
-                exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
-                yield fields[0], _status(fields[1], exit_code, fields[2])
+            return ""  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
 
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
@@ -329,6 +329,24 @@ def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
             _STATUS_CACHE.clear()
         _STATUS_CACHE[key] = status
     return status
+
+
+def _sacct_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+    for row in out.splitlines():
+        fields = row.split("|")
+        if len(fields) < 3:
+            continue
+        reason = fields[3] if len(fields) > 3 else ""
+        yield fields[0], _status(fields[1], fields[2], reason)
+
+
+def _squeue_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+    for row in out.splitlines():
+        fields = [field.strip() for field in row.split("|")]
+        if len(fields) >= 4:
+            status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
+            exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
+            yield fields[0], _status(fields[1], exit_code, fields[2])
 
 
 def _statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:

@@ -193,3 +193,14 @@ def test_expand():
             _expand(cut)
     statuses, cut = _statuses([("12_[0-2,4-5,", None), ("13_1", None)])
     assert statuses == {"13_1": None} and cut == {"12"}
+
+
+def test_the_same_output_gives_the_same_answer_object(backend):
+    moved = SQUEUE.replace("25_[2-3%2]|PENDING|JobArrayTaskLimit|0", "25_[3%2]|PENDING|JobArrayTaskLimit|0\n25_2|RUNNING|None|0")
+    b = backend([SQUEUE, SQUEUE, moved, moved])
+    first, again = b.query(["25_0"]), b.query(["25_0"])
+    assert again is first  # the core then skips every job at once
+    later = b.query(["25_0"])
+    assert later is not first and later["25_2"].state is JobState.RUNNING and first["25_2"].state is JobState.PENDING
+    assert b.query(["25_0", "2_0"]) is not later  # other arrays asked: another answer
+    assert len(b.fake.calls) == 4  # one scheduler call per query, as before
