@@ -391,8 +391,12 @@ def _expand(job: str) -> Iterable[str]:
     return ids
 
 
+#: scancel refuses a range of more tasks ("_parse_single_range: Too many hosts in range `0-99999'"): 0-65535 passes
+MAX_SPAN = 65536
+
+
 def _ranges(job_ids: Sequence[str]) -> List[str]:
-    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['7_[0-2,5]', '9']."""
+    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['9', '7_[0-2,5]']; spans of at most MAX_SPAN tasks."""
     tasks: Dict[str, List[int]] = {}
     plain = []
     for job_id in job_ids:
@@ -405,7 +409,7 @@ def _ranges(job_ids: Sequence[str]) -> List[str]:
         indices.sort()
         spans, start = [], indices[0]
         for previous, current in zip(indices, indices[1:] + [None]):
-            if current != previous + 1:
+            if current != previous + 1 or previous - start + 1 >= MAX_SPAN:
                 spans.append(f"{start}-{previous}" if previous != start else str(start))
                 start = current
         plain.append(f"{array}_[{','.join(spans)}]")

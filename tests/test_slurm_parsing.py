@@ -7,7 +7,7 @@ import pytest
 
 from oarfutures import commands
 from oarfutures.backend import JobState
-from oarfutures.slurm import SlurmBackend, _expand, _statuses
+from oarfutures.slurm import SlurmBackend, _expand, _ranges, _statuses
 
 SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,exit_code:"
 
@@ -204,3 +204,10 @@ def test_the_same_output_gives_the_same_answer_object(backend):
     assert later is not first and later["25_2"].state is JobState.RUNNING and first["25_2"].state is JobState.PENDING
     assert b.query(["25_0", "2_0"]) is not later  # other arrays asked: another answer
     assert len(b.fake.calls) == 4  # one scheduler call per query, as before
+
+
+def test_cancel_ranges_stay_within_what_scancel_parses():
+    assert sorted(_ranges(["7_0", "7_1", "7_2", "7_5", "9"])) == ["7_[0-2,5]", "9"]
+    # scancel 5_[0-99999] fails: "_parse_single_range: Too many hosts in range `0-99999'" (0-65535 passes)
+    assert _ranges([f"5_{i}" for i in range(100_000)]) == ["5_[0-65535,65536-99999]"]
+    assert _ranges([f"5_{i}" for i in range(65_536)]) == ["5_[0-65535]"]
