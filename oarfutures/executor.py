@@ -840,7 +840,8 @@ class JobExecutor(cf.Executor):
             if status.state.ended:
                 self._mark_ended(task, now)
                 continue
-            self._mark_ended(task, None)
+            if task.ended_since is not None:  # else a no-op (only this thread sets it): no lock taken per job
+                self._mark_ended(task, None)
             if status.state is JobState.RUNNING and not task.running:
                 task.running = True
                 for future in task.futures:
