@@ -890,6 +890,7 @@ class JobExecutor(cf.Executor):
             self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < LATE_RESULT_WATCH}
             if self._watched and not self._tasks and not self._cancelled and not self._failed_ids:
                 self._watched = False
+                self._settled_answer = None  # it holds the last answer and the tasks it was applied to
                 poller.forget(self)
 
     # ------------------------------------------------------------------ settling (service thread)

@@ -13,6 +13,7 @@ import getpass
 import logging
 import os
 import re
+import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from oarfutures import commands, layout, params
@@ -265,10 +266,10 @@ class SlurmBackend(Backend):
         commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
 
     # ------------------------------------------------------------------ state
-    #: the last answer, with the command output it was read from: the same output gives the same dict object back
-    #: (the core then knows that nothing moved without looking at each job). Shared by every SlurmBackend of the
-    #: process, as their queries are (``query_group``)
-    _last_answer: Optional[Tuple[Tuple[Any, ...], Dict[str, JobStatus]]] = None
+    #: the last answer (weakly: it lives as long as someone uses it), with the command output it was read from: the
+    #: same output gives the same dict object back (the core then knows that nothing moved without looking at each
+    #: job). Shared by every SlurmBackend of the process, as their queries are (``query_group``)
+    _last_answer: Optional[Tuple[Tuple[Any, ...], "weakref.ref[_Answer]"]] = None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
@@ -280,13 +281,15 @@ class SlurmBackend(Backend):
         key = (accounting, arrays, out)
         last = SlurmBackend._last_answer
         if last is not None and last[0] == key:
-            return last[1]
+            answer = last[1]()
+            if answer is not None:
+                return answer
         statuses, cut = _statuses(_sacct_rows(out) if accounting else _squeue_rows(out))
         if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
             logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
             each_task, _ = _statuses(_squeue_rows(self._squeue(sorted(cut), each_task=True)))
             return {**each_task, **statuses}
-        SlurmBackend._last_answer = (key, statuses)
+        SlurmBackend._last_answer = (key, weakref.ref(statuses))
         return statuses
 
     def _sacct(self, arrays: Sequence[str]) -> str:
@@ -349,13 +352,19 @@ def _squeue_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
             yield fields[0], _status(fields[1], exit_code, fields[2])
 
 
+class _Answer(dict):
+    """A query's answer: a plain dict that can be referred to weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
 def _statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:
     """job id -> status from squeue/sacct rows, and the arrays whose collapsed row was cut short.
 
     A collapsed row (``12_[4-6,9%2]``) gives its one status to each of its tasks; rows of single jobs or tasks
     come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
     """
-    statuses: Dict[str, JobStatus] = {}
+    statuses: Dict[str, JobStatus] = _Answer()
     own = []
     cut: Set[str] = set()
     for job, status in rows:

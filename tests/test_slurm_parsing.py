@@ -211,3 +211,14 @@ def test_cancel_ranges_stay_within_what_scancel_parses():
     # scancel 5_[0-99999] fails: "_parse_single_range: Too many hosts in range `0-99999'" (0-65535 passes)
     assert _ranges([f"5_{i}" for i in range(100_000)]) == ["5_[0-65535,65536-99999]"]
     assert _ranges([f"5_{i}" for i in range(65_536)]) == ["5_[0-65535]"]
+
+
+def test_the_kept_answer_does_not_outlive_its_users(backend):
+    import gc
+
+    b = backend([SQUEUE, SQUEUE])
+    first = b.query(["2_0"])
+    del first
+    gc.collect()
+    assert SlurmBackend._last_answer[1]() is None  # 1,000s of ids are not kept once nobody reads them
+    assert len(b.query(["2_0"])) == 1126  # and the same output is read again

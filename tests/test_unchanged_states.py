@@ -115,3 +115,18 @@ def test_new_jobs_are_looked_at_even_with_the_same_answer(executor):
     tasks_of(executor)[new].submitted_at = now - UNSEEN_GRACE - 1
     executor.apply_states(answer, now)
     assert tasks_of(executor)[new].vanished
+
+
+def test_an_idle_executor_keeps_no_answer_nor_tasks(executor):
+    from oarfutures.poller import get_poller
+
+    executor.submit(abs, 1)
+    (job,) = live_ids(executor, 1)
+    executor.apply_states({job: PENDING}, time.monotonic())
+    assert executor._settled_answer is not None
+    executor.abort("test")
+    deadline = time.monotonic() + 30
+    while executor._tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor.release_if_idle(get_poller())
+    assert executor._settled_answer is None
