@@ -234,6 +234,8 @@ class JobExecutor(cf.Executor):
         self._waves: Set[Wave] = set()
         self._batch_left: Dict[str, int] = {}
         self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
+        # the last answer apply_states found nothing left to do with, and the jobs it had then (see there)
+        self._settled_answer: Optional[Tuple[Dict[str, JobStatus], Dict[str, Task]]] = None
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
@@ -870,7 +872,8 @@ class JobExecutor(cf.Executor):
 
     def live_job_ids(self) -> List[str]:
         with self._lock:
-            return [t.job_id for t in self._tasks.values() if t.phase is Phase.SUBMITTED and t.job_id and not t.settling]
+            submitted = Phase.SUBMITTED  # a local: a global and an attribute lookup less per task
+            return [t.job_id for t in self._tasks.values() if t.phase is submitted and t.job_id and not t.settling]
 
     def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
         """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
@@ -878,13 +881,23 @@ class JobExecutor(cf.Executor):
         with self._lock:
             if self.backend.reports_changes_only:  # only the news: no need to look at every task
                 tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
+            elif self._settled_answer is not None and self._settled_answer[0] is statuses and self._settled_answer[1] == self._by_job:
+                # the very answer (the backend gives the same object when the queue did not move) already applied to
+                # these very jobs, none of them missing from it: going over them again would change nothing
+                return False
             else:
                 tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
+                jobs = dict(self._by_job)
+        missing = False
+        quiet = (JobState.PENDING, JobState.RUNNING)  # a job still in one of these, with the status it had, needs nothing
         for task in tasks:
             if task.settling:
                 continue
             status = statuses.get(task.job_id or "")
+            if status is task.last_status and status is not None and task.ended_since is None and status.state in quiet:
+                continue  # the same JobStatus object as last time, queued or (marked) running: nothing to do
             if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
+                missing = True
                 # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
                 grace = min(self.result_grace, FAILED_JOB_GRACE) if task.last_status is not None else UNSEEN_GRACE
                 if now - task.submitted_at > grace:
@@ -902,11 +915,14 @@ class JobExecutor(cf.Executor):
             if status.state.ended:
                 self._mark_ended(task, now)
                 continue
-            self._mark_ended(task, None)
+            if task.ended_since is not None:  # else a no-op (only this thread sets it): no lock taken per job
+                self._mark_ended(task, None)
             if status.state is JobState.RUNNING and not task.running:
                 task.running = True
                 for future in task.futures:
                     mark_running(future)
+        if not self.backend.reports_changes_only:  # absent jobs have grace periods running: never settled
+            self._settled_answer = None if missing else (statuses, jobs)
         return changed
 
     def _follow(self, task: Task, job_id: str) -> None:
@@ -949,6 +965,7 @@ class JobExecutor(cf.Executor):
             self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < LATE_RESULT_WATCH}
             if self._watched and not self._tasks and not self._cancelled and not self._failed_ids:
                 self._watched = False
+                self._settled_answer = None  # it holds the last answer and the tasks it was applied to
                 poller.forget(self)
 
     # ------------------------------------------------------------------ settling (service thread)

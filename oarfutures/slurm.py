@@ -2,7 +2,9 @@
 
 States come from ``sacct`` where accounting is on, else from ``squeue -t all`` (which forgets a job after
 MinJobAge: the core then fails the future rather than waiting). Both are asked once per poll for every live array
-of the process, by array id, never once per job.
+of the process, by array id, never once per job. Both print an array's pending tasks as one collapsed row
+(``123_[5-999%4]``; a task gets a row of its own once it starts), so a query costs one row per distinct state, not
+one per task, and the tasks of a collapsed row share one ``JobStatus``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import getpass
 import logging
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
@@ -117,6 +120,9 @@ PREFIX_OPTIONS = ("gpus", "ntasks")
 # Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
 NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
 KEEP_VARIABLES = ("SLURM_CONF",)
+# squeue and sacct cut a collapsed row's task list at 64 bytes by default (``16_[0-2,4-5,8-9,11-13,17,19-20,``: the
+# tasks after the cut would look purged); 0 prints it whole
+QUERY_VARIABLES = {"SLURM_BITSTR_LEN": "0"}
 
 
 def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -157,7 +163,7 @@ class SlurmBackend(Backend):
         self._max_array_size = max_array_size
         self._accounting: Optional[bool] = None
         self._walltimes: Dict[Optional[str], str] = {}  # partition -> its jobs' default walltime (see walltime_of)
-        self.environment = commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES)
+        self.environment = {**commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES), **QUERY_VARIABLES}
 
     # ------------------------------------------------------------------ configuration read once from Slurm
     def _config(self) -> None:
@@ -300,72 +306,146 @@ class SlurmBackend(Backend):
         commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
 
     # ------------------------------------------------------------------ state
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
-        arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-        wanted = set(job_ids)
-        if self.accounting:
-            rows = self._sacct(arrays)
-        else:
-            rows = self._squeue(arrays)
-        return {job_id: status for job_id, status in rows if job_id in wanted}
+    #: the last answer (weakly: it lives as long as someone uses it), with the command output it was read from: the
+    #: same output gives the same dict object back (the core then knows that nothing moved without looking at each
+    #: job). Shared by every SlurmBackend of the process, as their queries are (``query_group``)
+    _last_answer: Optional[Tuple[Tuple[Any, ...], "weakref.ref[_Answer]"]] = None
 
-    def _sacct(self, arrays: Sequence[str]) -> Iterable:
-        out = commands.run(
+    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
+        up its own). A task's own row wins over a collapsed row that still lists it (sacct lags). The answer is
+        shared (see ``_last_answer``): read it, never change it."""
+        arrays = sorted({job_id.partition("_")[0] for job_id in job_ids})
+        accounting = self.accounting
+        out = self._sacct(arrays) if accounting else self._squeue(arrays)
+        key = (accounting, arrays, out)
+        last = SlurmBackend._last_answer
+        if last is not None and last[0] == key:
+            answer = last[1]()
+            if answer is not None:
+                return answer
+        statuses, cut = _statuses(_sacct_rows(out) if accounting else _squeue_rows(out))
+        if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
+            logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
+            each_task, _ = _statuses(_squeue_rows(self._squeue(sorted(cut), each_task=True)))
+            return {**each_task, **statuses}
+        SlurmBackend._last_answer = (key, weakref.ref(statuses))
+        return statuses
+
+    def _sacct(self, arrays: Sequence[str]) -> str:
+        # no --array (22.05 has none): pending tasks stay collapsed, as wanted
+        return commands.run(
             ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"], env=self.environment
         )
-        for row in out.splitlines():
-            fields = row.split("|")
-            if len(fields) < 3:
-                continue
-            job, state, exit_code = fields[0], fields[1], fields[2]
-            reason = fields[3] if len(fields) > 3 else ""
-            for job_id in _expand(job):
-                yield job_id, _status(state, exit_code, reason)
 
-    def _squeue(self, arrays: Sequence[str]) -> Iterable:
+    def _squeue(self, arrays: Sequence[str], each_task: bool = False) -> str:
+        """Without ``-r`` (``each_task``) the pending tasks of an array come as one collapsed row."""
         try:
-            out = commands.run(
-                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
+            return commands.run(
+                ["squeue", "-h", *(["-r"] if each_task else []), "-t", "all", "-j", ",".join(arrays),
+                 "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
                 env=self.environment,
             )
         except commands.SchedulerCommandError as exc:
             if "Invalid job id specified" not in exc.stderr:
                 raise
-            return  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
-        for row in out.splitlines():
-            fields = [field.strip() for field in row.split("|")]
-            if len(fields) >= 4:
-                status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
-                exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
-                for job_id in _expand(fields[0]):
-                    yield job_id, _status(fields[1], exit_code, fields[2])
+            return ""  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
 
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
 
 
+#: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
+#: gives the core the very objects it saw last time, and costs no object per task
+_STATUS_CACHE: Dict[Tuple[str, Optional[str], str], JobStatus] = {}
+
+
 def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
-    word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
-    common = STATES.get(word, JobState.PENDING)
-    return JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
+    key = (state, exit_code, reason)
+    status = _STATUS_CACHE.get(key)
+    if status is None:
+        word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
+        common = STATES.get(word, JobState.PENDING)
+        status = JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
+        if len(_STATUS_CACHE) >= 10_000:  # reasons and exit codes are few; never grow without bound
+            _STATUS_CACHE.clear()
+        _STATUS_CACHE[key] = status
+    return status
 
 
-def _expand(job: str) -> List[str]:
-    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> ['12_4', '12_5', '12_6', '12_9']."""
-    found = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job)
-    if not found:
+def _sacct_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+    for row in out.splitlines():
+        fields = row.split("|")
+        if len(fields) < 3:
+            continue
+        reason = fields[3] if len(fields) > 3 else ""
+        yield fields[0], _status(fields[1], fields[2], reason)
+
+
+def _squeue_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+    for row in out.splitlines():
+        fields = [field.strip() for field in row.split("|")]
+        if len(fields) >= 4:
+            status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
+            exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
+            yield fields[0], _status(fields[1], exit_code, fields[2])
+
+
+class _Answer(dict):
+    """A query's answer: a plain dict that can be referred to weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:
+    """job id -> status from squeue/sacct rows, and the arrays whose collapsed row was cut short.
+
+    A collapsed row (``12_[4-6,9%2]``) gives its one status to each of its tasks; rows of single jobs or tasks
+    come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
+    """
+    statuses: Dict[str, JobStatus] = _Answer()
+    own = []
+    cut: Set[str] = set()
+    for job, status in rows:
+        if not job.endswith("]") and "_[" not in job:
+            own.append((job, status))
+            continue
+        try:
+            statuses.update(dict.fromkeys(_expand(job), status))
+        except ValueError:
+            cut.add(job.partition("_")[0])
+    statuses.update(own)
+    return statuses, cut
+
+
+def _expand(job: str) -> Iterable[str]:
+    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> [12_4, 12_5, 12_6, 12_9];
+    '12_[0-198:2]' (every other task) -> 12_0, 12_2, ... 12_198. ValueError if the list was cut short
+    (``12_[0-2,4-5,`` or ``12_[0-2,4...]``)."""
+    array, _, spec = job.partition("_")
+    if not spec.startswith("["):
         return [job]
-    array, spec = found.group(1), found.group(2).split("%")[0]
-    ids = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        ids += [f"{array}_{i}" for i in range(int(low), int(high or low) + 1)]
+    if not spec.endswith("]") or "..." in spec:
+        raise ValueError(f"task list cut short: {job}")
+    prefix = array + "_"
+    ids: List[str] = []
+    for part in spec[1:-1].split("%")[0].split(","):
+        if not part:
+            continue
+        span, _, step = part.partition(":")
+        low, _, high = span.partition("-")
+        # C-level iteration: a 100,000-task row costs no Python bytecode per task
+        ids += map(prefix.__add__, map(str, range(int(low), int(high or low) + 1, int(step or 1))))
     return ids
 
 
+#: scancel refuses a range of more tasks ("_parse_single_range: Too many hosts in range `0-99999'"): 0-65535 passes
+MAX_SPAN = 65536
+
+
 def _ranges(job_ids: Sequence[str]) -> List[str]:
-    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['7_[0-2,5]', '9']."""
+    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['9', '7_[0-2,5]']; spans of at most MAX_SPAN tasks."""
     tasks: Dict[str, List[int]] = {}
     plain = []
     for job_id in job_ids:
@@ -378,7 +458,7 @@ def _ranges(job_ids: Sequence[str]) -> List[str]:
         indices.sort()
         spans, start = [], indices[0]
         for previous, current in zip(indices, indices[1:] + [None]):
-            if current != previous + 1:
+            if current != previous + 1 or previous - start + 1 >= MAX_SPAN:
                 spans.append(f"{start}-{previous}" if previous != start else str(start))
                 start = current
         plain.append(f"{array}_[{','.join(spans)}]")

@@ -1,0 +1,132 @@
+"""apply_states skips what did not move (the Slurm backend shares one JobStatus per distinct state and gives the
+same answer object back when its command printed the same), and still does everything a change needs. No cluster:
+a fake backend, and answers applied by hand (the poller's first query would come after 1,000 s)."""
+import itertools
+import time
+
+import pytest
+
+from oarfutures.backend import Backend, JobState, JobStatus
+from oarfutures.executor import UNSEEN_GRACE, JobExecutor
+
+PENDING = JobStatus(JobState.PENDING, "PENDING", "0:0", "BeginTime")
+RUNNING = JobStatus(JobState.RUNNING, "RUNNING", "0:0", "")
+_arrays = itertools.count(100)
+
+
+class Fake(Backend):
+    name = "fake"
+    query_interval = (1000.0, 1000.0)
+
+    def submit(self, submission):
+        array = next(_arrays)
+        return [f"{array}_{i}" for i in range(submission.count)]
+
+    def cancel(self, job_ids):
+        pass
+
+    def query(self, job_ids):
+        raise AssertionError("the test applies answers itself")
+
+    def validate(self, values):
+        return dict(values)
+
+    def render_script(self, submission, first, count):
+        return ""
+
+
+class Counting(dict):
+    """An answer that counts the lookups made in it."""
+
+    lookups = 0
+
+    def get(self, *args):
+        self.lookups += 1
+        return super().get(*args)
+
+
+@pytest.fixture
+def executor(tmp_path):
+    ex = JobExecutor(Fake(), None, str(tmp_path / "jobs"), "python3", False, None, 10**9, 3)
+    yield ex
+    ex.abort("test over")
+
+
+def live_ids(ex, count):
+    """The job ids, once the service thread has submitted ``count`` tasks."""
+    deadline = time.monotonic() + 30
+    while len(ex.live_job_ids()) < count:
+        assert time.monotonic() < deadline, "not submitted"
+        time.sleep(0.01)
+    return sorted(ex.live_job_ids())
+
+
+def tasks_of(ex):
+    return {t.job_id: t for t in ex._tasks.values()}
+
+
+def test_the_same_answer_again_is_not_gone_over(executor):
+    futures = [executor.submit(abs, i) for i in range(3)]
+    ids = live_ids(executor, 3)
+    answer = Counting(dict.fromkeys(ids, PENDING))
+    assert executor.apply_states(answer, time.monotonic()) is True
+    seen = answer.lookups
+    assert seen >= 3
+    assert executor.apply_states(answer, time.monotonic()) is False
+    assert answer.lookups == seen  # no job looked at again
+    running = Counting({**answer, ids[0]: RUNNING})
+    assert executor.apply_states(running, time.monotonic()) is True
+    assert futures[0].running() and not futures[1].running()
+
+
+def test_a_missing_job_is_checked_again_in_the_same_answer(executor):
+    executor.submit(abs, 1)
+    executor.submit(abs, 2)
+    first, second = live_ids(executor, 2)
+    answer = {second: PENDING}  # the first job is not visible (yet)
+    now = time.monotonic()
+    executor.apply_states(answer, now)
+    assert not tasks_of(executor)[first].vanished
+    executor.apply_states(answer, now + UNSEEN_GRACE + 1)  # the very same answer, its grace now over
+    assert tasks_of(executor)[first].vanished
+
+
+def test_a_job_back_with_its_old_status_object_is_no_longer_vanished(executor):
+    executor.submit(abs, 1)
+    executor.submit(abs, 2)
+    first, second = live_ids(executor, 2)
+    now = time.monotonic()
+    executor.apply_states({first: PENDING, second: PENDING}, now)
+    executor.apply_states({second: PENDING}, now + UNSEEN_GRACE + 1)
+    task = tasks_of(executor)[first]
+    assert task.vanished and task.ended_since is not None
+    executor.apply_states({first: PENDING, second: PENDING}, now + UNSEEN_GRACE + 2)  # PENDING: its last status
+    assert not task.vanished and task.ended_since is None
+
+
+def test_new_jobs_are_looked_at_even_with_the_same_answer(executor):
+    executor.submit(abs, 1)
+    (first,) = live_ids(executor, 1)
+    answer = {first: PENDING}
+    now = time.monotonic()
+    executor.apply_states(answer, now)
+    executor.submit(abs, 2)  # a new job the answer does not know
+    (new,) = set(live_ids(executor, 2)) - {first}
+    tasks_of(executor)[new].submitted_at = now - UNSEEN_GRACE - 1
+    executor.apply_states(answer, now)
+    assert tasks_of(executor)[new].vanished
+
+
+def test_an_idle_executor_keeps_no_answer_nor_tasks(executor):
+    from oarfutures.poller import get_poller
+
+    executor.submit(abs, 1)
+    (job,) = live_ids(executor, 1)
+    executor.apply_states({job: PENDING}, time.monotonic())
+    assert executor._settled_answer is not None
+    executor.abort("test")
+    deadline = time.monotonic() + 30
+    while executor._tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor.release_if_idle(get_poller())
+    assert executor._settled_answer is None
