@@ -24,6 +24,7 @@ from oarfutures import worker
 def serve(requests, replies):
     """Run requested tasks until the backend closes the request pipe (idle, shutdown) or dies."""
     console = os.dup(1), os.dup(2)  # where output between tasks goes: the client's own stdout/stderr
+    batch_files = _LastBatch()
     for line in requests:
         request = json.loads(line)
         os.environ.update(request["environment"])
@@ -35,21 +36,37 @@ def serve(requests, replies):
             os.write(replies, f"refused {exc}\n".encode())
             continue
         with _output_to(logs, console):
-            code = _run(task, replies)
+            code = _run(task, replies, batch_files.open)
         os.write(replies, f"done {code}\n".encode())
 
 
-def _run(task, replies):
+def _run(task, replies, open_batch):
     task.listen()
     os.write(replies, b"started\n")
     try:
-        return worker.run_task(task)
+        return worker.run_task(task, open_batch=open_batch)
     except Exception:  # our own failure (say, the disk is full): the job fails with it, as a one-shot worker would
         traceback.print_exc()
         return 1
     finally:
         # a checkpoint signal from now on was meant for the task that just ended: it must not reach the next one
         signal.signal(worker.CHECKPOINT_SIGNAL, signal.SIG_IGN)
+
+
+class _LastBatch:
+    """The files of the batch this worker ran last, kept open: a map's tasks come one after the other."""
+
+    def __init__(self):
+        self._key, self._files = None, None
+
+    def open(self, folder, batch):
+        if self._key != (folder, batch):
+            if self._files is not None:
+                self._files.close()
+            self._key, self._files = None, None
+            self._files = worker.BatchFiles(folder, batch)
+            self._key = (folder, batch)
+        return self._files
 
 
 @contextlib.contextmanager

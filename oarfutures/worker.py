@@ -23,34 +23,61 @@ EARLY_SIGNAL_VARIABLE = "OARFUTURES_SIGNALLED"  # set by the job script when the
 EARLY_SIGNAL_TRAP = f"trap 'export {EARLY_SIGNAL_VARIABLE}=1' {CHECKPOINT_SIGNAL.name[3:]}"
 
 
-def read_task(folder, batch, index):
+class BatchFiles:
+    """A batch's task files, checked and opened once: a resident local worker runs many tasks of one batch.
+
+    The functions stay pickled here and are unpickled for each task, so that a task never sees what an earlier
+    call did to them (as a one-shot worker would not).
+    """
+
+    def __init__(self, folder, batch):
+        fn_file = layout.functions_path(folder, batch)
+        args_file = layout.args_path(folder, batch)
+        layout.check_private(folder, os.path.join(folder, layout.TASKS), fn_file)
+        with open(fn_file, "rb") as f:
+            self.meta, self.fn_blob = pickle.load(f)
+        layout.check_private(args_file)
+        self._index = os.open(layout.index_path(folder, batch), os.O_RDONLY)
+        try:
+            self._args = os.open(args_file, os.O_RDONLY)
+        except BaseException:
+            os.close(self._index)
+            raise
+
+    def calls(self, index):
+        start, end = struct.unpack("<QQ", os.pread(self._index, 16, 8 * index))
+        return pickle.loads(os.pread(self._args, end - start, start))
+
+    def close(self):
+        os.close(self._index)
+        os.close(self._args)
+
+
+def read_task(folder, batch, index, files=None):
     """Return (meta, functions, calls, outcomes so far, resubmissions so far) of one task.
 
     calls is a list of (function index, args, kwargs). A checkpointed task's resume file, when there is one,
     replaces its slice of the batch: the calls still to run, with what the earlier runs already returned.
+    ``files``: the batch's files already opened (a resident worker's); else they are opened and closed here.
     """
-    fn_file = layout.functions_path(folder, batch)
-    resume = layout.resume_path(folder, batch, index)
-    args_file = layout.args_path(folder, batch)
-    layout.check_private(folder, os.path.join(folder, layout.TASKS), fn_file)
-    with open(fn_file, "rb") as f:
-        meta, fn_blob = pickle.load(f)
-    # The client's import path, after ours: modules next to the user's script (or a test folder) import here too.
-    sys.path.extend(p for p in meta["sys_path"] if p not in sys.path)
-    functions = pickle.loads(fn_blob)
-    restore_file_names(functions, meta["origins"])
-    if os.path.exists(resume):
-        layout.check_private(resume)
-        with open(resume, "rb") as f:
-            state = pickle.load(f)
-        return meta, state["functions"], state["calls"], state["done"], state["resubmissions"]
-    layout.check_private(args_file)
-    with open(layout.index_path(folder, batch), "rb") as f:
-        f.seek(8 * index)
-        start, end = struct.unpack("<QQ", f.read(16))
-    with open(args_file, "rb") as f:
-        f.seek(start)
-        return meta, functions, pickle.loads(f.read(end - start)), [], 0
+    own = files is None
+    files = BatchFiles(folder, batch) if own else files
+    try:
+        meta = files.meta
+        # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
+        sys.path.extend(p for p in meta["sys_path"] if p not in sys.path)
+        functions = pickle.loads(files.fn_blob)
+        restore_file_names(functions, meta["origins"])
+        resume = layout.resume_path(folder, batch, index)
+        if os.path.exists(resume):
+            layout.check_private(resume)
+            with open(resume, "rb") as f:
+                state = pickle.load(f)
+            return meta, state["functions"], state["calls"], state["done"], state["resubmissions"]
+        return meta, functions, files.calls(index), [], 0
+    finally:
+        if own:
+            files.close()
 
 
 def restore_file_names(functions, origins):
@@ -459,11 +486,12 @@ def _run_stolen(folder, batch, index, job):
     return True
 
 
-def run_task(task, rank=False):
+def run_task(task, rank=False, open_batch=None):
     """Claim, load and run one task in this process; return the exit status its job should end with.
 
     A one-shot job process and a resident local worker (``pool_worker``) both come here, so the claims, the
-    ranks and the checkpoint protocol are the same wherever a task runs.
+    ranks and the checkpoint protocol are the same wherever a task runs. ``open_batch(folder, batch)``: the
+    batch's ``BatchFiles``, kept open by a resident worker across its tasks.
     """
     folder, batch, index = task.folder, task.batch, task.index
     # Functions may want to know where they run (checkpoint files, logs of their own)
@@ -482,7 +510,7 @@ def run_task(task, rank=False):
         task.destination = ranks.rank_path(folder, batch, index, ranks.rank_environment())
         task.claims_calls = False
     try:
-        loaded = read_task(folder, batch, index)
+        loaded = read_task(folder, batch, index, open_batch(folder, batch) if open_batch else None)
     except layout.UnsafeFolderError as exc:
         print(f"oarfutures worker: {exc}", file=sys.stderr)
         return 2

@@ -258,3 +258,14 @@ def shout(text):
     print(f"out: {text}")
     print(f"err: {text}", file=sys.stderr)
     return text
+
+
+class CountingCall:
+    """A callable with state: each call sees the object as it was submitted, however many calls a worker runs."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, _):
+        self.calls += 1
+        return self.calls

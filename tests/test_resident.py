@@ -85,3 +85,8 @@ def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(fol
     finally:
         executor.shutdown()
     assert late == [[first.job_id]]
+
+
+def test_each_call_gets_the_function_as_submitted_not_as_an_earlier_call_left_it(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        assert list(executor.map(tasks.CountingCall(), range(10))) == [1] * 10
