@@ -33,7 +33,16 @@ import time
 
 from benchmarks import common
 
-CASES = ("slurm_array", "oar_array", "client_cost", "poller_cost", "latency", "worker_startup", "local_vs_pool")
+CASES = (
+    "slurm_array",
+    "oar_array",
+    "client_cost",
+    "poller_cost",
+    "latency",
+    "worker_startup",
+    "local_vs_pool",
+    "dask_slurm",
+)
 README = os.path.join(common.HERE, "README.md")
 
 
