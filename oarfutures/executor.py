@@ -264,6 +264,8 @@ class JobExecutor(cf.Executor):
         self._submit_lock = threading.Lock()
         self._tidy_lock = threading.Lock()
         self._service = self._service.copy_for_child()
+        # the parent submits what it gathered; the child's copy must not go out a second time
+        self._gatherer = Gatherer()
 
     # ------------------------------------------------------------------ the Executor API
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
@@ -315,6 +317,8 @@ class JobExecutor(cf.Executor):
             timer.start()
 
     def _submit_gathered_then_next(self, gathering: Gathering) -> None:
+        if gathering.pid != os.getpid():  # a forked child's copy of the service queue: the parent submits these
+            return
         try:
             self._submit_gathered(gathering)
         finally:

@@ -9,6 +9,7 @@ number of calls, and ``max_workers`` still caps what runs, since every array goe
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,6 +22,7 @@ class Gathering:
 
     def __init__(self, options: Dict[str, Any]) -> None:
         self.options = options
+        self.pid = os.getpid()  # a forked child inherits it with the service thread's queue: only we submit it
         self.functions: List[Callable[..., Any]] = []
         self._function_index: Dict[int, int] = {}  # id() of a function in ``functions`` -> its index
         self.tasks: List[batchfiles.PickledTask] = []
@@ -45,6 +47,7 @@ class Gathering:
     def without_cancelled(self) -> "Gathering":
         """The calls whose futures are still pending: a call cancelled while gathered is never submitted."""
         kept = Gathering(self.options)
+        kept.pid = self.pid
         kept.functions, kept._function_index = self.functions, self._function_index
         pairs = [(t, f) for t, f in zip(self.tasks, self.futures) if not f.cancelled()]
         kept.tasks, kept.futures = [t for t, _ in pairs], [f for _, f in pairs]

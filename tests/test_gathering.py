@@ -101,3 +101,41 @@ def test_abort_cancels_gathered_calls_too(folder, tmp_path, monkeypatch):
         executor.abort("test")
     assert all(f.cancelled() for f in futures[1:])
     assert_ran_once_or_never(futures, runs, [f"c{n}" for n in range(10)])
+
+
+def test_a_forked_child_never_submits_the_calls_its_parent_gathered(tmp_path):
+    """A fork copies the executor with its gathered calls and its service thread's queue: only the parent may
+    send them, or they run twice."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "fork.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys, traceback, warnings
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
+            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
+            import tasks
+            from oarfutures import LocalPoolExecutor
+            from oarfutures.local import LocalBackend
+            LocalBackend.gather_seconds = 1.0  # the calls after the first are still gathered at the fork
+            executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+            futures = [executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}", 0.2) for n in range(5)]
+            pid = os.fork()
+            if pid == 0:  # the child uses the executor: its service thread runs what it copied
+                import faulthandler
+                faulthandler.dump_traceback_later(15, exit=True)
+                try:
+                    print("child", executor.submit(tasks.note_run, {str(runs)!r}, "child").result(timeout=10), flush=True)
+                    os._exit(0)
+                except BaseException:
+                    traceback.print_exc()
+                    os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            print("parent", os.waitstatus_to_exitcode(status), *[f.result(timeout=30) for f in futures], flush=True)
+            """
+        )
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["child child", "parent 0 c0 c1 c2 c3 c4"], run.stderr
+    assert [tasks.runs_of(str(runs), f"c{n}") for n in range(5)] == [1] * 5
