@@ -123,6 +123,10 @@ class Backend(abc.ABC):
     #: command costs tens of milliseconds and loads the controller, a few milliseconds of waiting do not matter
     gather_seconds: float = 0.005
 
+    def can_gather(self, options: Mapping[str, Any]) -> bool:
+        """Whether separate calls with these options (the parameters included) may go out as one array."""
+        return True
+
     def gather_window(self) -> float:
         """How long to gather ``submit`` calls after a submission (``gather_seconds``, unless there is no point)."""
         return self.gather_seconds

@@ -293,6 +293,10 @@ class JobExecutor(cf.Executor):
             future = JobFuture()
             collected.append((fn, args, kwargs, options, future))
             return future
+        # the parameters as they are now: a call gathered before update_parameters() goes out with these
+        options = {**self.backend.parameters, **options}
+        if not self.backend.can_gather(options):
+            return self._submit_batch([fn], [[(0, args, kwargs)]], options)[0]
         gathered = self._gatherer.gather(options, fn, args, kwargs)
         if gathered is not None:  # a submission with these options is in flight: this call goes out after it
             return gathered

@@ -210,9 +210,15 @@ class OarBackend(Backend):
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
         return "\n".join(lines) + "\n", arguments
 
+    def can_gather(self, options: Mapping[str, Any]) -> bool:
+        return not self._reserves(options)  # a reservation is one job: see submit
+
+    def _reserves(self, options: Mapping[str, Any]) -> bool:
+        extra = {**(self.parameters["additional_parameters"] or {}), **(options.get("additional_parameters") or {})}
+        return bool({"r", "reservation"} & set(extra))
+
     def submit(self, submission: BatchSubmission) -> List[str]:
-        extra = {**(self.parameters["additional_parameters"] or {}), **(submission.options.get("additional_parameters") or {})}
-        if submission.count > 1 and ({"r", "reservation"} & set(extra)):
+        if submission.count > 1 and self._reserves(submission.options):
             # OAR 2.5 leaves every subjob but the first of a reserved array in toAckReservation until it kills them
             raise ValueError("an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()")
         text, arguments = self.render_script(submission)

@@ -139,3 +139,24 @@ def test_a_forked_child_never_submits_the_calls_its_parent_gathered(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["child child", "parent 0 c0 c1 c2 c3 c4"], run.stderr
     assert [tasks.runs_of(str(runs), f"c{n}") for n in range(5)] == [1] * 5
+
+
+@pytest.mark.slurm
+def test_a_gathered_call_keeps_the_parameters_of_its_submit(folder):
+    """update_parameters() changes later submissions only, even for calls still gathered when it comes."""
+    require_command("sbatch")
+    with SlurmPoolExecutor(folder=folder, walltime="0:10:00", name="before") as executor:
+        futures = [executor.submit(tasks.square, n) for n in range(5)]  # the first goes out, the rest gather
+        executor.update_parameters(name="after")
+        later = executor.submit(tasks.square, 5)
+        assert [f.result(timeout=300) for f in futures + [later]] == [n * n for n in range(6)]
+    jobs = os.path.join(folder, "jobs")
+    names = {}
+    for script in os.listdir(jobs):
+        with open(os.path.join(jobs, script)) as f:
+            text = f.read()
+        batch = script.rsplit("-", 1)[0]
+        names[batch] = "before" if "--job-name=before" in text else "after" if "--job-name=after" in text else text
+    by_batch = {f.task_id.rsplit("_", 1)[0] for f in futures}
+    assert {names[b] for b in by_batch} == {"before"}
+    assert names[later.task_id.rsplit("_", 1)[0]] == "after"
