@@ -338,6 +338,8 @@ class JobExecutor(cf.Executor):
             for future in gathering.futures:
                 if not future.cancelled():
                     _guarded(set_exception, future, exc)
+        finally:
+            self._gatherer.sent(gathering)
 
     def _map(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict

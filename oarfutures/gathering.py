@@ -60,6 +60,7 @@ class Gatherer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight: Dict[str, Gathering] = {}  # options key -> calls gathered behind the submission in flight
+        self._outgoing: List[Gathering] = []  # handed over for submission, not registered by the executor yet
 
     def gather(self, options: Dict[str, Any], fn: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[JobFuture]:
         """The future of a gathered call; None when nothing is in flight: the caller submits now (and must call
@@ -80,6 +81,7 @@ class Gatherer:
             gathering = self._in_flight[key]
             if gathering.futures:
                 self._in_flight[key] = Gathering(options)
+                self._outgoing.append(gathering)
                 return gathering
             if window_over:
                 del self._in_flight[key]
@@ -91,15 +93,23 @@ class Gatherer:
             taken = [g for g in self._in_flight.values() if g.futures]
             for gathering in taken:
                 self._in_flight[_key(gathering.options)] = Gathering(gathering.options)
+            self._outgoing += taken
             return taken
 
-    def pending_futures(self) -> List[JobFuture]:
+    def sent(self, gathering: Gathering) -> None:
+        """The executor registered these calls (or failed them): they are its to cancel or wait for from now."""
         with self._lock:
-            return [f for gathering in self._in_flight.values() for f in gathering.futures]
+            self._outgoing.remove(gathering)
+
+    def pending_futures(self) -> List[JobFuture]:
+        """Every call not yet registered by the executor: a shutdown or abort must reach these too."""
+        with self._lock:
+            gatherings = list(self._in_flight.values()) + self._outgoing
+            return [f for gathering in gatherings for f in gathering.futures]
 
     def busy(self) -> bool:
         with self._lock:
-            return bool(self._in_flight)
+            return bool(self._in_flight or self._outgoing)
 
 
 def _key(options: Dict[str, Any]) -> str:

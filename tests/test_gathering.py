@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -160,3 +161,28 @@ def test_a_gathered_call_keeps_the_parameters_of_its_submit(folder):
     by_batch = {f.task_id.rsplit("_", 1)[0] for f in futures}
     assert {names[b] for b in by_batch} == {"before"}
     assert names[later.task_id.rsplit("_", 1)[0]] == "after"
+
+
+def test_calls_on_their_way_to_the_scheduler_are_still_cancelled_by_shutdown(folder, tmp_path, monkeypatch):
+    """Between leaving the gatherer and being registered (a slow sbatch), calls must stay reachable."""
+    from oarfutures.executor import JobExecutor
+
+    monkeypatch.setattr(LocalBackend, "gather_seconds", 0.01)
+    submit_batch, slowed = JobExecutor._submit_batch, threading.Event()
+
+    def slow_gathered_submission(self, *args, accepted=False, **kwargs):
+        if accepted:
+            slowed.set()
+            time.sleep(1.0)
+        return submit_batch(self, *args, accepted=accepted, **kwargs)
+
+    monkeypatch.setattr(JobExecutor, "_submit_batch", slow_gathered_submission)
+    runs = str(tmp_path / "runs")
+    executor = LocalPoolExecutor(1, folder=folder)
+    blocker = executor.submit(tasks.note_run, runs, "blocker", 0.5)
+    wait_for(blocker.running, 30, "the blocker to run")
+    futures = [executor.submit(tasks.note_run, runs, f"c{n}") for n in range(5)]  # the first out, 4 gathered
+    assert slowed.wait(10)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() for f in futures[1:]), [f._state for f in futures]
+    assert_ran_once_or_never(futures, runs, [f"c{n}" for n in range(5)])

@@ -18,6 +18,9 @@ class Fake(Backend):
     name = "fake"
     query_interval = (1000.0, 1000.0)
 
+    def __init__(self):
+        self.parameters = {}
+
     def submit(self, submission):
         array = next(_arrays)
         return [f"{array}_{i}" for i in range(submission.count)]
