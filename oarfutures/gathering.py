@@ -2,10 +2,11 @@
 
 A ``submit`` with nothing in flight for its options goes out at once, in the caller's thread (no added latency,
 and a refused submission raises there). While that submission is in flight, and for the backend's
-``gather_seconds`` after it (a loop of ``submit`` in one thread never overlaps its own submissions), further ``submit`` calls with the same
-options are *gathered*: each is pickled at once (an unpicklable call still fails its own ``submit``) and gets its
-future, and then everything gathered goes out as one array, on the executor's service thread. So the number of ``sbatch`` calls follows the scheduler's latency, not the
-number of calls, and ``max_workers`` still caps what runs, since every array goes through the same waves.
+``gather_window()`` after it (a loop of ``submit`` in one thread never overlaps its own submissions), further
+``submit`` calls with the same options are *gathered*: each is pickled at once (an unpicklable call still fails
+its own ``submit``) and gets its future, and then everything gathered goes out as one array, on the executor's
+service thread. So the number of ``sbatch`` calls follows the scheduler's latency, not the number of calls, and
+``max_workers`` still caps what runs, since every array goes through the same waves.
 """
 from __future__ import annotations
 
