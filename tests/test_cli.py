@@ -317,9 +317,11 @@ def test_slurm_logs_show_the_output_of_a_task(slurm_one_at_a_time, folder):
 
 
 # ------------------------------------------------------------------------------------------ OAR
-def in_one_hour():
-    """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 3600))
+def far_ahead():
+    """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test. Six hours ahead:
+    OAR refuses a reservation whose slot its plan already gives to queued jobs, and the whole-node jobs other
+    tests queue meanwhile (10 minutes of walltime each) can fill the next hour."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 6 * 3600))
 
 
 @pytest.fixture
@@ -340,7 +342,7 @@ def oar_executors(folder):
 @pytest.mark.oar
 def test_oar_status_shows_a_running_job_and_a_waiting_one(oar_executors, folder):
     running = oar_executors().submit(tasks.sleep_and_return, 60, 1)
-    waiting = oar_executors(additional_parameters={"r": in_one_hour()}).submit(tasks.square, 2)
+    waiting = oar_executors(additional_parameters={"r": far_ahead()}).submit(tasks.square, 2)
     wait_for(running.running, 90, "the job to run")
     assert states(folder) == {running.task_id: "running", waiting.task_id: "pending"}
 
@@ -348,7 +350,7 @@ def test_oar_status_shows_a_running_job_and_a_waiting_one(oar_executors, folder)
 @pytest.mark.oar
 def test_oar_cancel_yes_deletes_the_running_and_the_waiting_job(oar_executors, folder):
     running = oar_executors().submit(tasks.sleep_and_return, 60, 1)
-    waiting = oar_executors(additional_parameters={"r": in_one_hour()}).submit(tasks.square, 2)
+    waiting = oar_executors(additional_parameters={"r": far_ahead()}).submit(tasks.square, 2)
     wait_for(running.running, 90, "the job to run")
     out = cli("cancel", folder, "--yes").stdout
     assert running.job_id in out and waiting.job_id in out and "cancelled 2 job(s)" in out

@@ -80,7 +80,7 @@ def kill_from_outside(cluster, job_id):
 
 
 def test_a_job_killed_from_outside_while_pending_fails_its_future(cluster, folder):
-    held = {"begin": "now+3600"} if cluster == "slurm" else {"r": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 3600))}
+    held = {"begin": "now+3600"} if cluster == "slurm" else {"r": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 6 * 3600))}
     with make(cluster, folder, additional_parameters=held) as executor:
         future = executor.submit(tasks.square, 3)
         time.sleep(1)

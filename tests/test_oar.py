@@ -48,9 +48,11 @@ def deleted_by_oardel(job_ids):
     )
 
 
-def in_one_hour():
-    """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 3600))
+def far_ahead():
+    """A reservation start (``oarsub -r``) that keeps a job Waiting for the length of any test. Six hours ahead:
+    OAR refuses a reservation whose slot its plan already gives to queued jobs, and the whole-node jobs other
+    tests queue meanwhile (10 minutes of walltime each) can fill the next hour."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 6 * 3600))
 
 
 def scripts(folder):
@@ -131,7 +133,7 @@ def test_remote_exception_keeps_its_type_args_and_traceback(oar):
 
 
 def test_cancel_of_a_waiting_future_deletes_its_oar_job(folder):
-    with OarPoolExecutor(folder=folder, walltime="0:05:00", additional_parameters={"r": in_one_hour()}) as executor:
+    with OarPoolExecutor(folder=folder, walltime="0:05:00", additional_parameters={"r": far_ahead()}) as executor:
         future = executor.submit(tasks.square, 2)
         job_id = future.job_id
         assert oarstat(job_id)[job_id]["state"] == "Waiting"
@@ -202,7 +204,7 @@ def test_keyboard_interrupt_in_the_with_block_deletes_all_jobs(folder):
     with pytest.raises(KeyboardInterrupt):
         with OarPoolExecutor(folder=folder, walltime="0:05:00") as executor:
             running = [executor.submit(tasks.sleep_and_return, 300, i) for i in range(2)]
-            executor.update_parameters(additional_parameters={"r": in_one_hour()})
+            executor.update_parameters(additional_parameters={"r": far_ahead()})
             waiting = executor.submit(tasks.square, 3)
             wait_for(lambda: all(f.running() for f in running), 60, "the jobs to run")
             assert oarstat(waiting.job_id)[waiting.job_id]["state"] == "Waiting"
@@ -216,7 +218,7 @@ def test_keyboard_interrupt_in_the_with_block_deletes_all_jobs(folder):
 
 
 def test_shutdown_with_cancel_futures_deletes_waiting_jobs(folder):
-    executor = OarPoolExecutor(folder=folder, walltime="0:05:00", additional_parameters={"r": in_one_hour()})
+    executor = OarPoolExecutor(folder=folder, walltime="0:05:00", additional_parameters={"r": far_ahead()})
     futures = [executor.submit(tasks.square, i) for i in range(2)]
     job_ids = [f.job_id for f in futures]
     assert {job["state"] for job in oarstat(*job_ids).values()} == {"Waiting"}
