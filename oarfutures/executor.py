@@ -793,8 +793,8 @@ class JobExecutor(cf.Executor):
     def _on_future_cancelled(self, future: JobFuture) -> None:
         with self._lock:
             task = self._tasks.get(future.task_id)
-            if task is None or not task.all_cancelled():
-                return
+            if task is None or task.settling or not task.all_cancelled():
+                return  # (a settling task's job is dealt with by whoever settles it: abort, a result)
             self._cancelled.add(task)
         self._service.run(self._process_cancellations)
 
