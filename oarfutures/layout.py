@@ -104,30 +104,22 @@ def claim(path: str, owner: str) -> bool:
     """Take the claim at ``path`` for ``owner``: True if we got it, False if someone else holds it.
 
     A claim decides who runs a call, exactly once: the worker about to run it and a ``cancel()`` compete for
-    the same name. It is made as open(2)'s man page advises for shared filesystems: write a unique file, then
-    ``link(2)`` it to the claim name, which fails if the name exists (``rename`` would replace it). The claim
-    appears with its owner already written, so a reader never sees it empty.
+    the same name. The claim is a symbolic link whose target is the owner: ``symlink(2)`` creates the name and
+    its content in one atomic step that fails if the name exists, also on NFS (one SYMLINK call to the server,
+    as safe as the classic unique-file-then-``link(2)``, at a quarter of the file operations). A reader never
+    sees a claim without its owner.
     """
-    unique = f"{path}.{os.uname().nodename}.{os.getpid()}.{os.urandom(6).hex()}"
-    fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, owner.encode())
-    finally:
-        os.close(fd)
-    try:
-        os.link(unique, path)
+        os.symlink(owner, path)
         return True
     except FileExistsError:
         return False
-    finally:
-        os.remove(unique)
 
 
 def claim_owner(path: str) -> "str | None":
     """Who holds the claim at ``path`` (None: nobody)."""
     try:
-        with open(path) as f:
-            return f.read()
+        return os.readlink(path)
     except FileNotFoundError:
         return None
 
