@@ -20,6 +20,8 @@ worker can find its input before anyone knows which job id it got::
       jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
       logs/                      stdout/stderr of every job, kept after results are collected
       logs/<batch>_<i>.stolen.out|err   the output of task i when another job of its array ran it (stolen)
+      logs/worker-<pid>.out|err  a resident local worker's output of the call it runs now; moved to the call's
+                                 own log files when the call ends, if it printed anything (see pool_worker)
 
 This module imports nothing heavy: the worker starts once per task.
 """
@@ -85,6 +87,34 @@ def stolen_log_paths(folder: str, task: str) -> "list[str]":
     """Where a stolen task's stdout and stderr go (its own job's logs are another job's files)."""
     base = os.path.join(folder, LOGS, task + ".stolen")
     return [base + ".out", base + ".err"]
+
+
+def spool_paths(folder: str, pid: int) -> "list[str]":
+    """Where resident local worker ``pid`` writes the stdout and stderr of the call it runs."""
+    base = os.path.join(folder, LOGS, f"worker-{pid}")
+    return [base + ".out", base + ".err"]
+
+
+def publish_spool(spool: str, log: str) -> bool:
+    """Hand a call's output from a worker's spool file to the call's log file, if it printed anything.
+
+    Most calls print nothing, and two log files per call were most of the file work of a short local call; so
+    output goes to the worker's spool and becomes the call's log only when there is some: renamed when the log
+    does not exist yet (True: the worker needs a new spool), else appended (a checkpointed call's next run).
+    """
+    try:
+        if os.path.getsize(spool) == 0:
+            return False
+        if not os.path.lexists(log):
+            os.rename(spool, log)
+            return True
+        with open(spool, "rb") as source, open(log, "ab") as target:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                target.write(chunk)
+        os.truncate(spool, 0)  # its writers append (O_APPEND): they go on at the new end
+    except FileNotFoundError:  # the folder was cleaned meanwhile
+        pass
+    return False
 
 
 def lock_path(folder: str) -> str:

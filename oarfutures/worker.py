@@ -142,6 +142,7 @@ class _Task:
         self.durable = True  # fsync the result: the job's machine may crash before its page cache reaches the disk
         self.checkpointable = False  # one of its functions has a checkpoint(): never stolen from, never steals
         self.all_ok = False  # every call ran and returned (set by run): only then may the job steal more work
+        self.before_result = None  # called just before the result is written (a resident worker's logs)
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -243,6 +244,8 @@ class _Task:
 
     def write(self, outcomes, resubmissions):
         """Write the result through a temp file and a rename: the client sees all of it or nothing."""
+        if self.before_result is not None:
+            self.before_result()
         blob = dump_outcomes(outcomes, resubmissions, self.stolen_by)
         temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
