@@ -182,10 +182,8 @@ class LocalWorkers(Backend):
         batch, _, index = job_id.rpartition("_")
         if not index.isdigit() or os.path.exists(layout.result_path(self.folder, batch, int(index))):
             return None
-        owner = (layout.claim_owner(layout.claim_path(self.folder, batch, int(index))) or "").split()
-        if len(owner) == 4 and owner[0] == "run" and owner[2] == os.uname().nodename and owner[3].isdigit():
-            return int(owner[3])
-        return None
+        run = layout.parse_run_owner(layout.claim_owner(layout.claim_path(self.folder, batch, int(index))))
+        return run[2] if run is not None and run[1] == os.uname().nodename else None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         running = self.workers(job_ids)
@@ -538,8 +536,7 @@ def _ended_detail(status: JobStatus) -> str:
 
 def local_state(folder: str, row: TaskRow) -> None:
     """A local task with no result and no worker process: never started, to run again, or over."""
-    owner = layout.claim_owner(layout.claim_path(folder, row.batch, row.index)) or ""
-    started = owner.startswith("run ")  # (a quiet call leaves no log file)
+    started = layout.parse_run_owner(layout.claim_owner(layout.claim_path(folder, row.batch, row.index))) is not None
     if os.path.exists(layout.resume_path(folder, row.batch, row.index)):
         row.state, row.native, row.detail = "pending", "checkpointed", "checkpointed: waits to run again"
     elif not started:

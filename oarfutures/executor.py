@@ -590,7 +590,8 @@ class JobExecutor(cf.Executor):
         waiting, followed, on_disk, lost = [], [], [], []
         for task in tasks:
             owner = layout.claim_owner(layout.claim_path(self.folder, task.batch, task.index))
-            job_id = record.job_ids.get(task.index) or _job_of(owner)
+            run = layout.parse_run_owner(owner)
+            job_id = record.job_ids.get(task.index) or (run[0] if run else None)
             if self._result_on_disk(task):
                 on_disk.append(task)
             elif owner == layout.CANCELLED:
@@ -1178,12 +1179,6 @@ def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus
     if status.state is JobState.COMPLETED:
         return "the job completed but its worker wrote no result"
     return "no result was written"
-
-
-def _job_of(owner: Optional[str]) -> Optional[str]:
-    """The job id a worker wrote into its claim ("run <job id> <host> <pid>")."""
-    parts = (owner or "").split()
-    return parts[1] if len(parts) == 4 and parts[0] == "run" and parts[1] != "?" else None
 
 
 def _remove(path: str) -> None:

@@ -126,8 +126,21 @@ def claim_path(folder: str, batch: str, index: int, call: "int | None" = None) -
     return os.path.join(folder, CLAIMS, batch, name)
 
 
-#: the owner a cancel() writes into a claim; a worker writes "run <job id> <host> <pid>"
+#: the owner a cancel() writes into a claim; a worker writes ``run_owner(...)``
 CANCELLED = "cancelled"
+
+
+def run_owner(job_id: "str | None", host: str, pid: int) -> str:
+    """The owner a worker writes into the claim of a call it runs: who to follow, or to kill, for it."""
+    return f"run {job_id or '?'} {host} {pid}"
+
+
+def parse_run_owner(owner: "str | None") -> "tuple[str | None, str, int] | None":
+    """(job id or None, host, pid) of a worker's claim; None for a cancel's claim, no claim, or anything else."""
+    parts = (owner or "").split()
+    if len(parts) != 4 or parts[0] != "run" or not parts[3].isdigit():
+        return None
+    return (None if parts[1] == "?" else parts[1]), parts[2], int(parts[3])
 
 
 def claim(path: str, owner: str) -> bool:

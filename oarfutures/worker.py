@@ -309,7 +309,7 @@ NOT_RUN = ("error", None, "CancelledError", "the call was cancelled before it st
 
 
 def _owner():
-    return f"run {os.environ.get('OARFUTURES_JOB_ID', '?')} {os.uname().nodename} {os.getpid()}"
+    return layout.run_owner(os.environ.get("OARFUTURES_JOB_ID"), os.uname().nodename, os.getpid())
 
 
 def claim_task(folder, batch, index):
@@ -327,7 +327,7 @@ def claim_task(folder, batch, index):
     except OSError as exc:
         print(f"oarfutures worker: cannot claim task {layout.task_id(batch, index)}: {exc}", file=sys.stderr)
         return False
-    if holder.startswith("run ") and os.path.exists(layout.resume_path(folder, batch, index)):
+    if layout.parse_run_owner(holder) and os.path.exists(layout.resume_path(folder, batch, index)):
         return True
     why = "its future was cancelled" if holder == layout.CANCELLED else f"it was started before ({holder})"
     print(f"oarfutures worker: task {layout.task_id(batch, index)} not run: {why}", file=sys.stderr)
@@ -340,7 +340,7 @@ def claim_call(folder, batch, index, call):
     try:
         if layout.claim(path, _owner()):
             return True
-        return (layout.claim_owner(path) or "").startswith("run ")  # ours, from a run before a checkpoint
+        return layout.parse_run_owner(layout.claim_owner(path)) is not None  # ours, from a run before a checkpoint
     except OSError:  # the batch's files were removed meanwhile (aborted, cleaned): run nothing more
         return False
 

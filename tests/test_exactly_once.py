@@ -37,7 +37,7 @@ def handed_to_workers(folder):
         f"{batch}_{name}"
         for batch in os.listdir(claims)
         for name in os.listdir(os.path.join(claims, batch))
-        if (layout.claim_owner(os.path.join(claims, batch, name)) or "").startswith("run ")
+        if layout.parse_run_owner(layout.claim_owner(os.path.join(claims, batch, name)))
     }
     return ran | {name.rpartition(".")[0] for name in logs if not name.startswith("worker-")}
 
