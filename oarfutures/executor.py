@@ -64,6 +64,7 @@ logger.addHandler(logging.NullHandler())  # a library prints nothing unless its 
 LOG_TAIL_BYTES = 2000
 UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
 FAILED_JOB_GRACE = 5.0
+SUBMITTED_AHEAD = 1024  # calls dask and joblib keep submitted to a cluster executor (its _max_workers)
 LATE_RESULT_WATCH = 300.0  # seconds an executor keeps watching for the result of a task that failed without one
 TIDY_WAIT = 30.0  # seconds shutdown(wait=True) waits, after the futures settled, for their files to be tidied  # a job that failed wrote no result as a rule: its future fails after at most this
 
@@ -216,13 +217,15 @@ class JobExecutor(cf.Executor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
-        default_max_workers: int = 1024,
     ) -> None:
         check_max_workers(max_workers)
         self.backend = backend
         self._throttle = max_workers
-        #: what dask and joblib read as the pool size; a positive int even when no cap is set
-        self._max_workers = max_workers or default_max_workers
+        #: what dask and joblib read as the pool size: how many calls they keep submitted at once. A cluster
+        #: queues calls beyond the running cap at no cost, and calls submitted together go out as one array, so
+        #: they see at least SUBMITTED_AHEAD whatever the cap (dask with max_workers=4 would otherwise make one
+        #: sbatch per call: it submits the next one as each ends); the local pool sets its worker count.
+        self._max_workers = max(max_workers or 0, SUBMITTED_AHEAD)
         self.folder = resolve_folder(folder, backend.name)
         self.python = interpreter_path(python, must_run_here=not backend.jobs_outlive_client)
         self.keep_files = keep_files
