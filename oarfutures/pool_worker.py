@@ -134,3 +134,5 @@ def _flush():
 
 if __name__ == "__main__":
     serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))
+    _flush()
+    os._exit(0)  # as ProcessPoolExecutor's workers leave: shutdown() waits for no interpreter teardown
