@@ -427,19 +427,25 @@ def steal(task, policy):
     estimate = time.monotonic() - task.started  # the longest task seen so far, its own included
     claims = os.path.dirname(layout.claim_path(folder, batch, 0))
     stolen = 0
+    taken = None  # the claims seen: listed again only when a claim was lost, not once per stolen task
+    index = policy.first + policy.count  # the tasks from here up are taken (a claim is never given back)
     while time.monotonic() < stop and policy.fits(estimate):
-        try:
-            taken = {int(n) for n in os.listdir(claims) if n.isdigit()}
-        except OSError:  # the batch's files are gone (delivered and tidied, or aborted)
-            break
-        index = next((i for i in reversed(range(policy.first, policy.first + policy.count)) if i not in taken), None)
-        if index is None:
+        if taken is None:
+            try:
+                taken = {int(n) for n in os.listdir(claims) if n.isdigit()}
+            except OSError:  # the batch's files are gone (delivered and tidied, or aborted)
+                break
+        index -= 1
+        while index >= policy.first and index in taken:
+            index -= 1
+        if index < policy.first:
             break
         started = time.monotonic()
         ran = _run_stolen(folder, batch, index, job)
         if ran is None:
             break
-        if not ran:
+        if not ran:  # its own job or a cancel came first: others may have too
+            taken = None
             continue
         stolen += 1
         estimate = max(estimate, time.monotonic() - started)
