@@ -1126,10 +1126,22 @@ class JobExecutor(cf.Executor):
         try:
             if not self.keep_files:
                 batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
+                self._remove_empty_logs(record)
             record.complete = True
             record.save(self.folder)
         except OSError as exc:
             logger.warning("oarfutures: tidying batch %s failed: %s", record.batch, exc)
+
+    def _remove_empty_logs(self, record: records.BatchRecord) -> None:
+        """A scheduler creates both log files of every job, and most stay empty: a map of 100,000 quiet calls
+        would leave 200,000 empty files. The logs that hold output are kept."""
+        for job_id in record.job_ids.values():
+            for path in self.backend.log_paths(job_id):
+                try:
+                    if os.path.getsize(path) == 0:
+                        os.remove(path)
+                except OSError:  # not there (a local call that printed nothing, a job that never started)
+                    pass
 
     def _save(self, record: records.BatchRecord) -> None:
         try:
