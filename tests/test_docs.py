@@ -162,3 +162,30 @@ def test_every_marker_of_the_pages_renders_and_an_unknown_one_fails():
         assert "<!-- scheduler-" not in hook.replace_markers(read(page)), page
     with pytest.raises(ValueError, match="unknown documentation marker"):
         hook.replace_markers("<!-- scheduler-lines: nonsense -->")
+
+
+# ---------------------------------------------------------------- the migration guide covers the seed page
+#: a distinctive line of each code example of the Grid'5000 "Submitit" page (shared/reference); the migration
+#: guide must show each in a submitit block followed by the oarfutures version, which runs
+SEED_EXAMPLES = {
+    "basic usage": 'job_addition = executor.submit(add, 5, 7)  # will compute add(5, 7)',
+    "parameters": 'executor.update_parameters(slurm_partition="cpu_devel", oar_queue="default")',
+    "OarExecutor parameters": 'executor.update_parameters(walltime="0:0:5", queue="default")',
+    "OAR example": 'oar_additional_parameters={"t": "besteffort"})',
+    "checkpointable class": "class MyCheckpointableAlgorithm(submitit.helpers.Checkpointable):",
+    "Slurm template": "return submitit.helpers.DelayedSubmission(self, *args, **kwargs)  # submits to requeuing",
+    "OAR template": "time.sleep(60)",
+    "preemption": "job._interrupt()",
+    "job array": "jobs = executor.map_array(add, a, b)",
+}
+
+
+@pytest.mark.parametrize("example", sorted(SEED_EXAMPLES))
+def test_the_migration_guide_shows_each_seed_example_next_to_running_oarfutures_code(example):
+    found = blocks(read("migrating.md"))
+    for i, (lang, mark, code, line) in enumerate(found):
+        if mark == ("not-run", "submitit code, shown for comparison") and SEED_EXAMPLES[example] in code:
+            following = found[i + 1] if i + 1 < len(found) else None
+            assert following and following[0] == "python" and not following[1], f"line {line}: no oarfutures block after it"
+            return
+    pytest.fail(f"the seed page's {example} example ({SEED_EXAMPLES[example]!r}) is not in docs/migrating.md")
