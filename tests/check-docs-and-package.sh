@@ -50,8 +50,8 @@ check docs-build env NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -f 
 # 2. sdist and wheel, and what PyPI would show of them
 check build "$VENV/bin/python" -m build --outdir "$WORK/dist" "$WORK/src"
 check twine "$VENV/bin/twine" check --strict "$WORK"/dist/*
-check wheel-contents "$VENV/bin/python" - "$WORK"/dist/*.whl <<'PY'
-import sys, zipfile
+check wheel-contents "$VENV/bin/python" - "$WORK"/dist/*.whl "$WORK/src/oarfutures/__init__.py" <<'PY'
+import re, sys, zipfile
 from email.parser import Parser
 wheel = zipfile.ZipFile(sys.argv[1])
 names = wheel.namelist()
@@ -65,6 +65,9 @@ for version in ("3.9", "3.10", "3.11", "3.12", "3.13"):
 assert any(c.startswith("Development Status ::") for c in classifiers)
 assert {"joblib", "dask", "progress"} <= set(meta.get_all("Provides-Extra")), meta.get_all("Provides-Extra")
 assert meta["Requires-Python"] == ">=3.9"
+# the version lives in one place, oarfutures.__version__, which setup.cfg reads
+version = re.search(r'^__version__ = "([^"]+)"', open(sys.argv[2]).read(), re.M).group(1)
+assert meta["Version"] == version, (meta["Version"], version)
 print("wheel:", sys.argv[1].rsplit("/", 1)[-1], "holds LICENSE, py.typed and the metadata")
 PY
 
