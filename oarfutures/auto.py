@@ -65,9 +65,26 @@ def AutoPoolExecutor(
 ) -> JobExecutor:
     """An executor for the scheduler found here (or ``cluster=``, or ``$OARFUTURES_CLUSTER``).
 
-    ``parameters`` are generic (walltime or timeout_min, nodes, tasks_per_node, cpus_per_task, gpus_per_node,
-    mem_gb, name, setup) or prefixed for one scheduler (``oar_queue``, ``slurm_partition``...), which the others
-    ignore; plus the executor options python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions.
+    One script then runs unchanged on a Grid'5000 front-end, a Slurm login node and a laptop. It returns an
+    instance of the chosen class (``isinstance(ex, SlurmPoolExecutor)`` tells which), so everything documented
+    for ``LocalPoolExecutor``, ``SlurmPoolExecutor`` and ``OarPoolExecutor`` applies to it.
+
+    Args:
+        max_workers: How many calls may run at once, as for the chosen executor.
+        folder: The job folder, as for the chosen executor.
+        cluster: ``"oar"``, ``"slurm"`` or ``"local"`` to force a backend (``$OARFUTURES_CLUSTER`` does the same
+            without editing the script); by default OAR if ``oarsub`` answers (not as root: OAR refuses it),
+            else Slurm if its controller answers, else local.
+        **parameters: Generic ones (``walltime`` or ``timeout_min``, ``nodes``, ``tasks_per_node``,
+            ``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``name``, ``setup``) mean the same on every backend;
+            ``oar_``/``slurm_`` prefixed ones (``oar_queue``, ``slurm_partition``...) apply on their scheduler
+            only, overriding the generic one there, and are ignored elsewhere, which is what lets one script
+            name both. Also the executor options ``python``, ``keep_files``, ``result_grace``,
+            ``warn_pickle_bytes``, ``max_resubmissions``.
+
+    Raises:
+        ValueError: ``cluster`` is not one of the three, or a parameter value is refused.
+        TypeError: A parameter name is unknown to the chosen backend (the message lists the valid ones).
     """
     chosen = cluster or os.environ.get(CLUSTER_VARIABLE) or detect_cluster()
     if chosen not in CLUSTERS:

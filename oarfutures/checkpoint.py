@@ -16,6 +16,13 @@ class Resubmission:
     """What to run when a checkpointed task comes back: a callable (usually the same object) and its arguments."""
 
     def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Name the call to make when the task comes back; it is pickled then, so ``function`` may carry state.
+
+        Args:
+            function: Usually the ``Checkpointable`` itself (``self``), holding the progress made so far.
+            *args: Positional arguments of that call, usually the ones ``checkpoint`` received.
+            **kwargs: Keyword arguments of that call.
+        """
         self.function = function
         self.args = args
         self.kwargs = kwargs
@@ -32,7 +39,14 @@ class Checkpointable:
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The computation; it starts again from the top after a resubmission, so resume from ``self`` here."""
         raise NotImplementedError("a Checkpointable defines __call__")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[Resubmission]:
+        """Called in the job when it is about to be stopped, with the arguments of ``__call__``.
+
+        Override it to save what does not fit on ``self`` (files) and return ``super().checkpoint(*args,
+        **kwargs)``, or a ``Resubmission`` of another call. Returning None gives up: the future fails with
+        ``JobFailedError`` (state ``INTERRUPTED``), as a plain function would.
+        """
         return Resubmission(self, *args, **kwargs)

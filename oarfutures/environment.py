@@ -12,6 +12,18 @@ class JobEnvironment:
 
     ``master_addr``/``master_port`` are the same for every rank of a job: enough for
     ``torch.distributed.init_process_group(init_method=f"tcp://{env.master_addr}:{env.master_port}", ...)``.
+    Construct it without arguments: every field is read from the job's environment, so the same code runs on
+    Slurm, OAR and locally.
+
+    Attributes:
+        rank: This copy's rank among all copies of the call, 0 to ``world_size - 1``.
+        local_rank: Its rank on its own node, to pick a GPU.
+        world_size: ``nodes * tasks_per_node``: how many copies of the call run.
+        master_addr: Host of rank 0, where the ranks meet.
+        master_port: A port on that host the ranks may use.
+        job_id: The scheduler's job id (an array task's own id).
+        task_id: oarfutures' id of the call's task, as ``oarfutures logs`` takes it.
+        hostname: The node this copy runs on.
     """
 
     rank: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_RANK", 0)))

@@ -412,6 +412,11 @@ class JobExecutor(cf.Executor):
             raise first_error
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more calls; with ``wait``, return once every future is settled and its files tidied.
+
+        Calls already accepted still run (also those gathered but not submitted yet), unless
+        ``cancel_futures`` cancels those no worker has started. Calling it again does nothing more.
+        """
         with self._lock:
             self._shutdown = True
             live = [f for task in self._tasks.values() for f in task.futures]
@@ -890,6 +895,7 @@ class JobExecutor(cf.Executor):
         self._failed_ids.pop(task_id, None)
 
     def live_job_ids(self) -> List[str]:
+        """For the poller: the jobs to ask the scheduler about, so that one query serves every executor."""
         with self._lock:
             submitted = Phase.SUBMITTED  # a local: a global and an attribute lookup less per task
             return [t.job_id for t in self._tasks.values() if t.phase is submitted and t.job_id and not t.settling]
@@ -979,6 +985,8 @@ class JobExecutor(cf.Executor):
             self._service.run(self._stop_all, reason, False)
 
     def release_if_idle(self, poller: Poller) -> None:
+        """For the poller: stop being polled once nothing is left to watch, so that an idle executor costs no
+        scheduler query (late results of failed tasks are watched for a while first)."""
         now = time.monotonic()
         with self._lock:
             self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < LATE_RESULT_WATCH}
@@ -1227,13 +1235,21 @@ class ExecutorOptions:
     """What ``executor.options(...)`` returns: ``submit`` and ``map`` with other parameters, same executor."""
 
     def __init__(self, executor: JobExecutor, options: Dict[str, Any]) -> None:
+        """Made by ``executor.options(...)``, which checks the parameters first.
+
+        Args:
+            executor: The executor the calls go to: they share its folder, ``max_workers`` and futures.
+            options: The validated parameters that override the executor's for these calls.
+        """
         self._executor = executor
         self._options = options
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        """``executor.submit`` with this view's parameters."""
         return self._executor._submit(fn, args, kwargs, self._options)
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None, chunksize: int = 1
     ) -> Iterator[Any]:
+        """``executor.map`` with this view's parameters."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._options)

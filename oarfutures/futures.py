@@ -24,9 +24,21 @@ from typing import Any, Callable, Iterator, List, Optional
 
 
 class JobFuture(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` also cancels its scheduler job while it is queued."""
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also cancels its scheduler job while it is queued.
+
+    Attributes:
+        task_id: oarfutures' id of the call's task.
+        job_ids: Every scheduler job that ran or was meant to run the task, resubmissions included.
+        resubmissions: How many times a checkpoint brought the task back (known once it is done).
+    """
 
     def __init__(self, task_id: str = "") -> None:
+        """Made by the executors, not by you: ``submit``, ``map``, ``attach`` hand them out.
+
+        Args:
+            task_id: oarfutures' id of the call's task, independent of the scheduler's job ids (which change
+                when a checkpointed call comes back); ``oarfutures logs FOLDER TASK_ID`` takes it.
+        """
         super().__init__()
         self.task_id = task_id
         self.job_ids: List[str] = []  # every scheduler job that ran this task, resubmissions included

@@ -367,6 +367,28 @@ class LocalPoolExecutor(JobExecutor):
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
     ) -> None:
+        """Start no process yet: resident workers start with the first calls and leave after 10 s idle.
+
+        Args:
+            max_workers: How many calls of this executor may run at once, across every ``submit`` and
+                ``map`` (dask and joblib submit one call at a time). Also the number of resident worker processes (default: the CPU count).
+            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
+                workers can read (here, any local folder). Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
+                existing folder owned by another user or writable by others is refused: task files are code.
+            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
+                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
+                without your packages.
+            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
+                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
+                would grow with every call).
+            result_grace: Seconds a job that ended normally may take to show its result file before its future
+                fails (default 0.5 s). Shared filesystems cache directory listings; a job that failed gets at
+                most 5 s.
+            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
+                per task and read by every job, and a big model in a closure is the usual culprit.
+            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
+                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
+        """
         check_max_workers(max_workers)
         folder = resolve_folder(folder, LocalBackend.name)
         backend = LocalBackend(max_workers or os.cpu_count() or 1, folder)

@@ -367,6 +367,56 @@ class OarPoolExecutor(JobExecutor):
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
     ) -> None:
+        """Submit nothing yet: each ``submit``/``map`` becomes an ``oarsub --array`` with these parameters.
+
+        Parameters are checked here, before anything is submitted: an unknown name is a ``TypeError`` listing the
+        valid ones, a value that could escape its ``#OAR`` line a ``ValueError`` naming it.
+        ``update_parameters()`` and ``options()`` change them later (also the generic ``tasks_per_node``,
+        ``cpus_per_task``, ``mem_gb`` and ``memory_property``). The lines each parameter becomes are in the
+        documentation's OAR guide, rendered from this code.
+
+        Args:
+            max_workers: How many calls of this executor may run at once, across every ``submit`` and
+                ``map`` (dask and joblib submit one call at a time). OAR arrays have no running cap of their own: tasks are submitted in waves.
+            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
+                compute nodes share (your home on Grid'5000). Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
+                existing folder owned by another user or writable by others is refused: task files are code.
+            queue: ``-q`` (``default``, ``production``, ``besteffort``...); none lets OAR pick its default.
+            walltime: The ``walltime=`` of the ``-l`` line, as seconds, a ``timedelta`` or ``"H:MM:SS"``; none
+                takes the queue's default. It also bounds what a job may steal.
+            nodes: ``-l /nodes=N`` per call; more than one makes a multi-task job (see ``JobEnvironment``).
+            cores: ``/core=N`` per node in the ``-l`` line (one core unless told otherwise or a GPU is asked).
+            gpus_per_node: ``/gpu=N`` per node in the ``-l`` line.
+            resources: The whole ``-l`` text instead (``"/cluster=1/nodes=2"``), for requests the parameters
+                above cannot spell; ``walltime`` is appended unless it is already in it.
+            properties: ``-p``, an SQL filter on node properties (``"gpu_model='A100'"``).
+            project: ``--project``, for sites that account by project.
+            name: ``-n``, what ``oarstat`` shows.
+            job_types: ``-t`` values (``"besteffort"``, ``"exotic"``...); ``idempotent`` is added for
+                ``Checkpointable`` calls.
+            setup: Shell lines run before the worker (``module load``, ``conda activate``), because OAR starts a
+                job with a fresh login environment.
+            additional_parameters: Any other ``oarsub`` option, ``{"t": "besteffort"}`` becomes
+                ``#OAR -t besteffort``; options oarfutures passes itself (``-l``, ``-O``, ``-d``...) are refused
+                with the parameter to use instead.
+            checkpoint_seconds: For a ``Checkpointable`` call, how long before the walltime OAR sends the
+                checkpoint signal (``--checkpoint``): the time ``checkpoint()`` has to save its state.
+            steal_seconds: For how long after its own call a job may run pending calls of its array in the same
+                interpreter (0: never), which saves a job start per stolen call.
+            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
+                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
+                without your packages.
+            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
+                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
+                would grow with every call).
+            result_grace: Seconds a job that ended normally may take to show its result file before its future
+                fails (default 60 s). Shared filesystems cache directory listings; a job that failed gets at
+                most 5 s.
+            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
+                per task and read by every job, and a big model in a closure is the usual culprit.
+            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
+                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
+        """
         check_max_workers(max_workers)
         parameters = dict(
             queue=queue,

@@ -520,6 +520,55 @@ class SlurmPoolExecutor(JobExecutor):
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
     ) -> None:
+        """Submit nothing yet: each ``submit``/``map`` becomes an ``sbatch --array`` with these parameters.
+
+        Parameters are checked here, before anything is submitted: an unknown name is a ``TypeError`` listing the
+        valid ones, a value that could escape its ``#SBATCH`` line a ``ValueError`` naming it.
+        ``update_parameters()`` and ``options()`` change them later. The lines each parameter becomes are in the
+        documentation's Slurm guide, rendered from this code.
+
+        Args:
+            max_workers: How many calls of this executor may run at once, across every ``submit`` and
+                ``map`` (dask and joblib submit one call at a time). Given as ``--array=...%N`` with the slots left free, so Slurm holds the rest.
+            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
+                compute nodes share. Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
+                existing folder owned by another user or writable by others is refused: task files are code.
+            partition: ``--partition``; none lets Slurm pick its default partition.
+            walltime: ``--time``, as seconds, a ``timedelta`` or ``"H:MM:SS"`` (Slurm rounds up to minutes);
+                none takes the partition's default. It also bounds what a task may steal.
+            nodes: ``--nodes`` per call; more than one makes a multi-task job (see ``JobEnvironment``).
+            cpus_per_task: ``--cpus-per-task``: what one call may use for its own threads or processes.
+            mem: ``--mem`` as Slurm spells it (``"4G"``); ``mem_gb`` (through ``update_parameters``) is the
+                generic spelling shared with the other backends.
+            gpus_per_node: ``--gpus-per-node``.
+            account: ``--account``, for sites that charge hours to a project.
+            qos: ``--qos``.
+            name: ``--job-name``, what ``squeue`` shows.
+            setup: Shell lines run before the worker (``module load``, ``conda activate``), because a job does
+                not see the environment of the shell that submitted it.
+            additional_parameters: Any other ``#SBATCH`` option, ``{"constraint": "v100"}``, ``True`` for a
+                flag, one-letter keys as short options; options oarfutures writes itself are refused with the
+                parameter to use instead.
+            checkpoint_seconds: For a ``Checkpointable`` call, how long before the walltime Slurm sends the
+                checkpoint signal (``--signal=B:USR2@N``): the time ``checkpoint()`` has to save its state.
+            steal_seconds: For how long after its own call an array task may run pending calls of its array in
+                the same interpreter (0: never), which saves a job start per stolen call.
+            max_array_size: Slurm's ``MaxArraySize`` when you know it; read from ``scontrol show config`` at the
+                first submission otherwise. Larger maps are split into several arrays.
+            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
+                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
+                without your packages.
+            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
+                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
+                would grow with every call).
+            result_grace: Seconds a job that ended normally may take to show its result file before its future
+                fails (default 60 s). Shared filesystems cache directory listings; a job that failed gets at
+                most 5 s.
+            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
+                per task and read by every job, and a big model in a closure is the usual culprit.
+            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
+                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
+        """
         check_max_workers(max_workers)
         parameters = dict(
             partition=partition,

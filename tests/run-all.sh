@@ -4,7 +4,10 @@
 #      normal user with a fresh environment: the worker's interpreter must be an absolute path they can read);
 #   2. the real Slurm and OAR clusters, installed from Debian's packages and started by tests/clusters/*;
 #   3. pytest: local and Slurm tests as root, the local tests again as a normal user (root hides permission
-#      bugs), Slurm again with accounting (slurmdbd + sacct), OAR tests as the unprivileged user OAR requires.
+#      bugs), Slurm again with accounting (slurmdbd + sacct), OAR tests as the unprivileged user OAR requires;
+#      before the clusters, the documentation and packaging checks (tests/check-docs-and-package.sh: the docs
+#      site built with warnings as errors, sdist and wheel, twine check, the wheel on Python 3.9 to 3.13). The
+#      examples of the docs pages run in the pytest phases (tests/test_docs.py).
 # A cluster that does not come up fails the run; nothing is skipped (CI=true makes a missing scheduler command a
 # failure, not a skip). The last line sums up every phase.
 #   OARFUTURES_CI_DIR   where the venv and the test copy live           [/var/tmp/oarfutures-ci]
@@ -27,17 +30,21 @@ if [ ! -x "$RUN/venv/bin/python" ]; then
         /usr/bin/python3 -m venv "$RUN/venv"; } || die "cannot create a virtual environment"
 fi
 # a regular (not editable) install: the package then lives inside the venv, readable by the OAR test user
-"$RUN/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$REPO[test]" || die "pip install failed"
-rm -rf "$RUN/src" && mkdir -p "$RUN/src" && cp -r "$REPO/tests" "$REPO/examples" "$REPO/pyproject.toml" "$RUN/src/"
+"$RUN/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$REPO[test,docs,release]" || die "pip install failed"
+rm -rf "$RUN/src" && mkdir -p "$RUN/src" && cp -r "$REPO/tests" "$REPO/examples" "$REPO/docs" "$REPO/pyproject.toml" "$RUN/src/"
 chmod -R a+rX "$RUN"
 PYTEST=("$RUN/venv/bin/python" -m pytest -p no:cacheprovider -q -rfE --durations=10 -n "${PYTEST_WORKERS:-3}" ${PYTEST_ARGS:-})
+rm -f "$RUN"/*.xml
+status=0
+
+step "documentation and packaging checks"
+bash "$REPO/tests/check-docs-and-package.sh" "$RUN/venv" "$RUN/docs-and-package" "$RUN/docs-and-package.xml" || status=1
 
 step "Slurm (no accounting)"
 WITH_SLURMDBD=0 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm did not start"
 step "OAR"
 bash "$REPO/tests/clusters/oar/start.sh" || die "OAR did not start"
 
-status=0
 phase() { # NAME USER PYTEST-ARGS...
     local name=$1 user=$2; shift 2
     step "pytest: $name"
@@ -49,10 +56,10 @@ phase() { # NAME USER PYTEST-ARGS...
         cp "/tmp/$name.xml" "$RUN/$name.xml" 2>/dev/null || true
     fi
 }
-rm -f "$RUN"/*.xml
 LOCAL='not slurm and not oar and not accounting and not array_limit and not admin'
 phase local-and-slurm root tests -m "not oar and not accounting and not array_limit" -k "not never_hang"
-phase local-as-user "$USER_OAR" tests -m "$LOCAL"
+# (the docs pages' examples ran as root already: as a normal user they would only cost time)
+phase local-as-user "$USER_OAR" tests -m "$LOCAL" -k "not examples_of_each_page"
 step "Slurm with accounting (slurmdbd) and Slurm's default MaxArraySize"
 WITH_SLURMDBD=1 MAX_ARRAY_SIZE=1001 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
 export OARFUTURES_EXPECT_ACCOUNTING=1
