@@ -369,6 +369,13 @@ def _mtime(path: str) -> Optional[float]:
         return None
 
 
+def _ran(folder: str, batch: str, index: int) -> bool:
+    """Whether the task started: a worker claimed it, or its result is there (the claims of a tidied batch go)."""
+    if layout.parse_run_owner(layout.claim_owner(layout.claim_path(folder, batch, index))):
+        return True
+    return any(os.path.exists(p) for p in (layout.result_path(folder, batch, index), layout.delivered_path(folder, batch, index)))
+
+
 def _claim_time(path: str) -> Optional[float]:
     try:
         return os.lstat(path).st_mtime  # the claim itself, a symbolic link, not what it names
@@ -683,7 +690,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
             out.write(b"\n")
         shown += 1
     out.flush()
-    if not shown:
+    if not shown and (record.complete or _ran(folder, batch, index)):  # a quiet call leaves no log file
+        print(f"oarfutures: task {args.task} left no output: it printed nothing (empty logs are not kept)", file=sys.stderr)
+    elif not shown:
         raise CliError(f"no log files for task {args.task} (job {', '.join(job_ids)}): it has not started, or they were removed")
     return 0
 

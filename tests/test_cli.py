@@ -130,6 +130,13 @@ def test_logs_prints_the_stdout_and_stderr_of_a_task(local, folder):
     assert out.index(f"==> {folder}/logs/{future.task_id}.err <==") < out.index("to stderr")
 
 
+def test_logs_of_a_task_that_printed_nothing_says_so_and_succeeds(local, folder):
+    future = local.submit(tasks.square, 2)
+    future.result(timeout=60)
+    done = cli("logs", folder, future.task_id, check=False)
+    assert done.returncode == 0 and "printed nothing" in done.stderr and done.stdout == ""
+
+
 def test_logs_of_a_task_that_does_not_exist_fails_with_a_message(local, folder):
     future = local.submit(tasks.square, 2)
     future.result(timeout=60)
