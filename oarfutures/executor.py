@@ -165,12 +165,24 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def resolve_folder(folder: Optional[str], kind: str) -> str:
-    """The absolute job folder; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
+def folder_path(folder: Optional[str], kind: str) -> str:
+    """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures.
+
+    Constructors check every argument against this path first and create the folder last, so that a refused
+    argument leaves nothing behind."""
     if folder is None:
-        base = os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
-        folder = os.path.join(base, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
-    folder = os.path.abspath(os.fspath(folder))
+        folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    return os.path.abspath(os.fspath(folder))
+
+
+def default_base() -> str:
+    """Where executors without ``folder=`` make their folders."""
+    return os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
+
+
+def resolve_folder(folder: Optional[str], kind: str) -> str:
+    """The absolute job folder, created (private) if need be; by default a new one (see ``folder_path``)."""
+    folder = folder_path(folder, kind)
     layout.make_folder(folder)
     return folder
 
@@ -223,10 +235,10 @@ class JobExecutor(cf.Executor):
         self._throttle = max_workers
         #: what dask and joblib read as the pool size; a positive int even when no cap is set
         self._max_workers = max_workers or default_max_workers
-        self.folder = resolve_folder(folder, backend.name)
         self.python = interpreter_path(python, must_run_here=not backend.jobs_outlive_client)
-        self.keep_files = keep_files
         self.result_grace = _grace(backend.result_grace if result_grace is None else result_grace)
+        self.folder = resolve_folder(folder, backend.name)  # last: a refused argument leaves no folder behind
+        self.keep_files = keep_files
         self.warn_pickle_bytes = warn_pickle_bytes
         self.max_resubmissions = max_resubmissions
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequen
 
 from oarfutures import layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.poller import get_poller
 from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 
@@ -347,11 +347,15 @@ class LocalPoolExecutor(JobExecutor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
+        **parameters: Any,
     ) -> None:
         check_max_workers(max_workers)
-        folder = resolve_folder(folder, LocalBackend.name)
-        backend = LocalBackend(max_workers or os.cpu_count() or 1, folder)
+        path = folder_path(folder, LocalBackend.name)
+        backend = LocalBackend(max_workers or os.cpu_count() or 1, path)
+        # the generic parameters (mem_gb=, timeout_min=...) are accepted, so that a script runs unchanged here;
+        # checked before the folder exists: a refused one leaves nothing behind
+        backend.parameters.update(backend.validate(parameters))
         super().__init__(
-            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
         self._max_workers = backend.max_workers

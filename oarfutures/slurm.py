@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 from oarfutures import commands, layout, params
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
@@ -67,8 +67,10 @@ PARAMETERS: Dict[str, Any] = {
     "additional_parameters": None,
     "checkpoint_seconds": 90,
     "steal_seconds": 60,
+    **{option: None for option in params.SBATCH_OPTIONS},  # submitit's constraint=, gres=, exclude=...
 }
 CHECKERS: Dict[str, params.Checker] = {
+    **{option: params.sbatch_value for option in params.SBATCH_OPTIONS},
     "partition": params.token,
     "walltime": params.walltime_seconds,
     "nodes": params.positive_int,
@@ -244,6 +246,7 @@ class SlurmBackend(Backend):
                 lines.append(f"#SBATCH --{option}={p[key]}")
         if p["gpus_per_node"]:
             lines.append(f"#SBATCH --gpus-per-node={p['gpus_per_node']}")
+        lines += [directive(option, p[option]) for option in params.SBATCH_OPTIONS if p[option]]
         lines += [directive(key, value) for key, value in (p["additional_parameters"] or {}).items()]
         if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
@@ -519,14 +522,17 @@ class SlurmPoolExecutor(JobExecutor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
+        mem_gb: Optional[float] = None,
+        **parameters: Any,
     ) -> None:
         check_max_workers(max_workers)
-        parameters = dict(
+        explicit = dict(
             partition=partition,
             walltime=walltime,
             nodes=nodes,
             cpus_per_task=cpus_per_task,
             mem=mem,
+            mem_gb=mem_gb,
             gpus_per_node=gpus_per_node,
             account=account,
             qos=qos,
@@ -536,9 +542,10 @@ class SlurmPoolExecutor(JobExecutor):
             checkpoint_seconds=checkpoint_seconds,
             steal_seconds=steal_seconds,
         )
-        folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), SlurmBackend.name)
-        backend = SlurmBackend(folder, parameters, max_array_size)
+        # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
+        # exists: a refused one leaves nothing behind
+        path = params.job_folder("folder", folder_path(None, SlurmBackend.name) if folder is None else folder)
+        backend = SlurmBackend(path, {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}, max_array_size)
         super().__init__(
-            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-
