@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from oarfutures import layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 
-STATES = ("done", "failed", "running", "pending", "ended-without-result", "unknown")
+STATES = ("done", "failed", "cancelled", "running", "pending", "ended-without-result", "unknown")
 #: a job the scheduler does not know is "not visible yet" for this long after its record was last written
 VISIBILITY_GRACE = 15.0
 WORKER_MODULE = b"oarfutures.worker"
@@ -422,8 +422,17 @@ def task_rows(folder: str, backends: Backends, batches: Sequence[records.BatchRe
         if row.result is None and row.state != "running" and late.get(row.task_id):
             row.result = late[row.task_id]
             classify_result(row)
+        if row.result is None and row.state != "running":
+            note_cancelled(folder, row)
         row.runtime = estimate_runtime(backends, row, now)
     return rows
+
+
+def note_cancelled(folder: str, row: TaskRow) -> None:
+    """A task without a result whose claim a ``cancel()`` took will never run: it is cancelled, whatever its job
+    still does (it exits at once when it starts)."""
+    if layout.claim_owner(layout.claim_path(folder, row.batch, row.index)) == layout.CANCELLED:
+        row.state, row.detail = "cancelled", "cancelled: it never runs"
 
 
 def classify_result(row: TaskRow) -> None:
@@ -587,7 +596,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for record in listed:  # --all: tasks of complete batches, whose results were delivered and removed
         if record.complete:
             for index in range(len(record.calls)):
-                row = TaskRow(record, index, record.job_ids.get(index), "done", detail="complete batch")
+                row = TaskRow(record, index, record.job_ids.get(index), record.outcome(index), detail="complete batch")
                 rows.append(row)
     order = {record.batch: n for n, record in enumerate(batches)}
     rows.sort(key=lambda r: (order[r.batch], r.index))
@@ -596,7 +605,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts[row.state] += 1
     summarised = [r for r in batches if r.complete and not args.all]
     for record in summarised:
-        counts["done"] += len(record.calls)
+        for index in range(len(record.calls)):
+            counts[record.outcome(index)] += 1
     total_tasks = sum(len(r.calls) for r in batches)
     total_calls = sum(sum(r.calls) for r in batches)
     if args.json:
@@ -627,8 +637,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     summarised_names = {r.batch for r in summarised}
     for record in batches:
         if record.batch in summarised_names:
-            lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", "done", "-",
-                          f"complete: {len(record.calls)} task(s), results delivered or cleaned"])
+            lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", batch_state(record), "-",
+                          f"complete: {outcome_summary(record)}, results delivered or cleaned"])
             continue
         for row in (r for r in rows if r.record is record):
             native = f"[{row.native}]" if row.native and row.native.lower() not in (row.state, "completed") else ""
@@ -642,6 +652,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
     print(f"{total_tasks} task(s), {total_calls} call(s) in {len(batches)} batch(es): {shown}")
     return 0
+
+
+def batch_state(record: records.BatchRecord) -> str:
+    """The state shown for a whole complete batch: its worst task's (failed, then cancelled, then done)."""
+    outcomes = set(record.outcomes.values())
+    return next((state for state in ("failed", "cancelled") if state in outcomes), "done")
+
+
+def outcome_summary(record: records.BatchRecord) -> str:
+    """"3 task(s): 1 done, 1 failed, 1 cancelled" for a complete batch."""
+    tally = {state: 0 for state in ("done", "failed", "cancelled")}
+    for index in range(len(record.calls)):
+        tally[record.outcome(index)] += 1
+    parts = ", ".join(f"{n} {state}" for state, n in tally.items() if n)
+    return f"{len(record.calls)} task(s): {parts}"
 
 
 # ---------------------------------------------------------------------------------------------- logs
@@ -702,6 +727,27 @@ def cancel_live(backends: Backends, rows: Sequence[TaskRow]) -> List[TaskRow]:
     return done
 
 
+def queued_rows(rows: Sequence[TaskRow]) -> List[TaskRow]:
+    """Tasks no scheduler holds yet: calls waiting in their client's queue (local calls not started, cluster calls
+    not submitted yet because of max_workers). Only their claim can stop them."""
+    return [r for r in rows if r.state == "pending" and not r.live and r.native != "checkpointed"]
+
+
+def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> Tuple[List[TaskRow], List[TaskRow]]:
+    """Take the claim of each queued task for a cancellation, as ``future.cancel()`` does: its worker then never
+    runs it (it exits at once when its client starts or submits it, and the future fails with JobFailedError).
+    Returns the tasks cancelled and those a worker claimed first (they are running now)."""
+    cancelled, started = [], []
+    for row in rows:
+        path = layout.claim_path(folder, row.batch, row.index)
+        try:
+            won = layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED
+        except FileNotFoundError:  # its files were removed meanwhile: nothing can run it
+            won = True
+        (cancelled if won else started).append(row)
+    return cancelled, started
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
     backends = Backends(folder)
@@ -709,27 +755,26 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     rows = task_rows(folder, backends, unfinished)
     require_known(rows, "nothing cancelled")
     live = [r for r in rows if r.live]
-    unsubmitted = [r for r in rows if r.job_id is None and r.result is None]
-    if not live:
-        print("nothing to cancel: no job of this folder is queued or running")
-    else:
-        lines = [["BACKEND", "JOB", "TASK", "WAS"]] + [[r.record.backend, r.job_id or "", r.task_id, r.state] for r in live]
-        if not args.yes:
-            print(table(lines), file=sys.stderr)
-            if not confirm(f"cancel these {len(live)} job(s)?"):
-                print("nothing cancelled", file=sys.stderr)
-                return 1
-        cancelled = cancel_live(backends, live)
-        print(table(lines[:1] + [[r.record.backend, r.job_id or "", r.task_id, r.state] for r in cancelled]))
-        print(f"cancelled {len(cancelled)} job(s)")
-    if unsubmitted:
-        print(f"{len(unsubmitted)} task(s) not submitted yet: a client still running may submit them")
-    queued_locally = [r for r in rows if r.record.backend == "local" and r.state == "pending" and r.job_id is not None]
-    if queued_locally:
-        print(
-            f"{len(queued_locally)} local task(s) not started: they wait in their client's queue, which only that "
-            "client (or its end) can empty"
-        )
+    queued = queued_rows(rows)
+    if not live and not queued:
+        print("nothing to cancel: no call of this folder is queued or running")
+        return 0
+    lines = [["BACKEND", "JOB", "TASK", "WAS"]] + [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in live]
+    lines += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in queued]
+    if not args.yes:
+        print(table(lines), file=sys.stderr)
+        if not confirm(f"cancel these {len(live) + len(queued)} task(s)?"):
+            print("nothing cancelled", file=sys.stderr)
+            return 1
+    cancelled_queued, started = cancel_queued(folder, queued)  # first: a queued call must not start meanwhile
+    cancelled = cancel_live(backends, live)
+    shown = [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in cancelled]
+    shown += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in cancelled_queued]
+    print(table(lines[:1] + shown))
+    print(f"cancelled {len(cancelled)} job(s)" + (f" and {len(cancelled_queued)} queued task(s), which will never run "
+          "(their client's futures fail with JobFailedError)" if cancelled_queued else ""))
+    if started:
+        print(f"{len(started)} queued task(s) started meanwhile and were not cancelled: run cancel again")
     return 0
 
 
@@ -798,6 +843,8 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
         cancelled = cancel_live(backends, rows)
         for row in cancelled:
             print(f"cancelled {row.record.backend} job {row.job_id} (task {row.task_id}, {row.state})")
+        cancel_queued(folder, queued_rows(rows))  # their task files go: a client must not start them
+        note_outcomes(rows)
     runs = runs_of(backends, targets, follow_oar=False) if args.logs else {}
     files = freed = 0
     for record in targets:
@@ -816,6 +863,14 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
         f"freed {size(freed)}" + (f"; {kept} unfinished batch(es) kept (--all removes them)" if kept else "")
     )
     return 0
+
+
+def note_outcomes(rows: Sequence[TaskRow]) -> None:
+    """Record how the tasks of batches ``clean --all`` ends ended, as an executor does (status reads it): those
+    that did not finish are cancelled."""
+    for row in rows:
+        if row.state != "done":
+            row.record.outcomes[row.index] = "failed" if row.state in ("failed", "ended-without-result") else "cancelled"
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -1091,6 +1091,7 @@ class JobExecutor(cf.Executor):
             return
         del self._tasks[task.task_id]
         task.settling = True
+        task.record.note_outcome(task.index, task.futures)  # saved with the batch: `oarfutures status` shows it
         if self._by_job.get(task.job_id or "") is task:
             del self._by_job[task.job_id or ""]
         self._ended.discard(task)

@@ -11,9 +11,12 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 from oarfutures import layout
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 @dataclass
@@ -26,6 +29,9 @@ class BatchRecord:
     created: float = field(default_factory=time.time)
     complete: bool = False  # every result was delivered to a client and the batch's files are gone
     client: str = field(default_factory=lambda: client_name())  # "<host>:<pid>" of the process that follows it
+    #: task index -> "failed" (a call raised or its job died) or "cancelled" (a call was cancelled); tasks whose
+    #: calls all returned are absent. Kept because a complete batch's result files are gone: `status` reads it.
+    outcomes: Dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the user's thread and the executor's threads both change and save a record: one at a time
@@ -34,6 +40,26 @@ class BatchRecord:
     def set_job_ids(self, job_ids: Dict[int, str]) -> None:
         with self._lock:
             self.job_ids.update(job_ids)
+
+    def note_outcome(self, index: int, futures: Sequence[Future]) -> None:
+        """Remember how a settled task ended: "failed" if any call failed, else "cancelled" if any was cancelled
+        (its future, or its job from outside: scancel, oardel, `oarfutures cancel`)."""
+        from oarfutures.errors import JobFailedError
+
+        errors = [f.exception(0) for f in futures if f.done() and not f.cancelled()]
+        killed = [e for e in errors if isinstance(e, JobFailedError) and e.state.upper().startswith("CANCELLED")]
+        if len([e for e in errors if e is not None]) > len(killed):
+            outcome = "failed"
+        elif killed or any(f.cancelled() for f in futures):
+            outcome = "cancelled"
+        else:
+            return
+        with self._lock:
+            self.outcomes[index] = outcome
+
+    def outcome(self, index: int) -> str:
+        """How task ``index`` of a complete batch ended: "done", "failed" or "cancelled"."""
+        return self.outcomes.get(index, "done")
 
     def save(self, folder: str) -> None:
         """Write through a temp file of this process and thread, then rename: readers see one whole version."""
@@ -69,6 +95,7 @@ def load(path: str) -> BatchRecord:
     with open(path) as f:
         data = json.load(f)
     data["job_ids"] = {int(index): job_id for index, job_id in data["job_ids"].items()}
+    data["outcomes"] = {int(index): outcome for index, outcome in data.get("outcomes", {}).items()}
     return BatchRecord(**data)
 
 

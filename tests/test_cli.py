@@ -149,6 +149,21 @@ def test_logs_of_a_checkpointed_local_task_hold_every_run(folder):
     assert "checkpointed in job" in cli("logs", folder, future.task_id).stdout
 
 
+def test_status_reports_failed_and_cancelled_tasks_of_complete_batches(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        with executor.batch():
+            failing = executor.submit(tasks.raise_value_error, "bad")
+            slow = executor.submit(tasks.sleep_and_return, 1, 1)
+            cancelled = executor.submit(tasks.square, 3)
+        assert cancelled.cancel()  # the only worker is busy with the first two
+        assert isinstance(failing.exception(timeout=60), ValueError) and slow.result(timeout=60) == 1
+    document = status(folder)
+    assert (document["counts"]["done"], document["counts"]["failed"], document["counts"]["cancelled"]) == (1, 1, 1)
+    assert [t["state"] for t in status(folder, "--all")["tasks"]] == ["failed", "done", "cancelled"]
+    (row,) = [line for line in cli("status", folder).stdout.splitlines() if " all " in line]
+    assert " failed " in row and "3 task(s): 1 done, 1 failed, 1 cancelled" in row
+
+
 # ------------------------------------------------------------------------------------------ cancel
 def test_cancel_yes_kills_the_running_local_worker_and_says_so(folder):
     executor = LocalPoolExecutor(1, folder=folder)
@@ -181,6 +196,28 @@ def test_cancel_asks_first_and_cancels_nothing_without_a_yes(folder):
 def test_cancel_with_nothing_running_says_so(local, folder):
     local.submit(tasks.square, 2).result(timeout=60)
     assert "nothing to cancel" in cli("cancel", folder, "--yes").stdout
+
+
+def test_cancel_yes_cancels_queued_local_calls_too_and_they_never_run(folder, tmp_path):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        running = executor.submit(tasks.sleep_and_return, 60, 1)
+        marker = str(tmp_path / "ran")
+        queued = executor.submit(tasks.touch_and_sleep, marker, 0)  # waits for the only worker
+        wait_for(running.running, 30, "the first call to run")
+        wait_for(lambda: queued.task_id in states(folder), 30, "the queued call to reach the folder")
+        assert states(folder)[queued.task_id] == "pending"
+        done = cli("cancel", folder, "--yes")
+        assert queued.task_id in done.stdout and "cancelled 1 job(s) and 1 queued task(s)" in done.stdout
+        assert states(folder)[queued.task_id] == "cancelled"
+        with pytest.raises(JobFailedError):
+            running.result(timeout=30)
+        with pytest.raises(JobFailedError):  # its worker took it, found the claim and declined
+            queued.result(timeout=30)
+        assert not os.path.exists(marker)
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ clean
