@@ -298,6 +298,18 @@ class JobExecutor(cf.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, {})
 
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+        """``map``'s one array, but its futures, in input order, instead of an iterator of results.
+
+        Everything is submitted before this returns, and each future carries its array task's ``job_id`` once
+        that task is submitted (at once, unless ``max_workers`` holds it back on OAR) and its ``task_id``: keep
+        them, cancel some, ``wait``/``as_completed`` on them, without a ``batch()`` block. submitit's
+        ``map_array``, which returns its jobs, is the same call (and an alias).
+        """
+        return self._map_futures(fn, iterables, chunksize, {})
+
+    map_array = map_futures
+
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
         collected = getattr(self._collecting, "calls", None)
         self._check_open()
@@ -356,13 +368,17 @@ class JobExecutor(cf.Executor):
     def _map(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict
     ) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _results_in_order(self._map_futures(fn, iterables, chunksize, options), deadline)
+
+    def _map_futures(
+        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], chunksize: int, options: Dict
+    ) -> List[JobFuture]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        deadline = None if timeout is None else time.monotonic() + timeout
         calls: List[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        futures = self._submit_batch([fn], tasks, options) if tasks else []
-        return _results_in_order(futures, deadline)
+        return self._submit_batch([fn], tasks, options) if tasks else []
 
     # ------------------------------------------------------------------ parameters, per-call options, batches
     def update_parameters(self, **parameters: Any) -> None:
@@ -1240,3 +1256,8 @@ class ExecutorOptions:
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None, chunksize: int = 1
     ) -> Iterator[Any]:
         return self._executor._map(fn, iterables, timeout, chunksize, self._options)
+
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+        return self._executor._map_futures(fn, iterables, chunksize, self._options)
+
+    map_array = map_futures
