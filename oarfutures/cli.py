@@ -825,6 +825,23 @@ def remove(paths: Iterable[str]) -> Tuple[int, int]:
     return count, freed
 
 
+def unchanged_for(folder: str, record: records.BatchRecord, days: float) -> bool:
+    """Whether a batch's record was last written (submitted, followed, completed) more than ``days`` days ago."""
+    written = _mtime(layout.record_path(folder, record.batch))
+    return written is not None and time.time() - written > days * 86400
+
+
+def days(text: str) -> float:
+    """``--older`` value: a number of days >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days >= 0")
+    return value
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
     with filelock.FileLock(layout.lock_path(folder)):  # not while attach() reads the folder
@@ -835,6 +852,8 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
     backends = Backends(folder)
     batches = records.load_all(folder)
     targets = [r for r in batches if r.complete or args.all]
+    if args.older is not None:
+        targets = [r for r in targets if unchanged_for(folder, r, args.older)]
     unfinished = [r for r in targets if not r.complete]
     cancelled: List[TaskRow] = []
     if unfinished:
@@ -1013,6 +1032,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--logs", action="store_true", help="remove their logs, records and scripts too")
     p.add_argument("--all", action="store_true", help="unfinished batches too, after cancelling their jobs")
+    p.add_argument("--older", metavar="DAYS", type=days,
+                   help="only batches whose record was last written more than DAYS days ago (fractions allowed)")
     p.set_defaults(run=cmd_clean)
 
     p = sub.add_parser(

@@ -19,7 +19,7 @@ import threading
 import weakref
 from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
-from oarfutures import layout, params
+from oarfutures import layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.poller import get_poller
@@ -358,4 +358,6 @@ class LocalPoolExecutor(JobExecutor):
         super().__init__(
             backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))
         self._max_workers = backend.max_workers

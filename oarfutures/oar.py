@@ -20,7 +20,7 @@ import re
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from oarfutures import commands, layout, params
+from oarfutures import commands, layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker import EARLY_SIGNAL_TRAP
@@ -394,3 +394,5 @@ class OarPoolExecutor(JobExecutor):
         super().__init__(
             backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))

@@ -16,7 +16,7 @@ import re
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from oarfutures import commands, layout, params
+from oarfutures import commands, layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker import EARLY_SIGNAL_TRAP
@@ -549,3 +549,5 @@ class SlurmPoolExecutor(JobExecutor):
         super().__init__(
             backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))

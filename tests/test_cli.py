@@ -238,6 +238,19 @@ def test_clean_logs_removes_the_logs_and_records_of_complete_batches(local, fold
     assert "no batches" in cli("status", folder).stdout
 
 
+def test_clean_older_only_cleans_batches_unchanged_for_that_many_days(local, folder):
+    old = local.submit(tasks.square, 2)
+    assert old.result(timeout=60) == 4
+    new = local.submit(tasks.square, 3)  # after the first: a batch of its own
+    assert new.result(timeout=60) == 9
+    wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "both batches to complete")
+    record = os.path.join(folder, "jobs", old.task_id.rpartition("_")[0] + ".json")
+    os.utime(record, (time.time() - 3 * 86400,) * 2)
+    assert "cleaned 1 batch(es)" in cli("clean", folder, "--logs", "--older", "2").stdout
+    assert [b["batch"] + "_0" for b in status(folder)["batches"]] == [new.task_id]
+    assert cli("clean", folder, "--older", "soon", check=False).returncode == 2
+
+
 def test_clean_all_removes_unfinished_batches_and_prints_the_bytes_freed(kept):
     sizes = sum(
         os.path.getsize(os.path.join(kept, sub, name))
