@@ -587,11 +587,38 @@ def confirm(question: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- status
-def cmd_status(args: argparse.Namespace) -> int:
-    folder = open_folder(args.folder)
-    backends = Backends(folder)
+@dataclass
+class Snapshot:
+    """What ``status`` shows: the folder's batches, the task rows listed, and the count of tasks per state."""
+
+    folder: str
+    batches: List[records.BatchRecord]
+    rows: List[TaskRow]
+    counts: Dict[str, int]
+    summarised: List[records.BatchRecord]  # complete batches shown as one line (no --all)
+
+    @property
+    def total_tasks(self) -> int:
+        return sum(len(r.calls) for r in self.batches)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(sum(r.calls) for r in self.batches)
+
+    @property
+    def unfinished(self) -> int:
+        """Tasks still queued or running: what a ``--watch`` waits for."""
+        return self.counts["pending"] + self.counts["running"]
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
+        return f"{self.total_tasks} task(s), {self.total_calls} call(s) in {len(self.batches)} batch(es): {shown}"
+
+
+def take_snapshot(folder: str, backends: Backends, show_all: bool) -> Snapshot:
+    """Read the records and result files, ask each scheduler once, and count the tasks per state."""
     batches = records.load_all(folder)
-    listed = [r for r in batches if args.all or not r.complete]
+    listed = [r for r in batches if show_all or not r.complete]
     rows = task_rows(folder, backends, [r for r in listed if not r.complete])
     for record in listed:  # --all: tasks of complete batches, whose results were delivered and removed
         if record.complete:
@@ -603,44 +630,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = {state: 0 for state in STATES}
     for row in rows:
         counts[row.state] += 1
-    summarised = [r for r in batches if r.complete and not args.all]
+    summarised = [r for r in batches if r.complete and not show_all]
     for record in summarised:
         for index in range(len(record.calls)):
             counts[record.outcome(index)] += 1
-    total_tasks = sum(len(r.calls) for r in batches)
-    total_calls = sum(sum(r.calls) for r in batches)
-    if args.json:
-        document = {
-            "folder": folder,
-            "batches": [
-                {
-                    "batch": r.batch,
-                    "backend": r.backend,
-                    "tasks": len(r.calls),
-                    "calls": sum(r.calls),
-                    "complete": r.complete,
-                    "checkpointable": r.checkpointable,
-                    "created": r.created,
-                }
-                for r in batches
-            ],
-            "tasks": [row.as_json() for row in rows],
-            "counts": counts,
-            "total": {"batches": len(batches), "tasks": total_tasks, "calls": total_calls},
-        }
-        print(json.dumps(document, indent=2))
-        return 0
-    if not batches:
-        print(f"no batches in {folder}")
-        return 0
+    return Snapshot(folder, batches, rows, counts, summarised)
+
+
+def status_document(snapshot: Snapshot) -> Dict[str, Any]:
+    return {
+        "folder": snapshot.folder,
+        "batches": [
+            {
+                "batch": r.batch,
+                "backend": r.backend,
+                "tasks": len(r.calls),
+                "calls": sum(r.calls),
+                "complete": r.complete,
+                "checkpointable": r.checkpointable,
+                "created": r.created,
+            }
+            for r in snapshot.batches
+        ],
+        "tasks": [row.as_json() for row in snapshot.rows],
+        "counts": snapshot.counts,
+        "total": {"batches": len(snapshot.batches), "tasks": snapshot.total_tasks, "calls": snapshot.total_calls},
+    }
+
+
+def status_table(snapshot: Snapshot) -> str:
+    if not snapshot.batches:
+        return f"no batches in {snapshot.folder}"
     lines = [["BATCH", "TASK", "CALLS", "BACKEND", "JOB", "STATE", "RUNTIME", "DETAIL"]]
-    summarised_names = {r.batch for r in summarised}
-    for record in batches:
+    summarised_names = {r.batch for r in snapshot.summarised}
+    for record in snapshot.batches:
         if record.batch in summarised_names:
             lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", batch_state(record), "-",
                           f"complete: {outcome_summary(record)}, results delivered or cleaned"])
             continue
-        for row in (r for r in rows if r.record is record):
+        for row in (r for r in snapshot.rows if r.record is record):
             native = f"[{row.native}]" if row.native and row.native.lower() not in (row.state, "completed") else ""
             detail = one_line(" ".join(x for x in (native, row.detail) if x))
             job = row.job_id or "-"
@@ -648,10 +676,55 @@ def cmd_status(args: argparse.Namespace) -> int:
                 job = row.status.reason if row.status is not None else "-"
             lines.append([row.batch, str(row.index), str(row.calls), record.backend, job, row.state,
                           duration(row.runtime), detail])
-    print(table(lines, right={1, 2, 6}))
-    shown = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
-    print(f"{total_tasks} task(s), {total_calls} call(s) in {len(batches)} batch(es): {shown}")
+    return table(lines, right={1, 2, 6}) + "\n" + snapshot.summary()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    folder = open_folder(args.folder)
+    backends = Backends(folder)
+    if args.watch:
+        return watch_status(folder, backends, args)
+    snapshot = take_snapshot(folder, backends, args.all)
+    print(json.dumps(status_document(snapshot), indent=2) if args.json else status_table(snapshot))
     return 0
+
+
+#: the shortest ``--watch`` interval: each refresh asks the schedulers once, and their controllers are shared
+MIN_WATCH_SECONDS = 1.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def watch_status(folder: str, backends: Backends, args: argparse.Namespace) -> int:
+    """Refresh until no task is queued or running (or Ctrl-C): on a terminal the table, redrawn in place; else
+    one line of counts per refresh (with ``--json``, one JSON object per line), for logs and scripts."""
+    on_terminal = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            snapshot = take_snapshot(folder, backends, args.all)
+            if args.json:
+                line = {"time": round(time.time(), 3), "counts": snapshot.counts, "total": snapshot.total_tasks}
+                print(json.dumps(line), flush=True)
+            elif on_terminal:
+                stamp = time.strftime("%H:%M:%S")
+                print(f"{CLEAR_SCREEN}{stamp}  every {args.interval:g} s, Ctrl-C to stop\n{status_table(snapshot)}", flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S')} {snapshot.summary()}", flush=True)
+            if snapshot.batches and not snapshot.unfinished:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:  # the usual way to leave a watch: not an error
+        return 0
+
+
+def watch_seconds(text: str) -> float:
+    """``--interval`` value: seconds between ``--watch`` refreshes, at least ``MIN_WATCH_SECONDS``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not MIN_WATCH_SECONDS <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between refreshes, at least {MIN_WATCH_SECONDS:g}")
+    return value
 
 
 def batch_state(record: records.BatchRecord) -> str:
@@ -1016,6 +1089,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     p.add_argument("--all", action="store_true", help="list the tasks of complete batches too")
+    p.add_argument("--watch", action="store_true", help="refresh until no task is queued or running (Ctrl-C stops)")
+    p.add_argument("--interval", metavar="SECONDS", type=watch_seconds, default=5.0,
+                   help="seconds between --watch refreshes (default 5, at least 1: each asks the schedulers)")
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("logs", help="stdout and stderr of a task, every run of it")

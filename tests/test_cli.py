@@ -164,6 +164,17 @@ def test_status_reports_failed_and_cancelled_tasks_of_complete_batches(folder):
     assert " failed " in row and "3 task(s): 1 done, 1 failed, 1 cancelled" in row
 
 
+def test_status_watch_refreshes_the_counts_until_nothing_is_queued_or_running(local, folder):
+    future = local.submit(tasks.sleep_and_return, 2, 1)
+    wait_for(future.running, 30, "the call to run")
+    lines = cli("status", folder, "--watch", "--interval", "1").stdout.splitlines()  # not a terminal: one line each
+    assert len(lines) >= 2 and "1 running" in lines[0] and lines[-1].endswith("1 done")
+    assert future.done()
+    documents = [json.loads(line) for line in cli("status", folder, "--watch", "--json").stdout.splitlines()]
+    assert [d["counts"]["done"] for d in documents] == [1]  # nothing left to wait for: one refresh
+    assert cli("status", folder, "--watch", "--interval", "0.1", check=False).returncode == 2
+
+
 # ------------------------------------------------------------------------------------------ cancel
 def test_cancel_yes_kills_the_running_local_worker_and_says_so(folder):
     executor = LocalPoolExecutor(1, folder=folder)
