@@ -706,7 +706,8 @@ def watch_status(folder: str, backends: Backends, args: argparse.Namespace) -> i
                 print(json.dumps(line), flush=True)
             elif on_terminal:
                 stamp = time.strftime("%H:%M:%S")
-                print(f"{CLEAR_SCREEN}{stamp}  every {args.interval:g} s, Ctrl-C to stop\n{status_table(snapshot)}", flush=True)
+                heading = f"{stamp}  every {args.interval:g} s, Ctrl-C to stop"
+                print(f"{CLEAR_SCREEN}{heading}\n{status_table(snapshot)}", flush=True)
             else:
                 print(f"{time.strftime('%H:%M:%S')} {snapshot.summary()}", flush=True)
             if snapshot.batches and not snapshot.unfinished:
@@ -832,7 +833,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if not live and not queued:
         print("nothing to cancel: no call of this folder is queued or running")
         return 0
-    lines = [["BACKEND", "JOB", "TASK", "WAS"]] + [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in live]
+    lines = [["BACKEND", "JOB", "TASK", "WAS"]]
+    lines += [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in live]
     lines += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in queued]
     if not args.yes:
         print(table(lines), file=sys.stderr)
@@ -962,7 +964,8 @@ def note_outcomes(rows: Sequence[TaskRow]) -> None:
     that did not finish are cancelled."""
     for row in rows:
         if row.state != "done":
-            row.record.outcomes[row.index] = "failed" if row.state in ("failed", "ended-without-result") else "cancelled"
+            failed = row.state in ("failed", "ended-without-result")
+            row.record.outcomes[row.index] = "failed" if failed else "cancelled"
 
 
 # ---------------------------------------------------------------------------------------------- results

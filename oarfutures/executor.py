@@ -1107,7 +1107,9 @@ class JobExecutor(cf.Executor):
             return
         del self._tasks[task.task_id]
         task.settling = True
-        task.record.note_outcome(task.index, task.futures)  # saved with the batch: `oarfutures status` shows it
+        # saved with the batch: `oarfutures status` shows it once the result files are gone
+        killed = task.last_status is not None and task.last_status.state is JobState.CANCELLED
+        task.record.note_outcome(task.index, task.futures, job_cancelled=killed)
         if self._by_job.get(task.job_id or "") is task:
             del self._by_job[task.job_id or ""]
         self._ended.discard(task)
@@ -1141,6 +1143,7 @@ class JobExecutor(cf.Executor):
 
     def _finish_batch(self, record: records.BatchRecord, how: str) -> None:
         self._cancel_leftovers(record.batch)
+        record.note_cancelled_claims(self.folder)  # before the claims go: `oarfutures status` shows it
         # kept files keep a delivered batch attachable (the command line's `results` relies on it)
         if how == "uncertain":
             return

@@ -104,7 +104,11 @@ def respelled(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
 
 
 #: where each backend keeps its table of checkers (imported only to check a name prefixed for that backend)
-CHECKER_TABLES = {"slurm": ("oarfutures.slurm", "CHECKERS"), "oar": ("oarfutures.oar", "CHECKERS"), "local": ("oarfutures.local", "LocalBackend.CHECKERS")}
+CHECKER_TABLES = {
+    "slurm": ("oarfutures.slurm", "CHECKERS"),
+    "oar": ("oarfutures.oar", "CHECKERS"),
+    "local": ("oarfutures.local", "LocalBackend.CHECKERS"),
+}
 EXECUTOR_NAMES = {"slurm": "SlurmPoolExecutor", "oar": "OarPoolExecutor", "local": "LocalPoolExecutor"}
 
 
@@ -131,16 +135,19 @@ def check_other_prefixes(values: Iterable[str], backend: str) -> None:
             raise TypeError(f"{key} (a submitit parameter) is not accepted by oarfutures: {advice}")
         valid = parameter_names(other)
         if name not in valid:
-            raise TypeError(
-                f"unknown {EXECUTOR_NAMES[other]} parameter {name!r} in {key!r}; valid ones are: {', '.join(sorted(valid))}"
-            )
+            listed = ", ".join(sorted(valid))
+            raise TypeError(f"unknown {EXECUTOR_NAMES[other]} parameter {name!r} in {key!r}; valid ones are: {listed}")
 
 
 def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
     """The constructor keywords the caller changed: an untouched default must not count as given, or
     ``SlurmPoolExecutor(job_name="x")`` would clash with the default ``name``, and ``slurm_name=`` could not
     override it."""
-    return {key: value for key, value in given.items() if key not in defaults or value is not defaults[key] and value != defaults[key]}
+    return {key: value for key, value in given.items() if key not in defaults or not _same(value, defaults[key])}
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default or value == default
 
 
 def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> Dict[str, Any]:
@@ -331,7 +338,7 @@ def sbatch_value(name: str, value: Any) -> Union[None, bool, str]:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, a positive integer or True, got {type(value).__name__} {value!r}")
     if not SBATCH_VALUE.fullmatch(value):
-        raise ValueError(f"{name}={value!r} is not allowed: one word, no blanks, quotes, backslashes or control characters")
+        raise ValueError(f"{name}={value!r} is not allowed: one word, no blanks, quotes, backslashes or control codes")
     return value
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Dict, List, Sequence
 
 from oarfutures import layout
@@ -41,21 +41,27 @@ class BatchRecord:
         with self._lock:
             self.job_ids.update(job_ids)
 
-    def note_outcome(self, index: int, futures: Sequence[Future]) -> None:
-        """Remember how a settled task ended: "failed" if any call failed, else "cancelled" if any was cancelled
-        (its future, or its job from outside: scancel, oardel, `oarfutures cancel`)."""
-        from oarfutures.errors import JobFailedError
-
-        errors = [f.exception(0) for f in futures if f.done() and not f.cancelled()]
-        killed = [e for e in errors if isinstance(e, JobFailedError) and e.state.upper().startswith("CANCELLED")]
-        if len([e for e in errors if e is not None]) > len(killed):
-            outcome = "failed"
-        elif killed or any(f.cancelled() for f in futures):
+    def note_outcome(self, index: int, futures: Sequence["Future"], job_cancelled: bool = False) -> None:
+        """Remember how a settled task ended: "cancelled" if its job was cancelled (``job_cancelled``: scancel,
+        oardel, `oarfutures cancel`, abort) or a call's future was, else "failed" if a call failed."""
+        if job_cancelled or any(f.cancelled() for f in futures):
             outcome = "cancelled"
+        elif any(f.done() and f.exception(0) is not None for f in futures):
+            outcome = "failed"
         else:
             return
         with self._lock:
             self.outcomes[index] = outcome
+
+    def note_cancelled_claims(self, folder: str) -> None:
+        """A failed task whose claim a cancellation holds never ran: it was cancelled (by `oarfutures cancel`
+        while queued in its client, say), though its future failed for lack of a result. Read before the batch's
+        claims are removed."""
+        for index, outcome in list(self.outcomes.items()):
+            claim = layout.claim_path(folder, self.batch, index)
+            if outcome == "failed" and layout.claim_owner(claim) == layout.CANCELLED:
+                with self._lock:
+                    self.outcomes[index] = "cancelled"
 
     def outcome(self, index: int) -> str:
         """How task ``index`` of a complete batch ended: "done", "failed" or "cancelled"."""
@@ -96,7 +102,8 @@ def load(path: str) -> BatchRecord:
         data = json.load(f)
     data["job_ids"] = {int(index): job_id for index, job_id in data["job_ids"].items()}
     data["outcomes"] = {int(index): outcome for index, outcome in data.get("outcomes", {}).items()}
-    return BatchRecord(**data)
+    known = {f.name for f in fields(BatchRecord)}  # a newer version's extra keys: read what this one knows
+    return BatchRecord(**{key: value for key, value in data.items() if key in known})
 
 
 def load_all(folder: str) -> List[BatchRecord]:

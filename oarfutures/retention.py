@@ -48,7 +48,7 @@ def keep_days() -> Optional[float]:
     except ValueError:
         days = -1.0
     if not days > 0 or days == float("inf"):
-        logger.warning("oarfutures: %s=%r is not a number of days > 0 or 'off': keeping every folder", KEEP_DAYS_VARIABLE, text)
+        logger.warning("oarfutures: %s=%r is not days > 0 or 'off': keeping every folder", KEEP_DAYS_VARIABLE, text)
         return None
     return days
 

@@ -545,7 +545,8 @@ class SlurmPoolExecutor(JobExecutor):
         # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
         # exists: a refused one leaves nothing behind
         path = params.job_folder("folder", folder_path(None, SlurmBackend.name) if folder is None else folder)
-        backend = SlurmBackend(path, {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}, max_array_size)
+        given = {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}
+        backend = SlurmBackend(path, given, max_array_size)
         super().__init__(
             backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )

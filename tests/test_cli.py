@@ -27,8 +27,8 @@ def status(folder, *args):
     return json.loads(cli("status", folder, "--json", *args).stdout)
 
 
-def states(folder):
-    return {task["task_id"]: task["state"] for task in status(folder)["tasks"]}
+def states(folder, *args):
+    return {task["task_id"]: task["state"] for task in status(folder, *args)["tasks"]}
 
 
 def files_under(folder, sub):
@@ -220,12 +220,14 @@ def test_cancel_yes_cancels_queued_local_calls_too_and_they_never_run(folder, tm
         assert states(folder)[queued.task_id] == "pending"
         done = cli("cancel", folder, "--yes")
         assert queued.task_id in done.stdout and "cancelled 1 job(s) and 1 queued task(s)" in done.stdout
-        assert states(folder)[queued.task_id] == "cancelled"
+        assert states(folder, "--all")[queued.task_id] == "cancelled"
         with pytest.raises(JobFailedError):
             running.result(timeout=30)
         with pytest.raises(JobFailedError):  # its worker took it, found the claim and declined
             queued.result(timeout=30)
         assert not os.path.exists(marker)
+        wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "the batches to be tidied")
+        assert states(folder, "--all")[queued.task_id] == "cancelled"  # its record says so once its claim is gone
     finally:
         executor.abort("test over")
         executor.shutdown()
@@ -366,6 +368,8 @@ def test_slurm_cancel_yes_scancels_the_running_and_the_pending_task(slurm_one_at
         with pytest.raises(JobFailedError) as info:
             future.result(timeout=60)
         assert "CANCELLED" in info.value.state
+    wait_for(lambda: status(folder)["batches"][0]["complete"], 30, "the batch to be tidied")
+    assert status(folder)["counts"]["cancelled"] == 2  # not "done": the record keeps how its tasks ended
 
 
 @pytest.mark.slurm
@@ -419,6 +423,21 @@ def test_oar_cancel_yes_deletes_the_running_and_the_waiting_job(oar_executors, f
         with pytest.raises(JobFailedError) as info:
             future.result(timeout=60)
         assert "FRAG_JOB_REQUEST" in info.value.reason
+    wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "the batches to be tidied")
+    assert status(folder)["counts"]["cancelled"] == 2  # oardel'd: cancelled, not failed nor done
+
+
+@pytest.mark.oar
+def test_oar_cancel_yes_also_cancels_a_call_waiting_for_its_wave(oar_executors, folder):
+    executor = oar_executors(max_workers=1)  # OAR has no array cap: the second call waits in its client
+    held = executor.options(additional_parameters={"r": far_ahead()}).submit(tasks.square, 1)
+    queued = executor.submit(tasks.square, 2)
+    wait_for(lambda: held.job_id is not None, 60, "the first job to be submitted")
+    assert queued.job_id is None and states(folder)[queued.task_id] == "pending"
+    out = cli("cancel", folder, "--yes").stdout
+    assert "cancelled 1 job(s) and 1 queued task(s)" in out and queued.task_id in out
+    # its claim is taken: when its wave goes out, its job exits without running it (see the exactly-once tests)
+    assert states(folder)[queued.task_id] == "cancelled"
 
 
 @pytest.mark.oar
