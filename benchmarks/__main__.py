@@ -104,6 +104,8 @@ def cells(r: dict) -> list:
         elif key == "target":  # an upper bound on the ratio (issue 13's targets); most rows have none
             if value is None:
                 out.append("")
+            elif isinstance(value, str):  # a bound on something other than the ratio, said in words
+                out.append(value)
             else:
                 met = "" if r.get("ratio") is None else (" met" if r["ratio"] <= value else " missed")
                 out.append(f"≤{value:g}x{met}")

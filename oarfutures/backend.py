@@ -85,9 +85,9 @@ class BatchSubmission:
         # worker checks the claim again, atomically: this test only saves starting an interpreter.
         skip = (
             f'OARFUTURES_INDEX=$(( {index_expression} ))\n'
-            f'if [ -e {claims}/"$OARFUTURES_INDEX" ] && [ ! -e {resume}"$OARFUTURES_INDEX".resume.pkl ]; then\n'
+            f'if [ -L {claims}/"$OARFUTURES_INDEX" ] && [ ! -e {resume}"$OARFUTURES_INDEX".resume.pkl ]; then\n'
             f'  echo "oarfutures: task {self.batch}_$OARFUTURES_INDEX not run: claimed before'
-            f' ($(cat {claims}/"$OARFUTURES_INDEX" 2>/dev/null))" >&2; exit 0\nfi\n'
+            f' ($(readlink {claims}/"$OARFUTURES_INDEX"))" >&2; exit 0\nfi\n'
         )
         command = (
             f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "

@@ -182,10 +182,8 @@ class LocalWorkers(Backend):
         batch, _, index = job_id.rpartition("_")
         if not index.isdigit() or os.path.exists(layout.result_path(self.folder, batch, int(index))):
             return None
-        owner = (layout.claim_owner(layout.claim_path(self.folder, batch, int(index))) or "").split()
-        if len(owner) == 4 and owner[0] == "run" and owner[2] == os.uname().nodename and owner[3].isdigit():
-            return int(owner[3])
-        return None
+        run = layout.parse_run_owner(layout.claim_owner(layout.claim_path(self.folder, batch, int(index))))
+        return run[2] if run is not None and run[1] == os.uname().nodename else None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         running = self.workers(job_ids)
@@ -371,17 +369,28 @@ def _mtime(path: str) -> Optional[float]:
         return None
 
 
+def _claim_time(path: str) -> Optional[float]:
+    try:
+        return os.lstat(path).st_mtime  # the claim itself, a symbolic link, not what it names
+    except OSError:
+        return None
+
+
 def estimate_runtime(backends: Backends, row: TaskRow, now: float) -> Optional[float]:
     """Seconds the latest run took (or has taken so far), from file times: no scheduler call.
 
-    The job's log files are created when it starts and the worker seldom writes to both, so the older of their
-    mtimes approximates the start; the result file's mtime is the end (for a job still running: now).
+    A cluster job's log files are created when it starts and the worker seldom writes to both, so the older of
+    their mtimes approximates the start; a local call has log files only if it printed, but its claim is made
+    as it starts. The result file's mtime is the end (for a job still running: now).
     """
     if row.job_id is None:
         return None
     logs = [t for t in (_mtime(p) for p in backends.log_paths(row.record.backend, row.job_id)) if t is not None]
     if not logs:
-        return None
+        claimed = _claim_time(layout.claim_path(backends.folder, row.batch, row.index))
+        if claimed is None:
+            return None
+        logs = [claimed]
     start = min(logs)
     if row.result is not None:
         end = _mtime(row.result)
@@ -489,7 +498,7 @@ def query_schedulers(folder: str, backends: Backends, rows: Sequence[TaskRow]) -
                     row.detail = _ended_detail(status)
                 continue
             if name == "local":
-                local_state(folder, backend, row)
+                local_state(folder, row)
                 continue
             # unknown to the scheduler: purged, or not visible yet just after submission
             path = layout.record_path(folder, row.batch)
@@ -534,9 +543,9 @@ def _ended_detail(status: JobStatus) -> str:
     return ", ".join(parts)
 
 
-def local_state(folder: str, backend: Backend, row: TaskRow) -> None:
+def local_state(folder: str, row: TaskRow) -> None:
     """A local task with no result and no worker process: never started, to run again, or over."""
-    started = any(os.path.exists(p) for p in backend.log_paths(row.job_id))  # type: ignore[arg-type]
+    started = layout.parse_run_owner(layout.claim_owner(layout.claim_path(folder, row.batch, row.index))) is not None
     if os.path.exists(layout.resume_path(folder, row.batch, row.index)):
         row.state, row.native, row.detail = "pending", "checkpointed", "checkpointed: waits to run again"
     elif not started:

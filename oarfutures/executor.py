@@ -64,6 +64,7 @@ logger.addHandler(logging.NullHandler())  # a library prints nothing unless its 
 LOG_TAIL_BYTES = 2000
 UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
 FAILED_JOB_GRACE = 5.0
+SUBMITTED_AHEAD = 1024  # calls dask and joblib keep submitted to a cluster executor (its _max_workers)
 LATE_RESULT_WATCH = 300.0  # seconds an executor keeps watching for the result of a task that failed without one
 TIDY_WAIT = 30.0  # seconds shutdown(wait=True) waits, after the futures settled, for their files to be tidied  # a job that failed wrote no result as a rule: its future fails after at most this
 
@@ -228,13 +229,15 @@ class JobExecutor(cf.Executor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
-        default_max_workers: int = 1024,
     ) -> None:
         check_max_workers(max_workers)
         self.backend = backend
         self._throttle = max_workers
-        #: what dask and joblib read as the pool size; a positive int even when no cap is set
-        self._max_workers = max_workers or default_max_workers
+        #: what dask and joblib read as the pool size: how many calls they keep submitted at once. A cluster
+        #: queues calls beyond the running cap at no cost, and calls submitted together go out as one array, so
+        #: they see at least SUBMITTED_AHEAD whatever the cap (dask with max_workers=4 would otherwise make one
+        #: sbatch per call: it submits the next one as each ends); the local pool sets its worker count.
+        self._max_workers = max(max_workers or 0, SUBMITTED_AHEAD)
         self.python = interpreter_path(python, must_run_here=not backend.jobs_outlive_client)
         self.result_grace = _grace(backend.result_grace if result_grace is None else result_grace)
         self.folder = resolve_folder(folder, backend.name)  # last: a refused argument leaves no folder behind
@@ -618,7 +621,8 @@ class JobExecutor(cf.Executor):
         waiting, followed, on_disk, lost = [], [], [], []
         for task in tasks:
             owner = layout.claim_owner(layout.claim_path(self.folder, task.batch, task.index))
-            job_id = record.job_ids.get(task.index) or _job_of(owner)
+            run = layout.parse_run_owner(owner)
+            job_id = record.job_ids.get(task.index) or (run[0] if run else None)
             if self._result_on_disk(task):
                 on_disk.append(task)
             elif owner == layout.CANCELLED:
@@ -1210,12 +1214,6 @@ def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus
     if status.state is JobState.COMPLETED:
         return "the job completed but its worker wrote no result"
     return "no result was written"
-
-
-def _job_of(owner: Optional[str]) -> Optional[str]:
-    """The job id a worker wrote into its claim ("run <job id> <host> <pid>")."""
-    parts = (owner or "").split()
-    return parts[1] if len(parts) == 4 and parts[0] == "run" and parts[1] != "?" else None
 
 
 def _remove(path: str) -> None:

@@ -20,6 +20,8 @@ worker can find its input before anyone knows which job id it got::
       jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
       logs/                      stdout/stderr of every job, kept after results are collected
       logs/<batch>_<i>.stolen.out|err   the output of task i when another job of its array ran it (stolen)
+      logs/worker-<pid>.out|err  a resident local worker's output of the call it runs now; moved to the call's
+                                 own log files when the call ends, if it printed anything (see pool_worker)
 
 This module imports nothing heavy: the worker starts once per task.
 """
@@ -87,6 +89,34 @@ def stolen_log_paths(folder: str, task: str) -> "list[str]":
     return [base + ".out", base + ".err"]
 
 
+def spool_paths(folder: str, pid: int) -> "list[str]":
+    """Where resident local worker ``pid`` writes the stdout and stderr of the call it runs."""
+    base = os.path.join(folder, LOGS, f"worker-{pid}")
+    return [base + ".out", base + ".err"]
+
+
+def publish_spool(spool: str, log: str) -> bool:
+    """Hand a call's output from a worker's spool file to the call's log file, if it printed anything.
+
+    Most calls print nothing, and two log files per call were most of the file work of a short local call; so
+    output goes to the worker's spool and becomes the call's log only when there is some: renamed when the log
+    does not exist yet (True: the worker needs a new spool), else appended (a checkpointed call's next run).
+    """
+    try:
+        if os.path.getsize(spool) == 0:
+            return False
+        if not os.path.lexists(log):
+            os.rename(spool, log)
+            return True
+        with open(spool, "rb") as source, open(log, "ab") as target:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                target.write(chunk)
+        os.truncate(spool, 0)  # its writers append (O_APPEND): they go on at the new end
+    except FileNotFoundError:  # the folder was cleaned meanwhile
+        pass
+    return False
+
+
 def lock_path(folder: str) -> str:
     return os.path.join(folder, ".lock")
 
@@ -96,38 +126,43 @@ def claim_path(folder: str, batch: str, index: int, call: "int | None" = None) -
     return os.path.join(folder, CLAIMS, batch, name)
 
 
-#: the owner a cancel() writes into a claim; a worker writes "run <job id> <host> <pid>"
+#: the owner a cancel() writes into a claim; a worker writes ``run_owner(...)``
 CANCELLED = "cancelled"
+
+
+def run_owner(job_id: "str | None", host: str, pid: int) -> str:
+    """The owner a worker writes into the claim of a call it runs: who to follow, or to kill, for it."""
+    return f"run {job_id or '?'} {host} {pid}"
+
+
+def parse_run_owner(owner: "str | None") -> "tuple[str | None, str, int] | None":
+    """(job id or None, host, pid) of a worker's claim; None for a cancel's claim, no claim, or anything else."""
+    parts = (owner or "").split()
+    if len(parts) != 4 or parts[0] != "run" or not parts[3].isdigit():
+        return None
+    return (None if parts[1] == "?" else parts[1]), parts[2], int(parts[3])
 
 
 def claim(path: str, owner: str) -> bool:
     """Take the claim at ``path`` for ``owner``: True if we got it, False if someone else holds it.
 
     A claim decides who runs a call, exactly once: the worker about to run it and a ``cancel()`` compete for
-    the same name. It is made as open(2)'s man page advises for shared filesystems: write a unique file, then
-    ``link(2)`` it to the claim name, which fails if the name exists (``rename`` would replace it). The claim
-    appears with its owner already written, so a reader never sees it empty.
+    the same name. The claim is a symbolic link whose target is the owner: ``symlink(2)`` creates the name and
+    its content in one atomic step that fails if the name exists, also on NFS (one SYMLINK call to the server,
+    as safe as the classic unique-file-then-``link(2)``, at a quarter of the file operations). A reader never
+    sees a claim without its owner.
     """
-    unique = f"{path}.{os.uname().nodename}.{os.getpid()}.{os.urandom(6).hex()}"
-    fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, owner.encode())
-    finally:
-        os.close(fd)
-    try:
-        os.link(unique, path)
+        os.symlink(owner, path)
         return True
     except FileExistsError:
         return False
-    finally:
-        os.remove(unique)
 
 
 def claim_owner(path: str) -> "str | None":
     """Who holds the claim at ``path`` (None: nobody)."""
     try:
-        with open(path) as f:
-            return f.read()
+        return os.readlink(path)
     except FileNotFoundError:
         return None
 

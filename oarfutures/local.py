@@ -9,6 +9,7 @@ cannot start fails its job, never its slot. Slots and their workers leave after 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import json
@@ -28,6 +29,7 @@ from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
 IDLE_SECONDS = 10.0  # a slot and its resident worker leave after this long without work
+CLOSE_WAIT = 10.0  # close() waits this long for each slot (an idle worker leaves in milliseconds, or is killed)
 
 
 def _before_worker_starts(client: int) -> None:
@@ -250,7 +252,7 @@ class LocalBackend(Backend):
         """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
         variables = {**job.variables, "OARFUTURES_JOB_ID": job.job_id, "OARFUTURES_LAUNCHER": "local"}
         request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": variables}
-        request["logs"] = self.log_paths(job.job_id)
+        request["logs"] = self._own_logs(job.job_id)
         resident.listening = False
         resident.send(request)
         with self._lock:
@@ -269,7 +271,12 @@ class LocalBackend(Backend):
             done = resident.reply()
             if done is not None:
                 return int(done.split()[1])
-        return resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
+        code = resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
+        for spool, log in zip(layout.spool_paths(job.folder, resident.process.pid), self._own_logs(job.job_id)):
+            layout.publish_spool(spool, log)  # what the call printed before it died: its log tail names why
+            with contextlib.suppress(OSError):
+                os.remove(spool)
+        return code
 
     def _ended_status(self, job_id: str, code: Optional[int]) -> JobStatus:
         if code is None:
@@ -320,14 +327,26 @@ class LocalBackend(Backend):
             return news
 
     def log_paths(self, job_id: str) -> List[str]:
+        """The call's log files; while it runs, its output is still in its worker's spool files (first)."""
+        with self._lock:
+            resident = self._running.get(job_id)
+        spool = layout.spool_paths(self.folder, resident.process.pid) if resident is not None and resident.listening else []
+        return spool + self._own_logs(job_id)
+
+    def _own_logs(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
 
     def close(self) -> None:
+        """Stop the slots; return once their workers have left (as ``ProcessPoolExecutor.shutdown`` does), so that
+        no worker process nor its spool files outlive ``shutdown(wait=True)``."""
         with self._lock:
             self._closing = True
             self._queue.clear()
             self._lock.notify_all()
+            slots = [slot for slot in self._slots if slot is not threading.current_thread()]
+        for slot in slots:
+            slot.join(timeout=CLOSE_WAIT)
 
 
 class LocalPoolExecutor(JobExecutor):

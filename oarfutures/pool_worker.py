@@ -2,42 +2,52 @@
 
 Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
 (as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
-process (``worker.run_task``: the same claim, task files, result file and checkpoint protocol), with its output
-sent to the task's own log files, so ``attach()``, the CLI and ``logs()`` see no difference. A call that kills the
+process (``worker.run_task``: the same claim, task files, result file and checkpoint protocol), so ``attach()``
+and the CLI see no difference. Its output goes to the worker's spool files and becomes the task's own log files
+when the task ends, if it printed anything: a quiet call creates no log file. A call that kills the
 process fails only its own task: the backend sees the pipe close, reports the exit status and starts a new worker.
 
 The protocol, one line each way per step, on two pipes that are not the call's stdin or stdout:
 the backend writes a JSON request; the worker answers ``started`` once the task listens for the checkpoint signal
 (so an ``interrupt()`` is never sent to a worker that would drop it) and ``done <exit status>`` when it has ended,
-or ``refused <reason>`` if the task cannot start (its log files cannot be opened).
+or ``refused <reason>`` if the task cannot start (the spool files cannot be opened).
 """
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
 import traceback
 
-from oarfutures import worker
+from oarfutures import layout, worker
 
 
 def serve(requests, replies):
     """Run requested tasks until the backend closes the request pipe (idle, shutdown) or dies."""
     console = os.dup(1), os.dup(2)  # where output between tasks goes: the client's own stdout/stderr
     batch_files = _LastBatch()
-    for line in requests:
-        request = json.loads(line)
-        os.environ.update(request["environment"])
-        task = worker._Task(request["folder"], request["batch"], request["index"])
-        task.durable = False  # a crash of this machine takes the client and its futures with it
-        try:
-            logs = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666) for path in request["logs"]]
-        except OSError as exc:  # the task cannot start, the worker can go on with the next one
-            os.write(replies, f"refused {exc}\n".encode())
-            continue
-        with _output_to(logs, console):
-            code = _run(task, replies, batch_files.open)
-        os.write(replies, f"done {code}\n".encode())
+    spool = None
+    try:
+        for line in requests:
+            request = json.loads(line)
+            os.environ.update(request["environment"])
+            task = worker._Task(request["folder"], request["batch"], request["index"])
+            task.durable = False  # a crash of this machine takes the client and its futures with it
+            try:
+                if spool is None or spool.folder != task.folder:
+                    spool = _Spool(task.folder) if spool is None else spool.moved_to(task.folder)
+            except OSError as exc:  # the task cannot start, the worker can go on with the next one
+                os.write(replies, f"refused {exc}\n".encode())
+                continue
+            task.before_result = functools.partial(spool.publish, request["logs"])
+            with _output_to(spool.fds, console):
+                code = _run(task, replies, batch_files.open)
+            spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
+            os.write(replies, f"done {code}\n".encode())
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 def _run(task, replies, open_batch):
@@ -51,6 +61,39 @@ def _run(task, replies, open_batch):
     finally:
         # a checkpoint signal from now on was meant for the task that just ended: it must not reach the next one
         signal.signal(worker.CHECKPOINT_SIGNAL, signal.SIG_IGN)
+
+
+class _Spool:
+    """This worker's two log files, the stdout and stderr of the call it runs (see ``layout.publish_spool``)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.paths = layout.spool_paths(folder, os.getpid())
+        self.fds = [self._open(path) for path in self.paths]
+
+    @staticmethod
+    def _open(path):
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+
+    def publish(self, logs):
+        """The call's output, if any, becomes its log files (before its result appears: a finished future's
+        logs are complete)."""
+        _flush()
+        for position, (path, log) in enumerate(zip(self.paths, logs)):
+            if layout.publish_spool(path, log):
+                os.close(self.fds[position])
+                self.fds[position] = self._open(path)
+
+    def moved_to(self, folder):
+        self.close()
+        return _Spool(folder)
+
+    def close(self):
+        for fd, path in zip(self.fds, self.paths):
+            os.close(fd)
+            with contextlib.suppress(OSError):  # (not empty: a call's child process still writes to it)
+                if os.path.getsize(path) == 0:
+                    os.remove(path)
 
 
 class _LastBatch:
@@ -70,12 +113,11 @@ class _LastBatch:
 
 
 @contextlib.contextmanager
-def _output_to(logs, console):
-    """File descriptors 1 and 2 go to the task's logs, so output of C code and subprocesses lands there too."""
+def _output_to(spool, console):
+    """File descriptors 1 and 2 go to the spool, so output of C code and subprocesses is the call's too."""
     _flush()
-    for fd, log in zip((1, 2), logs):
+    for fd, log in zip((1, 2), spool):
         os.dup2(log, fd)
-        os.close(log)
     try:
         yield
     finally:
@@ -92,3 +134,5 @@ def _flush():
 
 if __name__ == "__main__":
     serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))
+    _flush()
+    os._exit(0)  # as ProcessPoolExecutor's workers leave: shutdown() waits for no interpreter teardown

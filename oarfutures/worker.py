@@ -142,6 +142,7 @@ class _Task:
         self.durable = True  # fsync the result: the job's machine may crash before its page cache reaches the disk
         self.checkpointable = False  # one of its functions has a checkpoint(): never stolen from, never steals
         self.all_ok = False  # every call ran and returned (set by run): only then may the job steal more work
+        self.before_result = None  # called just before the result is written (a resident worker's logs)
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -243,6 +244,8 @@ class _Task:
 
     def write(self, outcomes, resubmissions):
         """Write the result through a temp file and a rename: the client sees all of it or nothing."""
+        if self.before_result is not None:
+            self.before_result()
         blob = dump_outcomes(outcomes, resubmissions, self.stolen_by)
         temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
@@ -306,7 +309,7 @@ NOT_RUN = ("error", None, "CancelledError", "the call was cancelled before it st
 
 
 def _owner():
-    return f"run {os.environ.get('OARFUTURES_JOB_ID', '?')} {os.uname().nodename} {os.getpid()}"
+    return layout.run_owner(os.environ.get("OARFUTURES_JOB_ID"), os.uname().nodename, os.getpid())
 
 
 def claim_task(folder, batch, index):
@@ -324,7 +327,7 @@ def claim_task(folder, batch, index):
     except OSError as exc:
         print(f"oarfutures worker: cannot claim task {layout.task_id(batch, index)}: {exc}", file=sys.stderr)
         return False
-    if holder.startswith("run ") and os.path.exists(layout.resume_path(folder, batch, index)):
+    if layout.parse_run_owner(holder) and os.path.exists(layout.resume_path(folder, batch, index)):
         return True
     why = "its future was cancelled" if holder == layout.CANCELLED else f"it was started before ({holder})"
     print(f"oarfutures worker: task {layout.task_id(batch, index)} not run: {why}", file=sys.stderr)
@@ -337,7 +340,7 @@ def claim_call(folder, batch, index, call):
     try:
         if layout.claim(path, _owner()):
             return True
-        return (layout.claim_owner(path) or "").startswith("run ")  # ours, from a run before a checkpoint
+        return layout.parse_run_owner(layout.claim_owner(path)) is not None  # ours, from a run before a checkpoint
     except OSError:  # the batch's files were removed meanwhile (aborted, cleaned): run nothing more
         return False
 
@@ -424,19 +427,25 @@ def steal(task, policy):
     estimate = time.monotonic() - task.started  # the longest task seen so far, its own included
     claims = os.path.dirname(layout.claim_path(folder, batch, 0))
     stolen = 0
+    taken = None  # the claims seen: listed again only when a claim was lost, not once per stolen task
+    index = policy.first + policy.count  # the tasks from here up are taken (a claim is never given back)
     while time.monotonic() < stop and policy.fits(estimate):
-        try:
-            taken = {int(n) for n in os.listdir(claims) if n.isdigit()}
-        except OSError:  # the batch's files are gone (delivered and tidied, or aborted)
-            break
-        index = next((i for i in reversed(range(policy.first, policy.first + policy.count)) if i not in taken), None)
-        if index is None:
+        if taken is None:
+            try:
+                taken = {int(n) for n in os.listdir(claims) if n.isdigit()}
+            except OSError:  # the batch's files are gone (delivered and tidied, or aborted)
+                break
+        index -= 1
+        while index >= policy.first and index in taken:
+            index -= 1
+        if index < policy.first:
             break
         started = time.monotonic()
         ran = _run_stolen(folder, batch, index, job)
         if ran is None:
             break
-        if not ran:
+        if not ran:  # its own job or a cancel came first: others may have too
+            taken = None
             continue
         stolen += 1
         estimate = max(estimate, time.monotonic() - started)

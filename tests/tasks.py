@@ -269,3 +269,24 @@ class CountingCall:
     def __call__(self, _):
         self.calls += 1
         return self.calls
+
+
+def print_then_wait(text, marker):
+    """Prints, then returns once ``marker`` exists (at most 60 s): a call whose output is read while it runs."""
+    import os
+    import time
+
+    print(text, flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return text
+
+
+def print_then_kill_self(text):
+    """Prints, then dies by SIGKILL: what it printed must still reach its logs."""
+    import os
+    import signal
+
+    print(text, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -41,3 +41,21 @@ def test_max_workers_caps_separate_submits_and_maps_together(cluster, tmp_path):
         assert sorted(f.result(timeout=300) for f in single) == ["s0", "s1", "s2"]
         assert list(mapped) == ["m0", "m1", "m2"]
     assert most_at_once(str(intervals)) <= 2
+
+
+@pytest.mark.slurm
+def test_dask_on_a_capped_cluster_executor_makes_a_few_arrays_and_the_cap_holds(tmp_path):
+    """dask keeps ``_max_workers`` tasks submitted and sends the next as each ends: seeing the running cap (2)
+    there, it made one array per task; it sees the queue depth, and the cap still holds across the arrays."""
+    dask = pytest.importorskip("dask")
+    from oarfutures import records
+
+    intervals = tmp_path / "intervals"
+    intervals.mkdir()
+    folder = str(tmp_path / "jobs")
+    parts = [dask.delayed(tasks.record_interval)(str(intervals), f"d{i}", 0.3) for i in range(40)]
+    with SlurmPoolExecutor(2, folder=folder, walltime="0:10:00") as executor:
+        (names,) = dask.compute(parts, scheduler=executor)
+    assert sorted(names) == sorted(f"d{i}" for i in range(40))
+    assert len(records.load_all(folder)) <= 4
+    assert most_at_once(str(intervals)) <= 2

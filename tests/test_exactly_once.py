@@ -15,7 +15,7 @@ import pytest
 
 import tasks
 from conftest import wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures import JobFailedError, LocalPoolExecutor, layout
 
 
 def futures_of(results):
@@ -24,13 +24,26 @@ def futures_of(results):
 
 
 def started(folder, future):
-    """Whether a worker process was started for the future's job (the local backend opens its log then)."""
+    """Whether a worker was handed the future's call (the executor keeps its files): the worker claims a call
+    before running it, and says in the call's log why it did not run one whose claim a cancel() took first."""
     assert future.job_id is not None
-    return os.path.exists(os.path.join(folder, "logs", future.job_id + ".out"))
+    return future.task_id in handed_to_workers(folder)
+
+
+def handed_to_workers(folder):
+    """The task ids of every call a worker was handed (see started)."""
+    claims, logs = os.path.join(folder, "claims"), os.listdir(os.path.join(folder, "logs"))
+    ran = {
+        f"{batch}_{name}"
+        for batch in os.listdir(claims)
+        for name in os.listdir(os.path.join(claims, batch))
+        if layout.parse_run_owner(layout.claim_owner(os.path.join(claims, batch, name)))
+    }
+    return ran | {name.rpartition(".")[0] for name in logs if not name.startswith("worker-")}
 
 
 def workers_started(folder):
-    return sum(1 for name in os.listdir(os.path.join(folder, "logs")) if name.endswith(".out"))
+    return len(handed_to_workers(folder))
 
 
 def assert_ran_once_or_never(futures, runs, names):
@@ -50,7 +63,7 @@ def runs(tmp_path):
 
 # ------------------------------------------------------------------ cancelled queued calls never run
 def test_a_cancelled_queued_submit_never_runs_and_starts_no_worker(folder, runs):
-    executor = LocalPoolExecutor(1, folder=folder)
+    executor = LocalPoolExecutor(1, folder=folder, keep_files=True)
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
     queued = executor.submit(tasks.note_run, runs, "queued")
     after = executor.submit(tasks.note_run, runs, "after")  # the slot passes the cancelled job to reach it
@@ -65,7 +78,7 @@ def test_a_cancelled_queued_submit_never_runs_and_starts_no_worker(folder, runs)
 
 
 def test_a_cancelled_call_of_a_batch_block_never_runs_and_starts_no_worker(folder, runs):
-    executor = LocalPoolExecutor(1, folder=folder)
+    executor = LocalPoolExecutor(1, folder=folder, keep_files=True)
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
     with executor.batch():
         dropped = executor.submit(tasks.note_run, runs, "dropped")  # cancelled before the block submits it
@@ -82,7 +95,7 @@ def test_a_cancelled_call_of_a_batch_block_never_runs_and_starts_no_worker(folde
 
 
 def test_the_calls_of_a_map_closed_early_never_run_and_start_no_worker(folder, runs):
-    executor = LocalPoolExecutor(1, folder=folder)
+    executor = LocalPoolExecutor(1, folder=folder, keep_files=True)
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
     results = executor.map(tasks.note_run, [runs] * 6, range(6), [0.3] * 6)
     futures = futures_of(results)
@@ -99,7 +112,7 @@ def test_the_calls_of_a_map_closed_early_never_run_and_start_no_worker(folder, r
 
 
 def test_keyboard_interrupt_while_iterating_a_map_cancels_the_queued_calls(folder, runs):
-    executor = LocalPoolExecutor(1, folder=folder)  # no with block: only the map iterator can cancel
+    executor = LocalPoolExecutor(1, folder=folder, keep_files=True)  # no with block: only the map iterator cancels
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)
     futures = []
 

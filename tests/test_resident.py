@@ -35,6 +35,28 @@ def test_each_call_output_lands_in_its_own_logs_whatever_path_it_takes(folder):
         assert all(f"call{other} " not in out + err for other in range(3) if other != n)
 
 
+def test_a_running_call_output_is_readable_and_a_quiet_call_leaves_no_log_file(folder):
+    marker = os.path.join(folder, "go")
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        quiet = executor.submit(tasks.square, 3)
+        assert quiet.result(timeout=60) == 9
+        running = executor.submit(tasks.print_then_wait, "halfway", marker)
+        wait_for(lambda: "halfway" in executor.logs(running), timeout=30, what="the running call's output")
+        open(marker, "w").close()
+        assert running.result(timeout=60) == "halfway"
+        assert executor.logs(running).count("halfway") == 1
+    assert not any(name.startswith(quiet.task_id + ".") for name in os.listdir(os.path.join(folder, "logs")))
+
+
+def test_what_a_call_printed_before_killing_its_worker_is_in_its_logs_and_its_error(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        crashed = executor.submit(tasks.print_then_kill_self, "last words")
+        with pytest.raises(JobFailedError, match="last words"):
+            crashed.result(timeout=60)
+        assert "last words" in executor.logs(crashed)
+    assert not [name for name in os.listdir(os.path.join(folder, "logs")) if name.startswith("worker-")]
+
+
 @pytest.mark.parametrize("crash, why", [(tasks.segfault, "SIGSEGV"), (tasks.kill_self, "SIGKILL")])
 def test_a_call_that_kills_its_worker_fails_alone_and_a_new_worker_takes_the_next(folder, crash, why):
     with LocalPoolExecutor(1, folder=folder) as executor:

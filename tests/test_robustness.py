@@ -131,8 +131,7 @@ def test_a_missing_or_non_executable_interpreter_is_a_value_error_at_constructio
 
 def test_a_worker_that_cannot_start_fails_its_future_and_the_pool_runs_the_next_call(folder):
     with LocalPoolExecutor(1, folder=folder) as executor:
-        assert executor.submit(tasks.square, 2).result(timeout=30) == 4
-        shutil.rmtree(os.path.join(folder, "logs"))
+        shutil.rmtree(os.path.join(folder, "logs"))  # a new worker cannot open its spool files there
         with pytest.raises(JobFailedError, match="could not start"):
             executor.submit(tasks.square, 3).result(timeout=30)
         os.mkdir(os.path.join(folder, "logs"), 0o700)
