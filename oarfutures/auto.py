@@ -95,10 +95,6 @@ def AutoPoolExecutor(
 
     cls = {"oar": OarPoolExecutor, "slurm": SlurmPoolExecutor, "local": LocalPoolExecutor}[chosen]
     options = {key: parameters.pop(key) for key in EXECUTOR_OPTIONS if key in parameters}
-    executor: JobExecutor = cls(max_workers, folder=folder, **options)  # type: ignore[operator]
-    try:
-        executor.update_parameters(**parameters)
-    except BaseException:
-        executor.shutdown(wait=False)
-        raise
-    return executor
+    # given to the constructor, which checks them before it makes the folder (a refused one leaves none behind);
+    # keyword by keyword they are the same as update_parameters()'s (the generic name, then the prefixed one)
+    return cls(max_workers, folder=folder, **options, **parameters)  # type: ignore[operator,no-any-return]

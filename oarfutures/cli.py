@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from oarfutures import layout, records
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
 
-STATES = ("done", "failed", "running", "pending", "ended-without-result", "unknown")
+STATES = ("done", "failed", "cancelled", "running", "pending", "ended-without-result", "unknown")
 #: a job the scheduler does not know is "not visible yet" for this long after its record was last written
 VISIBILITY_GRACE = 15.0
 WORKER_MODULE = b"oarfutures.worker"
@@ -438,8 +438,17 @@ def task_rows(folder: str, backends: Backends, batches: Sequence[records.BatchRe
         if row.result is None and row.state != "running" and late.get(row.task_id):
             row.result = late[row.task_id]
             classify_result(row)
+        if row.result is None and row.state != "running":
+            note_cancelled(folder, row)
         row.runtime = estimate_runtime(backends, row, now)
     return rows
+
+
+def note_cancelled(folder: str, row: TaskRow) -> None:
+    """A task without a result whose claim a ``cancel()`` took will never run: it is cancelled, whatever its job
+    still does (it exits at once when it starts)."""
+    if layout.claim_owner(layout.claim_path(folder, row.batch, row.index)) == layout.CANCELLED:
+        row.state, row.detail = "cancelled", "cancelled: it never runs"
 
 
 def classify_result(row: TaskRow) -> None:
@@ -594,59 +603,88 @@ def confirm(question: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- status
-def cmd_status(args: argparse.Namespace) -> int:
-    folder = open_folder(args.folder)
-    backends = Backends(folder)
+@dataclass
+class Snapshot:
+    """What ``status`` shows: the folder's batches, the task rows listed, and the count of tasks per state."""
+
+    folder: str
+    batches: List[records.BatchRecord]
+    rows: List[TaskRow]
+    counts: Dict[str, int]
+    summarised: List[records.BatchRecord]  # complete batches shown as one line (no --all)
+
+    @property
+    def total_tasks(self) -> int:
+        return sum(len(r.calls) for r in self.batches)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(sum(r.calls) for r in self.batches)
+
+    @property
+    def unfinished(self) -> int:
+        """Tasks still queued or running: what a ``--watch`` waits for."""
+        return self.counts["pending"] + self.counts["running"]
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
+        return f"{self.total_tasks} task(s), {self.total_calls} call(s) in {len(self.batches)} batch(es): {shown}"
+
+
+def take_snapshot(folder: str, backends: Backends, show_all: bool) -> Snapshot:
+    """Read the records and result files, ask each scheduler once, and count the tasks per state."""
     batches = records.load_all(folder)
-    listed = [r for r in batches if args.all or not r.complete]
+    listed = [r for r in batches if show_all or not r.complete]
     rows = task_rows(folder, backends, [r for r in listed if not r.complete])
     for record in listed:  # --all: tasks of complete batches, whose results were delivered and removed
         if record.complete:
             for index in range(len(record.calls)):
-                row = TaskRow(record, index, record.job_ids.get(index), "done", detail="complete batch")
+                row = TaskRow(record, index, record.job_ids.get(index), record.outcome(index), detail="complete batch")
                 rows.append(row)
     order = {record.batch: n for n, record in enumerate(batches)}
     rows.sort(key=lambda r: (order[r.batch], r.index))
     counts = {state: 0 for state in STATES}
     for row in rows:
         counts[row.state] += 1
-    summarised = [r for r in batches if r.complete and not args.all]
+    summarised = [r for r in batches if r.complete and not show_all]
     for record in summarised:
-        counts["done"] += len(record.calls)
-    total_tasks = sum(len(r.calls) for r in batches)
-    total_calls = sum(sum(r.calls) for r in batches)
-    if args.json:
-        document = {
-            "folder": folder,
-            "batches": [
-                {
-                    "batch": r.batch,
-                    "backend": r.backend,
-                    "tasks": len(r.calls),
-                    "calls": sum(r.calls),
-                    "complete": r.complete,
-                    "checkpointable": r.checkpointable,
-                    "created": r.created,
-                }
-                for r in batches
-            ],
-            "tasks": [row.as_json() for row in rows],
-            "counts": counts,
-            "total": {"batches": len(batches), "tasks": total_tasks, "calls": total_calls},
-        }
-        print(json.dumps(document, indent=2))
-        return 0
-    if not batches:
-        print(f"no batches in {folder}")
-        return 0
+        for index in range(len(record.calls)):
+            counts[record.outcome(index)] += 1
+    return Snapshot(folder, batches, rows, counts, summarised)
+
+
+def status_document(snapshot: Snapshot) -> Dict[str, Any]:
+    return {
+        "folder": snapshot.folder,
+        "batches": [
+            {
+                "batch": r.batch,
+                "backend": r.backend,
+                "tasks": len(r.calls),
+                "calls": sum(r.calls),
+                "complete": r.complete,
+                "checkpointable": r.checkpointable,
+                "created": r.created,
+            }
+            for r in snapshot.batches
+        ],
+        "tasks": [row.as_json() for row in snapshot.rows],
+        "counts": snapshot.counts,
+        "total": {"batches": len(snapshot.batches), "tasks": snapshot.total_tasks, "calls": snapshot.total_calls},
+    }
+
+
+def status_table(snapshot: Snapshot) -> str:
+    if not snapshot.batches:
+        return f"no batches in {snapshot.folder}"
     lines = [["BATCH", "TASK", "CALLS", "BACKEND", "JOB", "STATE", "RUNTIME", "DETAIL"]]
-    summarised_names = {r.batch for r in summarised}
-    for record in batches:
+    summarised_names = {r.batch for r in snapshot.summarised}
+    for record in snapshot.batches:
         if record.batch in summarised_names:
-            lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", "done", "-",
-                          f"complete: {len(record.calls)} task(s), results delivered or cleaned"])
+            lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", batch_state(record), "-",
+                          f"complete: {outcome_summary(record)}, results delivered or cleaned"])
             continue
-        for row in (r for r in rows if r.record is record):
+        for row in (r for r in snapshot.rows if r.record is record):
             native = f"[{row.native}]" if row.native and row.native.lower() not in (row.state, "completed") else ""
             detail = one_line(" ".join(x for x in (native, row.detail) if x))
             job = row.job_id or "-"
@@ -654,10 +692,71 @@ def cmd_status(args: argparse.Namespace) -> int:
                 job = row.status.reason if row.status is not None else "-"
             lines.append([row.batch, str(row.index), str(row.calls), record.backend, job, row.state,
                           duration(row.runtime), detail])
-    print(table(lines, right={1, 2, 6}))
-    shown = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
-    print(f"{total_tasks} task(s), {total_calls} call(s) in {len(batches)} batch(es): {shown}")
+    return table(lines, right={1, 2, 6}) + "\n" + snapshot.summary()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    folder = open_folder(args.folder)
+    backends = Backends(folder)
+    if args.watch:
+        return watch_status(folder, backends, args)
+    snapshot = take_snapshot(folder, backends, args.all)
+    print(json.dumps(status_document(snapshot), indent=2) if args.json else status_table(snapshot))
     return 0
+
+
+#: the shortest ``--watch`` interval: each refresh asks the schedulers once, and their controllers are shared
+MIN_WATCH_SECONDS = 1.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def watch_status(folder: str, backends: Backends, args: argparse.Namespace) -> int:
+    """Refresh until no task is queued or running (or Ctrl-C): on a terminal the table, redrawn in place; else
+    one line of counts per refresh (with ``--json``, one JSON object per line), for logs and scripts."""
+    on_terminal = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            snapshot = take_snapshot(folder, backends, args.all)
+            if args.json:
+                line = {"time": round(time.time(), 3), "counts": snapshot.counts, "total": snapshot.total_tasks}
+                print(json.dumps(line), flush=True)
+            elif on_terminal:
+                stamp = time.strftime("%H:%M:%S")
+                heading = f"{stamp}  every {args.interval:g} s, Ctrl-C to stop"
+                print(f"{CLEAR_SCREEN}{heading}\n{status_table(snapshot)}", flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S')} {snapshot.summary()}", flush=True)
+            if snapshot.batches and not snapshot.unfinished:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:  # the usual way to leave a watch: not an error
+        return 0
+
+
+def watch_seconds(text: str) -> float:
+    """``--interval`` value: seconds between ``--watch`` refreshes, at least ``MIN_WATCH_SECONDS``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not MIN_WATCH_SECONDS <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between refreshes, at least {MIN_WATCH_SECONDS:g}")
+    return value
+
+
+def batch_state(record: records.BatchRecord) -> str:
+    """The state shown for a whole complete batch: its worst task's (failed, then cancelled, then done)."""
+    outcomes = set(record.outcomes.values())
+    return next((state for state in ("failed", "cancelled") if state in outcomes), "done")
+
+
+def outcome_summary(record: records.BatchRecord) -> str:
+    """"3 task(s): 1 done, 1 failed, 1 cancelled" for a complete batch."""
+    tally = {state: 0 for state in ("done", "failed", "cancelled")}
+    for index in range(len(record.calls)):
+        tally[record.outcome(index)] += 1
+    parts = ", ".join(f"{n} {state}" for state, n in tally.items() if n)
+    return f"{len(record.calls)} task(s): {parts}"
 
 
 # ---------------------------------------------------------------------------------------------- logs
@@ -720,6 +819,27 @@ def cancel_live(backends: Backends, rows: Sequence[TaskRow]) -> List[TaskRow]:
     return done
 
 
+def queued_rows(rows: Sequence[TaskRow]) -> List[TaskRow]:
+    """Tasks no scheduler holds yet: calls waiting in their client's queue (local calls not started, cluster calls
+    not submitted yet because of max_workers). Only their claim can stop them."""
+    return [r for r in rows if r.state == "pending" and not r.live and r.native != "checkpointed"]
+
+
+def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> Tuple[List[TaskRow], List[TaskRow]]:
+    """Take the claim of each queued task for a cancellation, as ``future.cancel()`` does: its worker then never
+    runs it (it exits at once when its client starts or submits it, and the future fails with JobFailedError).
+    Returns the tasks cancelled and those a worker claimed first (they are running now)."""
+    cancelled, started = [], []
+    for row in rows:
+        path = layout.claim_path(folder, row.batch, row.index)
+        try:
+            won = layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED
+        except FileNotFoundError:  # its files were removed meanwhile: nothing can run it
+            won = True
+        (cancelled if won else started).append(row)
+    return cancelled, started
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
     backends = Backends(folder)
@@ -727,27 +847,27 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     rows = task_rows(folder, backends, unfinished)
     require_known(rows, "nothing cancelled")
     live = [r for r in rows if r.live]
-    unsubmitted = [r for r in rows if r.job_id is None and r.result is None]
-    if not live:
-        print("nothing to cancel: no job of this folder is queued or running")
-    else:
-        lines = [["BACKEND", "JOB", "TASK", "WAS"]] + [[r.record.backend, r.job_id or "", r.task_id, r.state] for r in live]
-        if not args.yes:
-            print(table(lines), file=sys.stderr)
-            if not confirm(f"cancel these {len(live)} job(s)?"):
-                print("nothing cancelled", file=sys.stderr)
-                return 1
-        cancelled = cancel_live(backends, live)
-        print(table(lines[:1] + [[r.record.backend, r.job_id or "", r.task_id, r.state] for r in cancelled]))
-        print(f"cancelled {len(cancelled)} job(s)")
-    if unsubmitted:
-        print(f"{len(unsubmitted)} task(s) not submitted yet: a client still running may submit them")
-    queued_locally = [r for r in rows if r.record.backend == "local" and r.state == "pending" and r.job_id is not None]
-    if queued_locally:
-        print(
-            f"{len(queued_locally)} local task(s) not started: they wait in their client's queue, which only that "
-            "client (or its end) can empty"
-        )
+    queued = queued_rows(rows)
+    if not live and not queued:
+        print("nothing to cancel: no call of this folder is queued or running")
+        return 0
+    lines = [["BACKEND", "JOB", "TASK", "WAS"]]
+    lines += [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in live]
+    lines += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in queued]
+    if not args.yes:
+        print(table(lines), file=sys.stderr)
+        if not confirm(f"cancel these {len(live) + len(queued)} task(s)?"):
+            print("nothing cancelled", file=sys.stderr)
+            return 1
+    cancelled_queued, started = cancel_queued(folder, queued)  # first: a queued call must not start meanwhile
+    cancelled = cancel_live(backends, live)
+    shown = [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in cancelled]
+    shown += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in cancelled_queued]
+    print(table(lines[:1] + shown))
+    print(f"cancelled {len(cancelled)} job(s)" + (f" and {len(cancelled_queued)} queued task(s), which will never run "
+          "(their client's futures fail with JobFailedError)" if cancelled_queued else ""))
+    if started:
+        print(f"{len(started)} queued task(s) started meanwhile and were not cancelled: run cancel again")
     return 0
 
 
@@ -798,6 +918,23 @@ def remove(paths: Iterable[str]) -> Tuple[int, int]:
     return count, freed
 
 
+def unchanged_for(folder: str, record: records.BatchRecord, days: float) -> bool:
+    """Whether a batch's record was last written (submitted, followed, completed) more than ``days`` days ago."""
+    written = _mtime(layout.record_path(folder, record.batch))
+    return written is not None and time.time() - written > days * 86400
+
+
+def days(text: str) -> float:
+    """``--older`` value: a number of days >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days >= 0")
+    return value
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
     with filelock.FileLock(layout.lock_path(folder)):  # not while attach() reads the folder
@@ -808,6 +945,8 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
     backends = Backends(folder)
     batches = records.load_all(folder)
     targets = [r for r in batches if r.complete or args.all]
+    if args.older is not None:
+        targets = [r for r in targets if unchanged_for(folder, r, args.older)]
     unfinished = [r for r in targets if not r.complete]
     cancelled: List[TaskRow] = []
     if unfinished:
@@ -816,6 +955,8 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
         cancelled = cancel_live(backends, rows)
         for row in cancelled:
             print(f"cancelled {row.record.backend} job {row.job_id} (task {row.task_id}, {row.state})")
+        cancel_queued(folder, queued_rows(rows))  # their task files go: a client must not start them
+        note_outcomes(rows)
     runs = runs_of(backends, targets, follow_oar=False) if args.logs else {}
     files = freed = 0
     for record in targets:
@@ -834,6 +975,15 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
         f"freed {size(freed)}" + (f"; {kept} unfinished batch(es) kept (--all removes them)" if kept else "")
     )
     return 0
+
+
+def note_outcomes(rows: Sequence[TaskRow]) -> None:
+    """Record how the tasks of batches ``clean --all`` ends ended, as an executor does (status reads it): those
+    that did not finish are cancelled."""
+    for row in rows:
+        if row.state != "done":
+            failed = row.state in ("failed", "ended-without-result")
+            row.record.outcomes[row.index] = "failed" if failed else "cancelled"
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -960,6 +1110,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     p.add_argument("--all", action="store_true", help="list the tasks of complete batches too")
+    p.add_argument("--watch", action="store_true", help="refresh until no task is queued or running (Ctrl-C stops)")
+    p.add_argument("--interval", metavar="SECONDS", type=watch_seconds, default=5.0,
+                   help="seconds between --watch refreshes (default 5, at least 1: each asks the schedulers)")
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("logs", help="stdout and stderr of a task, every run of it")
@@ -976,6 +1129,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--logs", action="store_true", help="remove their logs, records and scripts too")
     p.add_argument("--all", action="store_true", help="unfinished batches too, after cancelling their jobs")
+    p.add_argument("--older", metavar="DAYS", type=days,
+                   help="only batches whose record was last written more than DAYS days ago (fractions allowed)")
     p.set_defaults(run=cmd_clean)
 
     p = sub.add_parser(

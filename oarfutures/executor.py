@@ -166,12 +166,24 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def resolve_folder(folder: Optional[str], kind: str) -> str:
-    """The absolute job folder; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
+def folder_path(folder: Optional[str], kind: str) -> str:
+    """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures.
+
+    Constructors check every argument against this path first and create the folder last, so that a refused
+    argument leaves nothing behind."""
     if folder is None:
-        base = os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
-        folder = os.path.join(base, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
-    folder = os.path.abspath(os.fspath(folder))
+        folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    return os.path.abspath(os.fspath(folder))
+
+
+def default_base() -> str:
+    """Where executors without ``folder=`` make their folders."""
+    return os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
+
+
+def resolve_folder(folder: Optional[str], kind: str) -> str:
+    """The absolute job folder, created (private) if need be; by default a new one (see ``folder_path``)."""
+    folder = folder_path(folder, kind)
     layout.make_folder(folder)
     return folder
 
@@ -226,10 +238,10 @@ class JobExecutor(cf.Executor):
         #: they see at least SUBMITTED_AHEAD whatever the cap (dask with max_workers=4 would otherwise make one
         #: sbatch per call: it submits the next one as each ends); the local pool sets its worker count.
         self._max_workers = max(max_workers or 0, SUBMITTED_AHEAD)
-        self.folder = resolve_folder(folder, backend.name)
         self.python = interpreter_path(python, must_run_here=not backend.jobs_outlive_client)
-        self.keep_files = keep_files
         self.result_grace = _grace(backend.result_grace if result_grace is None else result_grace)
+        self.folder = resolve_folder(folder, backend.name)  # last: a refused argument leaves no folder behind
+        self.keep_files = keep_files
         self.warn_pickle_bytes = warn_pickle_bytes
         self.max_resubmissions = max_resubmissions
         self._lock = threading.Lock()
@@ -289,6 +301,18 @@ class JobExecutor(cf.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, {})
 
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+        """``map``'s one array, but its futures, in input order, instead of an iterator of results.
+
+        Everything is submitted before this returns, and each future carries its array task's ``job_id`` once
+        that task is submitted (at once, unless ``max_workers`` holds it back on OAR) and its ``task_id``: keep
+        them, cancel some, ``wait``/``as_completed`` on them, without a ``batch()`` block. submitit's
+        ``map_array``, which returns its jobs, is the same call (and an alias).
+        """
+        return self._map_futures(fn, iterables, chunksize, {})
+
+    map_array = map_futures
+
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
         collected = getattr(self._collecting, "calls", None)
         self._check_open()
@@ -347,13 +371,17 @@ class JobExecutor(cf.Executor):
     def _map(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict
     ) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _results_in_order(self._map_futures(fn, iterables, chunksize, options), deadline)
+
+    def _map_futures(
+        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], chunksize: int, options: Dict
+    ) -> List[JobFuture]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        deadline = None if timeout is None else time.monotonic() + timeout
         calls: List[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        futures = self._submit_batch([fn], tasks, options) if tasks else []
-        return _results_in_order(futures, deadline)
+        return self._submit_batch([fn], tasks, options) if tasks else []
 
     # ------------------------------------------------------------------ parameters, per-call options, batches
     def update_parameters(self, **parameters: Any) -> None:
@@ -1091,6 +1119,9 @@ class JobExecutor(cf.Executor):
             return
         del self._tasks[task.task_id]
         task.settling = True
+        # saved with the batch: `oarfutures status` shows it once the result files are gone
+        killed = task.last_status is not None and task.last_status.state is JobState.CANCELLED
+        task.record.note_outcome(task.index, task.futures, job_cancelled=killed)
         if self._by_job.get(task.job_id or "") is task:
             del self._by_job[task.job_id or ""]
         self._ended.discard(task)
@@ -1124,6 +1155,7 @@ class JobExecutor(cf.Executor):
 
     def _finish_batch(self, record: records.BatchRecord, how: str) -> None:
         self._cancel_leftovers(record.batch)
+        record.note_cancelled_claims(self.folder)  # before the claims go: `oarfutures status` shows it
         # kept files keep a delivered batch attachable (the command line's `results` relies on it)
         if how == "uncertain":
             return
@@ -1253,3 +1285,8 @@ class ExecutorOptions:
     ) -> Iterator[Any]:
         """``executor.map`` with this view's parameters."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._options)
+
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+        return self._executor._map_futures(fn, iterables, chunksize, self._options)
+
+    map_array = map_futures

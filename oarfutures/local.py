@@ -20,9 +20,9 @@ import threading
 import weakref
 from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
-from oarfutures import layout, params
+from oarfutures import layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.poller import get_poller
 from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
 
@@ -366,6 +366,7 @@ class LocalPoolExecutor(JobExecutor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
+        **parameters: Any,
     ) -> None:
         """Start no process yet: resident workers start with the first calls and leave after 10 s idle.
 
@@ -390,9 +391,14 @@ class LocalPoolExecutor(JobExecutor):
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
         """
         check_max_workers(max_workers)
-        folder = resolve_folder(folder, LocalBackend.name)
-        backend = LocalBackend(max_workers or os.cpu_count() or 1, folder)
+        path = folder_path(folder, LocalBackend.name)
+        backend = LocalBackend(max_workers or os.cpu_count() or 1, path)
+        # the generic parameters (mem_gb=, timeout_min=...) are accepted, so that a script runs unchanged here;
+        # checked before the folder exists: a refused one leaves nothing behind
+        backend.parameters.update(backend.validate(parameters))
         super().__init__(
-            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))
         self._max_workers = backend.max_workers

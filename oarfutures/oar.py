@@ -20,9 +20,9 @@ import re
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from oarfutures import commands, layout, params
+from oarfutures import commands, layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker import EARLY_SIGNAL_TRAP
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
@@ -366,6 +366,8 @@ class OarPoolExecutor(JobExecutor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
+        mem_gb: Optional[float] = None,
+        **parameters: Any,
     ) -> None:
         """Submit nothing yet: each ``submit``/``map`` becomes an ``oarsub --array`` with these parameters.
 
@@ -418,7 +420,7 @@ class OarPoolExecutor(JobExecutor):
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
         """
         check_max_workers(max_workers)
-        parameters = dict(
+        explicit = dict(
             queue=queue,
             walltime=walltime,
             nodes=nodes,
@@ -433,9 +435,14 @@ class OarPoolExecutor(JobExecutor):
             additional_parameters=additional_parameters,
             checkpoint_seconds=checkpoint_seconds,
             steal_seconds=steal_seconds,
+            mem_gb=mem_gb,
         )
-        folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), OarBackend.name)
-        backend = OarBackend(folder, parameters)
+        # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
+        # exists: a refused one leaves nothing behind
+        path = params.job_folder("folder", folder_path(None, OarBackend.name) if folder is None else folder)
+        backend = OarBackend(path, {**params.changed_from_defaults(explicit, PARAMETERS), **parameters})
         super().__init__(
-            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))

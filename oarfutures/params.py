@@ -27,15 +27,127 @@ BACKEND_PREFIXES = ("oar_", "slurm_", "local_")
 
 
 def for_backend(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
-    """Keep the generic parameters and ``<backend>_`` ones (prefix stripped, overriding the generic one);
-    drop the other schedulers' prefixed parameters, which only apply there."""
+    """Keep the generic parameters and ``<backend>_`` ones (prefix stripped, overriding the generic one), in
+    oarfutures' spelling (submitit's is translated, or refused naming ours: see ``SUBMITIT_SPELLINGS``).
+
+    The other schedulers' prefixed parameters only apply there, but their names are checked all the same: a typo
+    in ``oar_queu`` must not pass silently because this script happens to run on Slurm today.
+    """
     own = f"{backend}_"
-    result = {k: v for k, v in values.items() if not k.startswith(BACKEND_PREFIXES)}
-    result.update({k[len(own) :]: v for k, v in values.items() if k.startswith(own)})
+    check_other_prefixes(values, backend)
+    generic = respelled({k: v for k, v in values.items() if not k.startswith(BACKEND_PREFIXES)}, backend)
+    prefixed = respelled({k[len(own) :]: v for k, v in values.items() if k.startswith(own)}, backend)
+    if prefixed.keys() & WALLTIME_NAMES:  # slurm_time=... wins over a generic timeout_min=..., as in submitit
+        generic = {k: v for k, v in generic.items() if k not in WALLTIME_NAMES}
+    result = {**generic, **prefixed}
     if "timeout_min" in result:  # submitit's name; walltime in minutes
         minutes = result.pop("timeout_min")
         result.setdefault("walltime", None if minutes is None else positive_number("timeout_min", minutes) * 60)
     return result
+
+
+#: the two ways of giving a walltime (``timeout_min`` in minutes, as submitit does)
+WALLTIME_NAMES = frozenset(("walltime", "timeout_min"))
+
+#: submitit's spellings (its AutoExecutor, SlurmExecutor and the OAR plugin) that mean what an oarfutures
+#: parameter means, per backend, after the prefix is stripped: ``slurm_job_name`` is ``name`` on Slurm
+SUBMITIT_SPELLINGS: Dict[str, Dict[str, str]] = {
+    "slurm": {
+        "job_name": "name",
+        "time": "timeout_min",  # submitit's Slurm time is in minutes
+        "ntasks_per_node": "tasks_per_node",
+        "num_gpus": "gpus_per_node",
+        "signal_delay_s": "checkpoint_seconds",
+    },
+    "oar": {"n": "name", "gpu": "gpus_per_node"},
+    "local": {},
+}
+
+#: submitit's spellings that oarfutures does not take, with what to do instead (the error says it)
+SUBMITIT_REFUSED: Dict[str, Dict[str, str]] = {
+    "slurm": {
+        "array_parallelism": "use max_workers= (it caps the running calls of the executor, as Slurm's %N)",
+        "map_count": "map() sizes the array itself",
+        "dependency": "oarfutures chains the parts of a split array itself; wait on the futures instead",
+        "srun_args": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
+        "use_srun": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
+        "max_num_timeout": "use max_resubmissions= (an executor option)",
+    },
+    "oar": {"max_num_timeout": "use max_resubmissions= (an executor option)"},
+    "local": {},
+}
+
+#: submitit spellings accepted when false (their default, and oarfutures' behaviour), refused when true
+SUBMITIT_OFF_ONLY: Dict[str, str] = {
+    "stderr_to_stdout": "a job's stderr stays in logs/<job>.err beside its .out; executor.logs(future) and "
+    "`oarfutures logs` show both",
+}
+
+
+def respelled(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
+    """``values`` with submitit's spellings replaced by oarfutures' own; a refused one is a TypeError saying what
+    to use, and giving a parameter under both spellings is one too (which one was meant?)."""
+    result: Dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SUBMITIT_OFF_ONLY:
+            if value:
+                raise TypeError(f"{key}={value!r} is not supported: {SUBMITIT_OFF_ONLY[key]}")
+            continue
+        advice = SUBMITIT_REFUSED.get(backend, {}).get(key)
+        if advice is not None:
+            raise TypeError(f"{key} (a submitit parameter) is not accepted by oarfutures: {advice}")
+        target = SUBMITIT_SPELLINGS.get(backend, {}).get(key, key)
+        if target != key and target in values:
+            raise TypeError(f"{key} is submitit's spelling of {target}: give one of them, not both")
+        result[target] = value
+    return result
+
+
+#: where each backend keeps its table of checkers (imported only to check a name prefixed for that backend)
+CHECKER_TABLES = {
+    "slurm": ("oarfutures.slurm", "CHECKERS"),
+    "oar": ("oarfutures.oar", "CHECKERS"),
+    "local": ("oarfutures.local", "LocalBackend.CHECKERS"),
+}
+EXECUTOR_NAMES = {"slurm": "SlurmPoolExecutor", "oar": "OarPoolExecutor", "local": "LocalPoolExecutor"}
+
+
+def parameter_names(backend: str) -> Iterable[str]:
+    """Every parameter name a backend takes: its checkers' and submitit's spellings of them."""
+    import importlib
+
+    module, attribute = CHECKER_TABLES[backend]
+    table: Any = importlib.import_module(module)
+    for part in attribute.split("."):
+        table = getattr(table, part)
+    return set(table) | set(GENERIC) | set(SUBMITIT_SPELLINGS[backend]) | set(SUBMITIT_OFF_ONLY)
+
+
+def check_other_prefixes(values: Iterable[str], backend: str) -> None:
+    """Refuse a name prefixed for another backend that this other backend would refuse (``oar_queu`` on Slurm)."""
+    for key in values:
+        other = next((p[:-1] for p in BACKEND_PREFIXES if key.startswith(p)), None)
+        if other is None or other == backend:
+            continue
+        name = key[len(other) + 1 :]
+        advice = SUBMITIT_REFUSED[other].get(name)
+        if advice is not None:
+            raise TypeError(f"{key} (a submitit parameter) is not accepted by oarfutures: {advice}")
+        valid = parameter_names(other)
+        if name not in valid:
+            listed = ", ".join(sorted(valid))
+            raise TypeError(f"unknown {EXECUTOR_NAMES[other]} parameter {name!r} in {key!r}; valid ones are: {listed}")
+
+
+def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+    """The constructor keywords the caller changed: an untouched default must not count as given, or
+    ``SlurmPoolExecutor(job_name="x")`` would clash with the default ``name``, and ``slurm_name=`` could not
+    override it."""
+    return {key: value for key, value in given.items() if key not in defaults or not _same(value, defaults[key])}
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default or value == default
 
 
 def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> Dict[str, Any]:
@@ -203,6 +315,31 @@ def job_folder(name: str, path: Union[str, "os.PathLike[str]"]) -> str:
             f"{name}={text!r} cannot be written into a job script: no control characters, quotes or backslashes"
         )
     return text
+
+
+#: sbatch options submitit takes as parameters of their own, which Slurm executors take too (one
+#: ``#SBATCH --<option>=<value>`` line each; ``additional_parameters`` holds any other option)
+SBATCH_OPTIONS = (
+    "constraint", "exclude", "gres", "comment", "nodelist", "exclusive", "wckey", "mail_type", "mail_user",
+    "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu",
+)
+SBATCH_VALUE = re.compile(r"[^\s\"'\\\x00-\x1f\x7f]+")  # sbatch splits a directive at blanks and reads quotes
+
+
+def sbatch_value(name: str, value: Any) -> Union[None, bool, str]:
+    """The value of one of ``SBATCH_OPTIONS``: None, "" and False leave it out (submitit's defaults), True is a
+    flag (``exclusive=True``), a number or a word its value (``constraint="v100&ib"``, ``nodelist="n[1-4]"``)."""
+    if value is None or value is False or value == "":
+        return None
+    if value is True:
+        return True
+    if isinstance(value, int) and value > 0:
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, a positive integer or True, got {type(value).__name__} {value!r}")
+    if not SBATCH_VALUE.fullmatch(value):
+        raise ValueError(f"{name}={value!r} is not allowed: one word, no blanks, quotes, backslashes or control codes")
+    return value
 
 
 def _sequence(name: str, value: Any) -> Sequence[Any]:

@@ -10,10 +10,13 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 from oarfutures import layout
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 @dataclass
@@ -26,6 +29,9 @@ class BatchRecord:
     created: float = field(default_factory=time.time)
     complete: bool = False  # every result was delivered to a client and the batch's files are gone
     client: str = field(default_factory=lambda: client_name())  # "<host>:<pid>" of the process that follows it
+    #: task index -> "failed" (a call raised or its job died) or "cancelled" (a call was cancelled); tasks whose
+    #: calls all returned are absent. Kept because a complete batch's result files are gone: `status` reads it.
+    outcomes: Dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the user's thread and the executor's threads both change and save a record: one at a time
@@ -34,6 +40,32 @@ class BatchRecord:
     def set_job_ids(self, job_ids: Dict[int, str]) -> None:
         with self._lock:
             self.job_ids.update(job_ids)
+
+    def note_outcome(self, index: int, futures: Sequence["Future"], job_cancelled: bool = False) -> None:
+        """Remember how a settled task ended: "cancelled" if its job was cancelled (``job_cancelled``: scancel,
+        oardel, `oarfutures cancel`, abort) or a call's future was, else "failed" if a call failed."""
+        if job_cancelled or any(f.cancelled() for f in futures):
+            outcome = "cancelled"
+        elif any(f.done() and f.exception(0) is not None for f in futures):
+            outcome = "failed"
+        else:
+            return
+        with self._lock:
+            self.outcomes[index] = outcome
+
+    def note_cancelled_claims(self, folder: str) -> None:
+        """A failed task whose claim a cancellation holds never ran: it was cancelled (by `oarfutures cancel`
+        while queued in its client, say), though its future failed for lack of a result. Read before the batch's
+        claims are removed."""
+        for index, outcome in list(self.outcomes.items()):
+            claim = layout.claim_path(folder, self.batch, index)
+            if outcome == "failed" and layout.claim_owner(claim) == layout.CANCELLED:
+                with self._lock:
+                    self.outcomes[index] = "cancelled"
+
+    def outcome(self, index: int) -> str:
+        """How task ``index`` of a complete batch ended: "done", "failed" or "cancelled"."""
+        return self.outcomes.get(index, "done")
 
     def save(self, folder: str) -> None:
         """Write through a temp file of this process and thread, then rename: readers see one whole version."""
@@ -69,7 +101,9 @@ def load(path: str) -> BatchRecord:
     with open(path) as f:
         data = json.load(f)
     data["job_ids"] = {int(index): job_id for index, job_id in data["job_ids"].items()}
-    return BatchRecord(**data)
+    data["outcomes"] = {int(index): outcome for index, outcome in data.get("outcomes", {}).items()}
+    known = {f.name for f in fields(BatchRecord)}  # a newer version's extra keys: read what this one knows
+    return BatchRecord(**{key: value for key, value in data.items() if key in known})
 
 
 def load_all(folder: str) -> List[BatchRecord]:

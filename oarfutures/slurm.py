@@ -16,9 +16,9 @@ import re
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from oarfutures import commands, layout, params
+from oarfutures import commands, layout, params, retention
 from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, resolve_folder
+from oarfutures.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
@@ -67,8 +67,10 @@ PARAMETERS: Dict[str, Any] = {
     "additional_parameters": None,
     "checkpoint_seconds": 90,
     "steal_seconds": 60,
+    **{option: None for option in params.SBATCH_OPTIONS},  # submitit's constraint=, gres=, exclude=...
 }
 CHECKERS: Dict[str, params.Checker] = {
+    **{option: params.sbatch_value for option in params.SBATCH_OPTIONS},
     "partition": params.token,
     "walltime": params.walltime_seconds,
     "nodes": params.positive_int,
@@ -244,6 +246,7 @@ class SlurmBackend(Backend):
                 lines.append(f"#SBATCH --{option}={p[key]}")
         if p["gpus_per_node"]:
             lines.append(f"#SBATCH --gpus-per-node={p['gpus_per_node']}")
+        lines += [directive(option, p[option]) for option in params.SBATCH_OPTIONS if p[option]]
         lines += [directive(key, value) for key, value in (p["additional_parameters"] or {}).items()]
         if submission.checkpointable:  # USR2 to the batch shell (which execs the worker) before the walltime
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
@@ -519,6 +522,8 @@ class SlurmPoolExecutor(JobExecutor):
         result_grace: Optional[float] = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
+        mem_gb: Optional[float] = None,
+        **parameters: Any,
     ) -> None:
         """Submit nothing yet: each ``submit``/``map`` becomes an ``sbatch --array`` with these parameters.
 
@@ -570,12 +575,13 @@ class SlurmPoolExecutor(JobExecutor):
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
         """
         check_max_workers(max_workers)
-        parameters = dict(
+        explicit = dict(
             partition=partition,
             walltime=walltime,
             nodes=nodes,
             cpus_per_task=cpus_per_task,
             mem=mem,
+            mem_gb=mem_gb,
             gpus_per_node=gpus_per_node,
             account=account,
             qos=qos,
@@ -585,9 +591,13 @@ class SlurmPoolExecutor(JobExecutor):
             checkpoint_seconds=checkpoint_seconds,
             steal_seconds=steal_seconds,
         )
-        folder = resolve_folder(None if folder is None else params.job_folder("folder", folder), SlurmBackend.name)
-        backend = SlurmBackend(folder, parameters, max_array_size)
+        # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
+        # exists: a refused one leaves nothing behind
+        path = params.job_folder("folder", folder_path(None, SlurmBackend.name) if folder is None else folder)
+        given = {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}
+        backend = SlurmBackend(path, given, max_array_size)
         super().__init__(
-            backend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
+            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-
+        if folder is None:  # one more default folder: the old finished ones go (see retention)
+            retention.clean_default_folders_soon(os.path.dirname(self.folder))

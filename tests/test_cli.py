@@ -27,8 +27,8 @@ def status(folder, *args):
     return json.loads(cli("status", folder, "--json", *args).stdout)
 
 
-def states(folder):
-    return {task["task_id"]: task["state"] for task in status(folder)["tasks"]}
+def states(folder, *args):
+    return {task["task_id"]: task["state"] for task in status(folder, *args)["tasks"]}
 
 
 def files_under(folder, sub):
@@ -156,6 +156,32 @@ def test_logs_of_a_checkpointed_local_task_hold_every_run(folder):
     assert "checkpointed in job" in cli("logs", folder, future.task_id).stdout
 
 
+def test_status_reports_failed_and_cancelled_tasks_of_complete_batches(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        with executor.batch():
+            failing = executor.submit(tasks.raise_value_error, "bad")
+            slow = executor.submit(tasks.sleep_and_return, 1, 1)
+            cancelled = executor.submit(tasks.square, 3)
+        assert cancelled.cancel()  # the only worker is busy with the first two
+        assert isinstance(failing.exception(timeout=60), ValueError) and slow.result(timeout=60) == 1
+    document = status(folder)
+    assert (document["counts"]["done"], document["counts"]["failed"], document["counts"]["cancelled"]) == (1, 1, 1)
+    assert [t["state"] for t in status(folder, "--all")["tasks"]] == ["failed", "done", "cancelled"]
+    (row,) = [line for line in cli("status", folder).stdout.splitlines() if " all " in line]
+    assert " failed " in row and "3 task(s): 1 done, 1 failed, 1 cancelled" in row
+
+
+def test_status_watch_refreshes_the_counts_until_nothing_is_queued_or_running(local, folder):
+    future = local.submit(tasks.sleep_and_return, 2, 1)
+    wait_for(future.running, 30, "the call to run")
+    lines = cli("status", folder, "--watch", "--interval", "1").stdout.splitlines()  # not a terminal: one line each
+    assert len(lines) >= 2 and "1 running" in lines[0] and lines[-1].endswith("1 done")
+    assert future.done()
+    documents = [json.loads(line) for line in cli("status", folder, "--watch", "--json").stdout.splitlines()]
+    assert [d["counts"]["done"] for d in documents] == [1]  # nothing left to wait for: one refresh
+    assert cli("status", folder, "--watch", "--interval", "0.1", check=False).returncode == 2
+
+
 # ------------------------------------------------------------------------------------------ cancel
 def test_cancel_yes_kills_the_running_local_worker_and_says_so(folder):
     executor = LocalPoolExecutor(1, folder=folder)
@@ -190,6 +216,30 @@ def test_cancel_with_nothing_running_says_so(local, folder):
     assert "nothing to cancel" in cli("cancel", folder, "--yes").stdout
 
 
+def test_cancel_yes_cancels_queued_local_calls_too_and_they_never_run(folder, tmp_path):
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        running = executor.submit(tasks.sleep_and_return, 60, 1)
+        marker = str(tmp_path / "ran")
+        queued = executor.submit(tasks.touch_and_sleep, marker, 0)  # waits for the only worker
+        wait_for(running.running, 30, "the first call to run")
+        wait_for(lambda: queued.task_id in states(folder), 30, "the queued call to reach the folder")
+        assert states(folder)[queued.task_id] == "pending"
+        done = cli("cancel", folder, "--yes")
+        assert queued.task_id in done.stdout and "cancelled 1 job(s) and 1 queued task(s)" in done.stdout
+        assert states(folder, "--all")[queued.task_id] == "cancelled"
+        with pytest.raises(JobFailedError):
+            running.result(timeout=30)
+        with pytest.raises(JobFailedError):  # its worker took it, found the claim and declined
+            queued.result(timeout=30)
+        assert not os.path.exists(marker)
+        wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "the batches to be tidied")
+        assert states(folder, "--all")[queued.task_id] == "cancelled"  # its record says so once its claim is gone
+    finally:
+        executor.abort("test over")
+        executor.shutdown()
+
+
 # ------------------------------------------------------------------------------------------ clean
 def test_clean_keeps_unfinished_batches_and_the_logs_of_complete_ones(kept):
     with LocalPoolExecutor(1, folder=kept) as executor:
@@ -207,6 +257,19 @@ def test_clean_logs_removes_the_logs_and_records_of_complete_batches(local, fold
     # what is left is the spool of the executor's idle workers, still alive (see pool_worker)
     assert all(name.startswith("worker-") for name in files_under(folder, "logs")) and files_under(folder, "jobs") == []
     assert "no batches" in cli("status", folder).stdout
+
+
+def test_clean_older_only_cleans_batches_unchanged_for_that_many_days(local, folder):
+    old = local.submit(tasks.square, 2)
+    assert old.result(timeout=60) == 4
+    new = local.submit(tasks.square, 3)  # after the first: a batch of its own
+    assert new.result(timeout=60) == 9
+    wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "both batches to complete")
+    record = os.path.join(folder, "jobs", old.task_id.rpartition("_")[0] + ".json")
+    os.utime(record, (time.time() - 3 * 86400,) * 2)
+    assert "cleaned 1 batch(es)" in cli("clean", folder, "--logs", "--older", "2").stdout
+    assert [b["batch"] + "_0" for b in status(folder)["batches"]] == [new.task_id]
+    assert cli("clean", folder, "--older", "soon", check=False).returncode == 2
 
 
 def test_clean_all_removes_unfinished_batches_and_prints_the_bytes_freed(kept):
@@ -313,6 +376,8 @@ def test_slurm_cancel_yes_scancels_the_running_and_the_pending_task(slurm_one_at
         with pytest.raises(JobFailedError) as info:
             future.result(timeout=60)
         assert "CANCELLED" in info.value.state
+    wait_for(lambda: status(folder)["batches"][0]["complete"], 30, "the batch to be tidied")
+    assert status(folder)["counts"]["cancelled"] == 2  # not "done": the record keeps how its tasks ended
 
 
 @pytest.mark.slurm
@@ -366,6 +431,21 @@ def test_oar_cancel_yes_deletes_the_running_and_the_waiting_job(oar_executors, f
         with pytest.raises(JobFailedError) as info:
             future.result(timeout=60)
         assert "FRAG_JOB_REQUEST" in info.value.reason
+    wait_for(lambda: all(b["complete"] for b in status(folder)["batches"]), 30, "the batches to be tidied")
+    assert status(folder)["counts"]["cancelled"] == 2  # oardel'd: cancelled, not failed nor done
+
+
+@pytest.mark.oar
+def test_oar_cancel_yes_also_cancels_a_call_waiting_for_its_wave(oar_executors, folder):
+    executor = oar_executors(max_workers=1)  # OAR has no array cap: the second call waits in its client
+    held = executor.options(additional_parameters={"r": far_ahead()}).submit(tasks.square, 1)
+    queued = executor.submit(tasks.square, 2)
+    wait_for(lambda: held.job_id is not None, 60, "the first job to be submitted")
+    assert queued.job_id is None and states(folder)[queued.task_id] == "pending"
+    out = cli("cancel", folder, "--yes").stdout
+    assert "cancelled 1 job(s) and 1 queued task(s)" in out and queued.task_id in out
+    # its claim is taken: when its wave goes out, its job exits without running it (see the exactly-once tests)
+    assert states(folder)[queued.task_id] == "cancelled"
 
 
 @pytest.mark.oar

@@ -1,5 +1,6 @@
 """joblib, dask, asyncio and progress bars through oarfutures executors."""
 import asyncio
+import sys
 
 import pytest
 
@@ -56,3 +57,19 @@ def test_run_in_executor_and_wrap_future(executor):
 
 def test_track_yields_everything_with_or_without_tqdm(executor):
     assert list(track(executor.map(tasks.square, range(4)), total=4)) == [0, 1, 4, 9]
+
+
+def test_track_draws_a_tqdm_bar_of_the_calls_done(local, capsys):
+    import tqdm  # noqa: F401 - in the test extras: CI must exercise the bar, not the fallback
+
+    futures = local.map_futures(tasks.square, range(3))
+    assert list(track(f.result(timeout=60) for f in futures)) == [0, 1, 4]  # a generator: no total
+    assert list(track([f.result() for f in futures], description="squares")) == [0, 1, 4]  # total from len()
+    bar = capsys.readouterr().err
+    assert "oarfutures:3call" in bar.replace(" ", "") and "squares: 100%" in bar and "3/3" in bar
+
+
+def test_track_without_tqdm_yields_the_same_and_draws_nothing(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    assert list(track(iter(range(3)), total=3)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""

@@ -30,6 +30,18 @@ def test_map_returns_results_in_input_order_with_chunks(local):
     assert list(local.map(tasks.add, range(10), range(10, 20), chunksize=3)) == [a + a + 10 for a in range(10)]
 
 
+def test_map_futures_returns_one_array_of_futures_with_their_job_ids_in_input_order(local, folder):
+    futures = local.map_futures(tasks.add, [1, 2, 3], [10, 20, 30], chunksize=2)
+    assert all(isinstance(f, JobFuture) for f in futures) and len(futures) == 3
+    assert [f.job_id for f in futures] == [f.task_id for f in futures]  # local job ids are task ids
+    batches = {f.task_id.rpartition("_")[0] for f in futures}
+    assert len(batches) == 1 and [f.task_id[-2:] for f in futures] == ["_0", "_0", "_1"]  # one array, 2 calls a task
+    assert [f.result(timeout=60) for f in futures] == [11, 22, 33]
+    assert local.map_array(tasks.square, [4]) [0].result(timeout=60) == 16  # submitit's name for it
+    with pytest.raises(ValueError, match="chunksize"):
+        local.options(cpus_per_task=2).map_futures(tasks.square, [1], chunksize=0)
+
+
 def test_map_is_one_batch_with_the_function_pickled_once(folder):
     payload = b"x" * 2_000_000  # captured by the closure below: must be written once, not once per call
     with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:

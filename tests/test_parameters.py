@@ -94,7 +94,7 @@ def test_unknown_parameters_are_rejected_with_the_valid_ones(folder):
 def test_values_that_would_escape_their_line_or_make_no_sense_are_rejected(folder, executor, parameters, named):
     with pytest.raises(ValueError, match=named):
         executor(folder=folder, **parameters)
-    assert os.listdir(os.path.join(folder, "jobs")) == []  # nothing written, nothing submitted
+    assert not os.path.exists(folder)  # checked before the folder is made: nothing written, nothing submitted
 
 
 def test_options_override_parameters_for_one_call_without_reserving_keywords(folder):
@@ -158,3 +158,81 @@ def test_checkpointable_batches_ask_for_the_signal_and_requeue(folder):
     assert "#SBATCH --signal=B:USR2@120" in slurm and "#SBATCH --requeue" in slurm
     oar = OarPoolExecutor(folder=folder, checkpoint_seconds=120).backend.render_script(_submission(folder, 1, True))[0]
     assert re.search(r"#OAR -t idempotent\n#OAR --checkpoint 120\n#OAR --signal 12", oar)
+
+
+# ---------------------------------------------------------------------------------------------- submitit's spellings
+@pytest.mark.parametrize(
+    "executor, parameters, line",
+    [
+        (SlurmPoolExecutor, {"job_name": "exp1"}, "#SBATCH --job-name=exp1\n"),
+        (SlurmPoolExecutor, {"time": 90}, "#SBATCH --time=0-01:30:00\n"),
+        (SlurmPoolExecutor, {"ntasks_per_node": 2}, "#SBATCH --ntasks-per-node=2\n"),
+        (SlurmPoolExecutor, {"num_gpus": 2}, "#SBATCH --gpus-per-node=2\n"),
+        (SlurmPoolExecutor, {"constraint": "v100&ib"}, "#SBATCH --constraint=v100&ib\n"),
+        (SlurmPoolExecutor, {"gres": "gpu:2", "exclusive": True}, "#SBATCH --gres=gpu:2\n#SBATCH --exclusive\n"),
+        (SlurmPoolExecutor, {"mail_type": "END", "mail_user": "a@b.fr"}, "#SBATCH --mail-type=END\n"),
+        (SlurmPoolExecutor, {"mem_gb": 2}, "#SBATCH --mem=2048M\n"),
+        (SlurmPoolExecutor, {"stderr_to_stdout": False, "exclude": ""}, "#SBATCH --nodes=1\n"),  # the defaults: nothing
+        (OarPoolExecutor, {"gpu": 1, "n": "exp1"}, "#OAR -l /nodes=1/gpu=1\n"),
+        (OarPoolExecutor, {"mem_gb": 2}, "#OAR -p memnode >= 2048\n"),
+    ],
+)
+def test_submitit_spellings_with_the_same_meaning_are_accepted(folder, executor, parameters, line):
+    script = slurm_script(folder, **parameters) if executor is SlurmPoolExecutor else oar_script(folder, **parameters)
+    assert line in script
+
+
+def test_auto_takes_submitit_prefixed_spellings_on_their_scheduler_only(folder):
+    slurm = AutoPoolExecutor(folder=folder, cluster="slurm", slurm_constraint="v100", slurm_job_name="x", oar_gpu=1)
+    assert (slurm.backend.parameters["constraint"], slurm.backend.parameters["name"]) == ("v100", "x")
+    assert slurm.backend.parameters["gpus_per_node"] is None
+    with AutoPoolExecutor(folder=folder, cluster="local", mem_gb=1, slurm_gres="gpu:1", oar_gpu=1) as local:
+        assert local.backend.parameters == {"mem_gb": 1}
+
+
+@pytest.mark.parametrize(
+    "cluster, parameters, message",
+    [
+        ("slurm", {"slurm_array_parallelism": 4}, "array_parallelism.*use max_workers="),
+        ("oar", {"slurm_array_parallelism": 4}, "array_parallelism.*use max_workers="),
+        ("slurm", {"stderr_to_stdout": True}, "stderr_to_stdout=True is not supported.*logs"),
+        ("slurm", {"slurm_max_num_timeout": 5}, "use max_resubmissions="),
+        ("slurm", {"name": "a", "job_name": "b"}, "job_name is submitit's spelling of name"),
+    ],
+)
+def test_submitit_spellings_oarfutures_does_not_take_are_refused_naming_its_own(folder, cluster, parameters, message):
+    with pytest.raises(TypeError, match=message):
+        AutoPoolExecutor(folder=folder, cluster=cluster, **parameters)
+
+
+@pytest.mark.parametrize("cluster", ["slurm", "local"])
+def test_a_typo_in_a_parameter_for_the_other_scheduler_is_refused(folder, cluster):
+    with pytest.raises(TypeError, match="unknown OarPoolExecutor parameter 'queu' in 'oar_queu'; valid ones are:.*queue"):
+        AutoPoolExecutor(folder=folder, cluster=cluster, oar_queu="default")
+    with pytest.raises(TypeError, match="unknown SlurmPoolExecutor parameter 'partitoin' in 'slurm_partitoin'"):
+        AutoPoolExecutor(folder=folder, cluster="oar" if cluster == "slurm" else cluster, slurm_partitoin="cpu")
+
+
+@pytest.mark.parametrize("executor, typo, valid", [
+    (SlurmPoolExecutor, "partitoin", "partition"),
+    (OarPoolExecutor, "queu", "queue"),
+    (LocalPoolExecutor, "mem", "mem_gb"),
+])
+def test_a_constructor_typo_lists_the_valid_names(folder, executor, typo, valid):
+    with pytest.raises(TypeError, match=f"unknown {executor.__name__} parameter '{typo}'; valid ones are: .*{valid}"):
+        executor(folder=folder, **{typo: "x"})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SlurmPoolExecutor(partition="a b"),
+    lambda: OarPoolExecutor(oar_queu="default"),
+    lambda: LocalPoolExecutor(result_grace=-1),
+    lambda: LocalPoolExecutor(python="/no/such/python"),
+    lambda: AutoPoolExecutor(cluster="local", slurm_partitoin="cpu"),
+    lambda: AutoPoolExecutor(cluster="slurm", mem_gb=-1),
+], ids=["slurm-value", "oar-other-prefix", "local-grace", "local-python", "auto-typo", "auto-value"])
+def test_an_invalid_argument_at_construction_leaves_no_folder_behind(tmp_path, monkeypatch, make):
+    monkeypatch.setenv("OARFUTURES_FOLDER", str(tmp_path / "default"))
+    with pytest.raises((TypeError, ValueError)):
+        make()
+    assert not os.path.exists(tmp_path / "default")

@@ -52,6 +52,14 @@ def test_map_of_1000_calls_is_one_array_in_order(slurm, folder):
     assert "#SBATCH --array=0-999\n" in script
 
 
+def test_map_futures_carry_the_job_ids_of_their_array_tasks(slurm, folder):
+    futures = slurm.map_futures(tasks.square, [2, 3])
+    array = futures[0].job_id.partition("_")[0]
+    assert [f.job_id for f in futures] == [f"{array}_0", f"{array}_1"]  # known as soon as map_futures returns
+    assert re.fullmatch(r"\d+", array)  # Slurm's array id, not one of ours
+    assert [f.result(timeout=120) for f in futures] == [4, 9]
+
+
 @pytest.mark.array_limit
 def test_a_map_larger_than_max_array_size_is_split_and_stays_in_order(slurm, folder):
     limit = slurm.backend.max_array_size
