@@ -1287,6 +1287,7 @@ class ExecutorOptions:
         return self._executor._map(fn, iterables, timeout, chunksize, self._options)
 
     def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+        """``executor.map_futures`` with these parameters: one array, its futures in input order."""
         return self._executor._map_futures(fn, iterables, chunksize, self._options)
 
     map_array = map_futures

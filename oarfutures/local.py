@@ -389,6 +389,10 @@ class LocalPoolExecutor(JobExecutor):
                 per task and read by every job, and a big model in a closure is the usual culprit.
             max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
+            **parameters: The generic parameters (``walltime``, ``mem_gb``, ``tasks_per_node``...), accepted so
+                that a script written for a cluster runs unchanged here; only ``tasks_per_node`` and ``nodes``
+                (the ranks of a multi-task call) act on this machine. A name that is none of them is refused
+                with the list of valid ones.
         """
         check_max_workers(max_workers)
         path = folder_path(folder, LocalBackend.name)

@@ -573,6 +573,11 @@ class SlurmPoolExecutor(JobExecutor):
                 per task and read by every job, and a big model in a closure is the usual culprit.
             max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
+            mem_gb: Memory per node in GB, the generic spelling every backend takes (``--mem`` here).
+            **parameters: Any other parameter of this backend, by the name ``update_parameters`` takes:
+                generic ones (``tasks_per_node``, ``timeout_min``...), ``slurm_``-prefixed ones, and
+                submitit's spellings where they mean the same. A name that is none of these is refused with
+                the list of valid ones.
         """
         check_max_workers(max_workers)
         explicit = dict(
