@@ -24,6 +24,9 @@ class JobEnvironment:
         job_id: The scheduler's job id (an array task's own id).
         task_id: oarfutures' id of the call's task, as ``oarfutures logs`` takes it.
         hostname: The node this copy runs on.
+        node: The scheduler's name of that node (Slurm's ``SLURMD_NODENAME``, the host in OAR's
+            ``$OAR_NODEFILE``): ranks with the same ``node`` share a machine, which ``hostname`` cannot tell
+            where several nodes answer to one name.
     """
 
     rank: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_RANK", 0)))
@@ -34,3 +37,4 @@ class JobEnvironment:
     job_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_JOB_ID", ""))
     task_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_TASK_ID", ""))
     hostname: str = field(default_factory=socket.gethostname)
+    node: str = field(default_factory=lambda: os.environ.get("OARFUTURES_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname())

@@ -1,22 +1,51 @@
-"""Multi-task jobs: ``nodes * tasks_per_node`` copies of one call, each knowing its rank.
+"""Multi-task jobs: ``nodes * tasks_per_node`` copies of one call, each knowing its rank and node.
 
 The job's first process (the worker, started by the job script as usual) becomes a launcher: it starts the
-ranks (``srun`` on Slurm; on OAR, ``oarsh`` to the nodes of ``$OAR_NODEFILE`` or a plain process on its own
-node; plain processes locally), waits for all of them, and writes the task's single result: the list of the
+ranks (``srun`` on Slurm; on OAR, ``oarsh`` to the other nodes of ``$OAR_NODEFILE`` and plain processes on its
+own node; plain processes locally), waits for all of them, and writes the task's single result: the list of the
 ranks' results, or the error of the first rank that failed (with its traceback). A rank that dies without a
 result is named in the error, so the future never waits for it.
+
+No rank outlives its call, on any node:
+
+- a rank whose call raises (or that dies) exits non-zero, and the launcher then stops every other rank before it
+  writes the task's result: ``srun --kill-on-bad-exit`` does it on Slurm; elsewhere the launcher ends them;
+- on OAR and locally every rank watches its launcher through its standard input, a pipe that only the launcher
+  holds open (through ``oarsh``'s ssh channel for a rank on another node): when the launcher ends, whatever
+  killed it (``oardel``, the walltime, a failed rank), the rank sees end-of-file and kills its own process group.
+  Without cpusets OAR's ``oardel`` kills the processes of the job's first node only, and a process ``oarsh``
+  started on another node would otherwise run on. On Slurm, ``scancel`` ends the steps on every node itself.
 """
 import os
 import pickle
+import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 from oarfutures import layout
 
-ENVIRONMENT = ("OARFUTURES_RANK", "OARFUTURES_LOCAL_RANK", "OARFUTURES_WORLD_SIZE", "OARFUTURES_MASTER_ADDR", "OARFUTURES_MASTER_PORT")
+ENVIRONMENT = (
+    "OARFUTURES_RANK", "OARFUTURES_LOCAL_RANK", "OARFUTURES_WORLD_SIZE", "OARFUTURES_MASTER_ADDR",
+    "OARFUTURES_MASTER_PORT", "OARFUTURES_NODE",
+)
+#: set for ranks that must end when their launcher does (see watch_launcher)
+WATCH_VARIABLE = "OARFUTURES_WATCH_LAUNCHER"
+#: variables a rank on another node gets from the launcher (oarsh starts it with a fresh login environment);
+#: every OARFUTURES_* variable goes too
+REMOTE_VARIABLES = (
+    "PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV",
+    "OAR_JOB_ID", "OAR_JOBID", "OAR_ARRAY_ID", "OAR_ARRAY_INDEX", "OAR_JOB_NAME", "OAR_NODEFILE", "OAR_NODE_FILE",
+    "OAR_JOB_WALLTIME_SECONDS", "OAR_WORKDIR",
+)
+#: seconds the launcher gives the other ranks to end once it stopped them, before it kills what is left here
+STOP_GRACE = 20.0
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 
 
 def rank_path(folder, batch, index, rank):
@@ -33,10 +62,22 @@ def launch(folder, batch, index, world_size, tasks_per_node, launcher):
             ["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")], capture_output=True, text=True
         ).stdout.split() or [socket.gethostname()]
         env = {**os.environ, "OARFUTURES_MASTER_ADDR": hosts[0], "OARFUTURES_MASTER_PORT": str(port)}
-        processes = [subprocess.Popen(["srun", f"--ntasks={world_size}", "--kill-on-bad-exit=0", *command], env=env)]
+        # block distribution: ranks 0..k-1 on the first node (the master address), and so on; one rank that exits
+        # non-zero (its call raised, or it died) makes srun end the others on every node
+        srun = ["srun", f"--ntasks={world_size}", f"--ntasks-per-node={tasks_per_node}", "--distribution=block",
+                "--kill-on-bad-exit=1", *command]
+        codes = [subprocess.Popen(srun, env=env).wait()]
     else:
-        hosts = _oar_hosts() if launcher == "oar" else [socket.gethostname()]
-        processes = []
+        codes = _launch_processes(folder, command, world_size, tasks_per_node, port, launcher == "oar")
+    return [gather(folder, batch, index, world_size, codes)]
+
+
+def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar):
+    """Start the ranks as processes here and through ``oarsh``; stop them all as soon as one fails."""
+    hosts = _oar_hosts() if on_oar else [socket.gethostname()]
+    here = _this_host(hosts)
+    processes = []
+    try:
         for rank in range(world_size):
             host = hosts[min(rank // tasks_per_node, len(hosts) - 1)]
             env = {
@@ -45,46 +86,114 @@ def launch(folder, batch, index, world_size, tasks_per_node, launcher):
                 "OARFUTURES_WORLD_SIZE": str(world_size),
                 "OARFUTURES_MASTER_ADDR": hosts[0],
                 "OARFUTURES_MASTER_PORT": str(port),
+                "OARFUTURES_NODE": host,
+                WATCH_VARIABLE: "1",
             }
-            if host == socket.gethostname() or len(hosts) == 1:
-                processes.append(subprocess.Popen(command, env={**os.environ, **env}))
-            else:  # another node of the job: OAR's own remote shell reaches it
-                remote = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command)
-                processes.append(subprocess.Popen(["oarsh", host, remote]))
-    codes = [process.wait() for process in processes]
-    return [gather(folder, batch, index, world_size, codes)]
+            if host == here:  # its own session: the rank can kill its whole process group
+                processes.append(subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.PIPE, start_new_session=True))
+            else:  # another node of the job: OAR's remote shell; the ssh channel carries the launcher's pipe
+                processes.append(subprocess.Popen(["oarsh", host, _remote_command(folder, command, env)], stdin=subprocess.PIPE))
+        return _wait(processes)
+    finally:
+        _stop(processes)
+
+
+def _remote_command(folder, command, rank_env):
+    """The shell command ``oarsh`` runs on another node (it lands in $HOME, with a login environment)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("OARFUTURES_") or k in REMOTE_VARIABLES}
+    env.update(rank_env)
+    assignments = [f"{k}={v}" for k, v in sorted(env.items()) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    return f"cd {shlex.quote(folder)} && exec env {shlex.join(assignments)} {shlex.join(command)}"
+
+
+def _wait(processes):
+    """Wait for every rank; the first that fails (non-zero exit) stops the others. Return the exit statuses."""
+    while True:
+        codes = [p.poll() for p in processes]
+        if all(code is not None for code in codes):
+            return codes
+        if any(code not in (None, 0) for code in codes):
+            _stop(processes)
+            return [p.returncode for p in processes]
+        time.sleep(0.1)
+
+
+def _stop(processes):
+    """End every rank still running: its pipe closes (a rank kills its process group on end-of-file), then what
+    remains here is killed. Waits for them: no rank may outlive the task's result."""
+    for process in processes:
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(process)
+
+
+def _kill(process):
+    try:
+        if process.args and process.args[0] != "oarsh":
+            os.killpg(process.pid, signal.SIGKILL)  # a local rank leads its own process group
+        else:
+            process.kill()
+        process.wait(5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _oar_hosts():
-    """The job's nodes in order (``$OAR_NODEFILE`` has one line per core)."""
+    """The job's nodes in order (``$OAR_NODEFILE`` has one line per core); each a plain host name."""
     with open(os.environ["OAR_NODEFILE"]) as f:
-        return list(dict.fromkeys(line.strip() for line in f if line.strip()))
+        hosts = list(dict.fromkeys(line.strip() for line in f if line.strip()))
+    bad = [h for h in hosts if not HOST_NAME.match(h)]
+    if bad or not hosts:
+        raise ValueError(f"unexpected host names in $OAR_NODEFILE: {bad or hosts!r}")
+    return hosts
+
+
+def _this_host(hosts):
+    """Which of the job's hosts the launcher runs on: OAR starts the job on its first node, unless the name of
+    this machine says otherwise."""
+    names = {socket.gethostname(), socket.gethostname().split(".")[0], socket.getfqdn()}
+    if os.environ.get("OAR_NODEFILE"):  # OAR's name of this node, when known
+        return next((h for h in hosts if h in names), hosts[0])
+    return hosts[0]
 
 
 def gather(folder, batch, index, world_size, codes):
-    """One outcome for the task: ("ok", [rank results]) or the first failing rank's error."""
+    """One outcome for the task: ("ok", [rank results]) or the first failing rank's error.
+
+    A rank that raised wins over ranks without a result (those the launcher stopped because of it)."""
     from oarfutures.worker import error_outcome
 
-    values = []
+    outcomes = {}
     for rank in range(world_size):
         path = rank_path(folder, batch, index, rank)
         try:
             with open(path, "rb") as f:
-                (outcome,) = pickle.load(f)["outcomes"]
+                (outcomes[rank],) = pickle.load(f)["outcomes"]
             os.remove(path)
         except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError):
-            from oarfutures.errors import JobFailedError
-
-            reason = f"rank {rank} of {world_size} ended without a result (launcher exit statuses {codes})"
-            return error_outcome(JobFailedError(layout.task_id(batch, index), os.environ.get("OARFUTURES_JOB_ID"), "FAILED", reason=reason))
-        if outcome[0] != "ok":
-            return outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome[4]}",)
-        values.append(outcome[1])
+            pass
     try:
         os.rmdir(os.path.dirname(rank_path(folder, batch, index, 0)))
     except OSError:
         pass
-    return ("ok", values)
+    for rank, outcome in sorted(outcomes.items()):
+        if outcome[0] != "ok":
+            return outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome[4]}",)
+    missing = [rank for rank in range(world_size) if rank not in outcomes]
+    if missing:
+        from oarfutures.errors import JobFailedError
+
+        reason = f"rank {missing[0]} of {world_size} ended without a result (launcher exit statuses {codes})"
+        return error_outcome(JobFailedError(layout.task_id(batch, index), os.environ.get("OARFUTURES_JOB_ID"), "FAILED", reason=reason))
+    return ("ok", [outcomes[rank][1] for rank in range(world_size)])
 
 
 def rank_environment():
@@ -93,4 +202,66 @@ def rank_environment():
         os.environ["OARFUTURES_RANK"] = os.environ["SLURM_PROCID"]
         os.environ["OARFUTURES_LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
         os.environ["OARFUTURES_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
+        os.environ["OARFUTURES_NODE"] = os.environ.get("SLURMD_NODENAME", socket.gethostname())
+    _own_process_group()
+    if os.environ.pop(WATCH_VARIABLE, "") == "1":
+        watch_launcher()
     return int(os.environ["OARFUTURES_RANK"])
+
+
+def _own_process_group():
+    """Lead a process group of its own (unless it already does): what the call starts can then be found and
+    ended with the rank, and nothing else is."""
+    if os.getpgrp() != os.getpid():
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+
+
+def end_own_processes():
+    """When a rank's call is over: kill what it started and left running (a process whose parent exits leaves
+    the job's process tree, and Slurm's proctrack/linuxproc or OAR without cpusets would never end it)."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == me:  # its process group: this rank's
+                os.kill(int(name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            pass
+
+
+def watch_launcher():
+    """End this rank, and every process it started, when its launcher ends (its stdin pipe reaches EOF).
+
+    The rank leads its own process group (``_own_process_group``), so the kill reaches the processes its call
+    started and nothing else. The call gets
+    ``/dev/null`` as its standard input.
+    """
+    pipe = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+    def wait_for_eof():
+        while True:
+            try:
+                if not os.read(pipe, 4096):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        try:
+            if os.getpgrp() == os.getpid():
+                os.killpg(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=wait_for_eof, name="oarfutures-launcher-watch", daemon=True).start()

@@ -525,8 +525,15 @@ def run_task(task, rank=False, open_batch=None):
         return 2
     except Exception as exc:  # e.g. a module the function needs is missing here: one outcome for all calls
         task.write([error_outcome(exc)], 0)
-        return 0
-    return task.run(*loaded)
+        return 1 if rank else 0
+    status = task.run(*loaded)
+    if not rank:
+        return status
+    from oarfutures import ranks
+
+    ranks.end_own_processes()  # nothing the call started outlives it
+    # a rank whose call raised exits non-zero: its launcher (or srun) then stops the other ranks on every node
+    return status or (0 if task.all_ok else 1)
 
 
 if __name__ == "__main__":

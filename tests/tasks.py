@@ -290,3 +290,88 @@ def print_then_kill_self(text):
 
     print(text, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def allreduce(timeout=60):
+    """Every rank of a multi-task job meets the others at ``master_addr:master_port`` over plain TCP, as
+    ``torch.distributed`` would: rank 0 listens there, sums the ranks' values (10 ** rank) and sends the sum back
+    to each. Returns what the rank knows: (rank, local_rank, world_size, node, master_addr, master_port, sum)."""
+    import socket
+    import struct
+
+    from oarfutures import JobEnvironment
+
+    env = JobEnvironment()
+    deadline = time.time() + timeout
+    if env.rank == 0:
+        with socket.create_server((env.master_addr, env.master_port)) as server:
+            server.settimeout(timeout)
+            peers = [server.accept()[0] for _ in range(env.world_size - 1)]
+            values = [struct.unpack("!qq", _receive(peer, 16))[1] for peer in peers]
+            total = 1 + sum(values)
+            for peer in peers:
+                peer.sendall(struct.pack("!q", total))
+                peer.close()
+    else:
+        while True:
+            try:
+                peer = socket.create_connection((env.master_addr, env.master_port), timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        with peer:
+            peer.settimeout(timeout)
+            peer.sendall(struct.pack("!qq", env.rank, 10 ** env.rank))
+            (total,) = struct.unpack("!q", _receive(peer, 8))
+    return env.rank, env.local_rank, env.world_size, env.node, env.master_addr, env.master_port, total
+
+
+def _receive(peer, size):
+    data = b""
+    while len(data) < size:
+        chunk = peer.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed the connection")
+        data += chunk
+    return data
+
+
+def rank_stays(record_folder, marker, fail_rank=None):
+    """In every rank: start a child process with ``marker`` on its command line, record
+    "rank node own-pid child-pid" in ``record_folder``, then sleep. Rank ``fail_rank`` raises once every rank has
+    recorded itself (so that all of them run on all nodes when it fails)."""
+    import subprocess
+    import sys
+
+    from oarfutures import JobEnvironment
+
+    env = JobEnvironment()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", marker])
+    path = os.path.join(record_folder, f"rank{env.rank}")
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{env.rank} {env.node} {os.getpid()} {child.pid}")
+    os.replace(path + ".tmp", path)
+    if env.rank == fail_rank:
+        deadline = time.time() + 120
+        while sum(1 for n in os.listdir(record_folder) if n.startswith("rank") and "." not in n) < env.world_size:
+            assert time.time() < deadline, "the other ranks never started"
+            time.sleep(0.1)
+        raise RuntimeError(f"rank {env.rank} gives up")
+    time.sleep(900)
+
+
+def array_position(_):
+    """Which OAR subjob ran this call: its job id and its index in the array."""
+    return os.environ.get("OAR_JOB_ID"), os.environ.get("OAR_ARRAY_INDEX")
+
+
+def nested_slurm_environment(folder, x):
+    """Runs in a Slurm array task and submits one job from there: what the outer and the inner job saw."""
+    from oarfutures import SlurmPoolExecutor
+
+    outer = os.environ.get("SLURM_ARRAY_TASK_ID")
+    with SlurmPoolExecutor(folder=folder) as executor:
+        inner = executor.submit(os.environ.get, "SLURM_ARRAY_TASK_ID").result(timeout=120)
+        return outer, inner, executor.submit(square, x).result(timeout=120)

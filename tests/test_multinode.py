@@ -1,0 +1,158 @@
+"""Multi-node calls on the real two-node Slurm and OAR that tests/clusters/multinode/ starts (run-all.sh's
+multinode phase: Slurm as root with SLURM_CONF naming the two-node cluster, OAR as alice with node2 added).
+
+Both "nodes" are this machine, so ``hostname`` is the same on both: ranks tell nodes apart by the scheduler's node
+name (``JobEnvironment().node``). The cleanup tests look for the call's processes on both nodes by what their
+command lines carry (the job folder, a marker given to the call), and by the pids the ranks recorded.
+"""
+import os
+import secrets
+import subprocess
+
+import pytest
+
+import tasks
+from conftest import require_command, wait_for
+from oarfutures import AutoPoolExecutor, JobFailedError
+
+pytestmark = pytest.mark.multinode
+
+CLUSTERS = [pytest.param("slurm", marks=pytest.mark.slurm), pytest.param("oar", marks=pytest.mark.oar)]
+
+
+def cluster_nodes(cluster):
+    """The cluster's node names; fails (CI) or skips unless there are two."""
+    if cluster == "slurm":
+        require_command("sbatch")
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=60).stdout
+    else:
+        require_command("oarsub")
+        out = subprocess.run(["oarnodes", "-l"], capture_output=True, text=True, timeout=60).stdout
+    nodes = sorted(set(out.split()))
+    if len(nodes) < 2:
+        message = f"{cluster} has one node ({nodes}): start tests/clusters/multinode/ (run-all.sh's multinode phase)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return nodes
+
+
+@pytest.fixture(params=CLUSTERS)
+def cluster(request):
+    cluster_nodes(request.param)
+    return request.param
+
+
+def two_by_two(cluster, folder, **parameters):
+    return AutoPoolExecutor(folder=folder, cluster=cluster, nodes=2, tasks_per_node=2, timeout_min=10, **parameters)
+
+
+def test_four_ranks_two_per_node_rendezvous_at_the_master_address_and_all_reduce(cluster, folder):
+    with two_by_two(cluster, folder) as executor:
+        results = executor.submit(tasks.allreduce).result(timeout=300)
+    ranks, local_ranks, world_sizes, nodes, addresses, ports, sums = zip(*results)
+    assert list(ranks) == [0, 1, 2, 3] and list(local_ranks) == [0, 1, 0, 1] and set(world_sizes) == {4}
+    assert nodes[0] == nodes[1] != nodes[2] == nodes[3], nodes  # two ranks on each of two nodes
+    assert set(nodes) <= set(cluster_nodes(cluster))
+    assert set(addresses) == {nodes[0]} and len(set(ports)) == 1  # rank 0's node, one port for all
+    assert set(sums) == {1111}  # 10**0 + 10**1 + 10**2 + 10**3, seen by every rank
+
+
+# ------------------------------------------------------------------------------------------------ cleanup
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
+    except (OSError, IndexError):
+        return False
+
+
+def processes_of(*needles):
+    """(pid, command line) of every live process on this machine (both nodes) whose command line holds one of
+    ``needles``: the job script, the launcher and ranks (the folder), oarsh and its remote shell, the ranks'
+    children (the marker)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(needle in command for needle in needles) and _alive(name):
+            found.append((int(name), command))
+    return found
+
+
+def leftovers(folder, marker, records):
+    recorded = [pid for r in records for pid in (r[2], r[3]) if _alive(pid)]
+    return recorded + processes_of(folder, marker)
+
+
+def read_records(path):
+    records = []
+    for name in sorted(os.listdir(path)):
+        if name.startswith("rank") and "." not in name:
+            rank, node, pid, child = open(os.path.join(path, name)).read().split()
+            records.append((int(rank), node, int(pid), int(child)))
+    return records
+
+
+def assert_two_ranks_on_each_node(records, cluster):
+    nodes = [node for _, node, _, _ in sorted(records)]
+    assert len(nodes) == 4 and nodes[0] == nodes[1] != nodes[2] == nodes[3], records
+    assert set(nodes) <= set(cluster_nodes(cluster))
+
+
+@pytest.fixture
+def stay(tmp_path, folder):
+    """Where the ranks record themselves, and a marker only this test's processes carry."""
+    path = tmp_path / "ranks"
+    path.mkdir()
+    marker = f"oarfutures-multinode-{secrets.token_hex(6)}"
+    yield str(path), marker
+    for pid, _ in processes_of(folder, marker):  # a failed test must not leave them to the next ones
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
+def test_a_failing_rank_fails_the_call_and_every_rank_on_both_nodes_is_gone(cluster, folder, stay):
+    path, marker = stay
+    with two_by_two(cluster, folder) as executor:
+        future = executor.submit(tasks.rank_stays, path, marker, 3)  # rank 3: on the second node
+        with pytest.raises(RuntimeError, match="rank 3 gives up") as info:
+            future.result(timeout=150)
+        # at once, before any grace: the launcher stops the other ranks before it writes the task's result
+        assert leftovers(folder, marker, read_records(path)) == []
+    assert "rank 3 of 4" in info.value.__cause__.text and "raise RuntimeError" in info.value.__cause__.text
+    assert_two_ranks_on_each_node(read_records(path), cluster)
+
+
+def wait_for_four_ranks(path, future):
+    wait_for(lambda: len(read_records(path)) == 4 or future.done(), 240, "the four ranks to start")
+    assert not future.done(), future.exception()
+
+
+@pytest.mark.parametrize("how", ["abort", "scheduler"])
+def test_a_running_multinode_call_killed_leaves_no_rank_on_either_node(cluster, folder, stay, how):
+    """``abort()`` (what leaving a ``with`` block by an exception does; ``future.cancel()`` of a running call
+    returns False and stops nothing, as in concurrent.futures), or ``scancel``/``oardel`` from outside."""
+    path, marker = stay
+    with two_by_two(cluster, folder) as executor:
+        future = executor.submit(tasks.rank_stays, path, marker)
+        wait_for_four_ranks(path, future)
+        records = read_records(path)
+        assert_two_ranks_on_each_node(records, cluster)
+        assert len(leftovers(folder, marker, records)) >= 8  # the ranks and their children, seen where they run
+        if how == "abort":
+            executor.abort("the test aborts")
+        else:
+            kill = ["scancel", future.job_id] if cluster == "slurm" else ["oardel", future.job_id]
+            subprocess.run(kill, check=True, capture_output=True, timeout=60)
+        with pytest.raises(JobFailedError):  # the call was running: it fails, it is not cancelled
+            future.result(timeout=120)
+        # the scheduler's kill takes a moment to reach every node (Slurm: SIGTERM, then SIGKILL after KillWait=5)
+        wait_for(lambda: leftovers(folder, marker, records) == [], 20, "every process of the call to end")
