@@ -87,14 +87,6 @@ def allocate_megabytes(megabytes):
     return len(block)
 
 
-def nested_slurm_square(folder, x):
-    """Runs inside a Slurm job and submits another one; True if the inner job saw no leaked array index."""
-    from oarfutures import SlurmPoolExecutor
-
-    with SlurmPoolExecutor(folder=folder) as executor:
-        return executor.submit(square, x).result(timeout=120), executor.submit(os.environ.get, "SLURM_ARRAY_TASK_ID").result(timeout=120) == "0"
-
-
 def oar_environment():
     """What OAR told the job about itself (the test compares it with the future's job id)."""
     return {key: os.environ.get(key) for key in ("OAR_JOB_ID", "OAR_ARRAY_ID", "OAR_ARRAY_INDEX", "OAR_JOB_NAME")}
@@ -367,11 +359,16 @@ def array_position(_):
     return os.environ.get("OAR_JOB_ID"), os.environ.get("OAR_ARRAY_INDEX")
 
 
+def environment_variable(name):
+    return os.environ.get(name)
+
+
 def nested_slurm_environment(folder, x):
     """Runs in a Slurm array task and submits one job from there: what the outer and the inner job saw."""
     from oarfutures import SlurmPoolExecutor
 
-    outer = os.environ.get("SLURM_ARRAY_TASK_ID")
+    outer = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_MEM_PER_NODE")
     with SlurmPoolExecutor(folder=folder) as executor:
-        inner = executor.submit(os.environ.get, "SLURM_ARRAY_TASK_ID").result(timeout=120)
-        return outer, inner, executor.submit(square, x).result(timeout=120)
+        # (not os.environ.get: a bound method pickles os.environ with it, the outer job's variables)
+        inner = [executor.submit(environment_variable, name) for name in ("SLURM_ARRAY_TASK_ID", "SLURM_MEM_PER_NODE")]
+        return outer, tuple(f.result(timeout=120) for f in inner), executor.submit(square, x).result(timeout=120)

@@ -147,9 +147,15 @@ def test_memory_limit_exceeded_fails_with_the_log_tail(folder):
     assert "memory" in info.value.log_tail.lower()
 
 
-def test_a_function_running_in_a_slurm_job_can_submit_to_slurm(slurm, tmp_path):
-    inner_folder = str(tmp_path / "inner")
-    assert slurm.submit(tasks.nested_slurm_square, inner_folder, 7).result(timeout=180) == (49, True)
+def test_a_function_running_in_a_slurm_job_can_submit_to_slurm(tmp_path, folder):
+    """Jobs submitted from array tasks that asked for --mem: the inner jobs must not inherit the outer job's
+    variables. Slurm gives every array task its own SLURM_ARRAY_TASK_ID, but SLURM_MEM_PER_NODE is set only
+    when --mem is given, so a leaked one survives in the inner job (and breaks its srun: Slurm refuses
+    SLURM_MEM_PER_NODE with the SLURM_MEM_PER_CPU of the inner job's default memory)."""
+    inner = [str(tmp_path / f"inner{i}") for i in range(3)]
+    with SlurmPoolExecutor(folder=folder, walltime="0:10:00", mem="200M", steal_seconds=0) as executor:
+        results = list(executor.map(tasks.nested_slurm_environment, inner, [5, 6, 7], timeout=240))
+    assert results == [((str(i), "200"), ("0", None), x * x) for i, x in enumerate([5, 6, 7])]
 
 
 def test_keyboard_interrupt_in_the_with_block_cancels_the_jobs(folder):
