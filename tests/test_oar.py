@@ -225,3 +225,16 @@ def test_shutdown_with_cancel_futures_deletes_waiting_jobs(folder):
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures)
     wait_for(lambda: deleted_by_oardel(job_ids), 30, "oardel of the waiting jobs")
+
+
+def test_each_of_12_subjobs_is_the_job_of_its_own_call(folder):
+    """More than 10 subjobs: job ids or array indices compared as strings ("10" < "2") would give calls the wrong
+    job id (an array of one could not tell). Each call reports the subjob that ran it; no stealing, so that each
+    call runs in its own subjob."""
+    with OarPoolExecutor(folder=folder, walltime="0:10:00", steal_seconds=0) as executor:
+        with executor.batch():
+            futures = [executor.submit(tasks.array_position, i) for i in range(12)]
+        ran = [future.result(timeout=300) for future in futures]
+    assert "#OAR --array 12\n" in scripts(folder)[0]
+    assert ran == [(future.job_id, str(i + 1)) for i, future in enumerate(futures)]
+    assert len({job_id for job_id, _ in ran}) == 12
