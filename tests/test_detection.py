@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import require_command
-from oarfutures import AutoPoolExecutor, LocalPoolExecutor, auto
+import tasks
+from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, auto
 
 HANGS = "#!/bin/sh\nexec /bin/sleep 60\n"
 FAILS = "#!/bin/sh\necho 'slurm_ping error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
@@ -59,7 +60,15 @@ def test_the_running_slurm_is_picked_by_root():
 
 
 @pytest.mark.oar
-def test_the_running_oar_is_picked_by_a_normal_user():
+def test_the_running_oar_is_picked_by_a_normal_user(folder):
+    """The OAR phase runs as alice, with Slurm also up and usable by her: OAR comes first for a normal user."""
     require_command("oarsub")
+    if getpass.getuser() in ("root", "oar"):
+        pytest.fail("the OAR phase runs as a normal user (tests/run-all.sh: alice); OAR refuses root and oar")
     assert auto.detect_cluster() == "oar"
+    with AutoPoolExecutor(folder=folder, timeout_min=5) as executor:
+        assert isinstance(executor, OarPoolExecutor)
+        future = executor.submit(tasks.array_position, 0)
+        job_id, index = future.result(timeout=300)
+    assert (job_id, index) == (future.job_id, "1")  # it ran as an OAR job
 
