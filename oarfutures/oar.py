@@ -227,7 +227,10 @@ class OarBackend(Backend):
         with os.fdopen(fd, "w") as f:
             f.write(text)
         command = f"exec {shlex.quote(script)}"  # OAR runs it through the user's login shell
-        out = commands.run(["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command))
+        try:
+            out = commands.run(["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command))
+        except commands.SchedulerCommandError as exc:
+            raise _memory_hint(exc, {**self.parameters, **submission.options}) from None
         job_ids = re.findall(r"^OAR_JOB_ID=(\d+)$", out, re.M)
         if len(job_ids) != submission.count:
             self.cancel(job_ids)
@@ -282,6 +285,22 @@ class OarBackend(Backend):
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
+
+
+def _memory_hint(exc: commands.SchedulerCommandError, p: Mapping[str, Any]) -> commands.SchedulerCommandError:
+    """oarsub's refusal of a job asking for memory, with what the request became: OAR has no memory request, and
+    its own words ("not enough resources", an SQL error) do not say that the memory property was the cause."""
+    if not p["mem_gb"]:
+        return exc
+    prop, megabytes = p["memory_property"], int(p["mem_gb"] * 1024)
+    text = (exc.stdout + exc.stderr).lower()
+    if f'"{prop.lower()}" does not exist' in text:
+        hint = f"mem_gb={p['mem_gb']:g}: this OAR cluster has no resource property {prop!r} (set memory_property= to its name)"
+    elif "not enough resources" in text:
+        hint = f"mem_gb={p['mem_gb']:g} asks for resources with {prop} >= {megabytes} (MB): none matches, with the rest of the request"
+    else:
+        return exc
+    return commands.SchedulerCommandError(exc.command, exc.returncode, exc.stdout, f"{exc.stderr.rstrip()}\n{hint}\n")
 
 
 def job_status(job: Mapping[str, Any]) -> JobStatus:

@@ -372,3 +372,9 @@ def nested_slurm_environment(folder, x):
         # (not os.environ.get: a bound method pickles os.environ with it, the outer job's variables)
         inner = [executor.submit(environment_variable, name) for name in ("SLURM_ARRAY_TASK_ID", "SLURM_MEM_PER_NODE")]
         return outer, tuple(f.result(timeout=120) for f in inner), executor.submit(square, x).result(timeout=120)
+
+
+def oar_nodes(_=None):
+    """The hosts OAR gave the job ($OAR_NODEFILE)."""
+    with open(os.environ["OAR_NODEFILE"]) as f:
+        return sorted({line.strip() for line in f if line.strip()})

@@ -14,6 +14,7 @@ import pytest
 import tasks
 from conftest import require_command, wait_for
 from oarfutures import AutoPoolExecutor, JobFailedError
+from oarfutures.commands import SchedulerCommandError
 
 pytestmark = pytest.mark.multinode
 
@@ -156,3 +157,35 @@ def test_a_running_multinode_call_killed_leaves_no_rank_on_either_node(cluster, 
             future.result(timeout=120)
         # the scheduler's kill takes a moment to reach every node (Slurm: SIGTERM, then SIGKILL after KillWait=5)
         wait_for(lambda: leftovers(folder, marker, records) == [], 20, "every process of the call to end")
+
+
+# ------------------------------------------------------------------------------ OAR memory requests (memnode)
+def memnode_of_hosts():
+    """{host: memnode values} from oarnodes (add-oar-node2.sh: 8192 on the first host, 2048 on node2, which OAR's
+    resource order offers first: a job lands on the first host only if its memory request is applied)."""
+    import json
+
+    out = subprocess.run(["oarnodes", "-J"], capture_output=True, text=True, timeout=60, check=True).stdout
+    found = {}
+    for resource in json.loads(out).values():
+        properties = resource.get("properties", resource)
+        found.setdefault(properties["network_address"], set()).add(properties.get("memnode"))
+    return found
+
+
+@pytest.mark.oar
+def test_mem_gb_on_oar_lands_only_where_memnode_allows_and_says_why_when_nothing_matches(folder):
+    cluster_nodes("oar")
+    memnode = memnode_of_hosts()
+    big = [host for host, values in memnode.items() if values and min(int(v or 0) for v in values) >= 4096]
+    small = [host for host, values in memnode.items() if values and max(int(v or 0) for v in values) < 4096]
+    assert big and small, f"the test cluster should have nodes on both sides of 4096 MB: {memnode}"
+    with AutoPoolExecutor(folder=folder, cluster="oar", timeout_min=5, mem_gb=4, steal_seconds=0) as executor:
+        # several calls (one array): each subjob may go anywhere memnode >= 4096 allows, never to a small node
+        hosts = [h for nodes in executor.map(tasks.oar_nodes, range(3), timeout=300) for h in nodes]
+        assert set(hosts) <= set(big), (hosts, memnode)
+        with pytest.raises(SchedulerCommandError, match=r"mem_gb=64 asks for resources with memnode >= 65536 \(MB\): none matches"):
+            executor.options(mem_gb=64).submit(tasks.oar_nodes)
+    with AutoPoolExecutor(folder=folder, cluster="oar", timeout_min=5, mem_gb=1, oar_memory_property="nosuchmemory") as executor:
+        with pytest.raises(SchedulerCommandError, match="this OAR cluster has no resource property 'nosuchmemory'"):
+            executor.submit(tasks.oar_nodes)

@@ -10,16 +10,18 @@
 #    ControlMaster filters every multiplexed session's environment by ITS OWN SendEnv list, and without these
 #    oarsh silently runs commands as user oar instead of the job owner;
 #  - gives every resource a `memnode` property (MB, Grid'5000's name): MN_OAR_MEMNODE_HEAD on this host,
-#    MN_OAR_MEMNODE_NODE2 on node2, so that a memory request (-p "memnode >= ...") selects a node.
+#    MN_OAR_MEMNODE_NODE2 on node2, so that a memory request (-p "memnode >= ...") selects a node. node2 has
+#    the smaller value: OAR's resource order (network_address ASC) offers node2 first, so a job that asks for
+#    more than node2 has lands on this host only if the property is really applied.
 #   MN_OAR_NODE2          second host name                [node2]
 #   MN_OAR_NODE2_IP       its address (/etc/hosts)        [127.0.0.2]
 #   MN_OAR_NODE2_CORES    core resources on it            [4]
-#   MN_OAR_MEMNODE_HEAD   memnode of this host's cores    [2048]
-#   MN_OAR_MEMNODE_NODE2  memnode of node2's cores        [8192]
+#   MN_OAR_MEMNODE_HEAD   memnode of this host's cores    [8192]
+#   MN_OAR_MEMNODE_NODE2  memnode of node2's cores        [2048]
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 N2=${MN_OAR_NODE2:-node2}; IP=${MN_OAR_NODE2_IP:-127.0.0.2}; NC=${MN_OAR_NODE2_CORES:-4}
-MEM_HEAD=${MN_OAR_MEMNODE_HEAD:-2048}; MEM_N2=${MN_OAR_MEMNODE_NODE2:-8192}
+MEM_HEAD=${MN_OAR_MEMNODE_HEAD:-8192}; MEM_N2=${MN_OAR_MEMNODE_NODE2:-2048}
 HOST=$(hostname)
 die() { echo "add-oar-node2.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
@@ -38,7 +40,7 @@ for i in $(seq $((have + 1)) "$NC"); do
         -p cpuset=$(( (i - 1) % $(nproc) )) >/dev/null
 done
 # memory property, in MB as on Grid'5000 (an integer column: `memnode >= 4096` compares numbers)
-oarproperty -l | grep -qx memnode || oarproperty -a memnode >/dev/null
+grep -qx memnode <<<"$(oarproperty -l)" || oarproperty -a memnode >/dev/null   # (no pipe: grep -q would SIGPIPE it)
 oarnodesetting --sql "network_address='$HOST'" -p memnode="$MEM_HEAD" >/dev/null
 oarnodesetting --sql "network_address='$N2'" -p memnode="$MEM_N2" >/dev/null
 ids=$(psql_oar "SELECT string_agg(resource_id::text, ',') FROM resources WHERE network_address='$N2' AND state<>'Alive'")
