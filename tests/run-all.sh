@@ -8,6 +8,10 @@
 #      before the clusters, the documentation and packaging checks (tests/check-docs-and-package.sh: the docs
 #      site built with warnings as errors, sdist and wheel, twine check, the wheel on Python 3.9 to 3.13). The
 #      examples of the docs pages run in the pytest phases (tests/test_docs.py).
+#   4. the multinode phase: a second, two-node Slurm (tests/clusters/multinode/start-slurm-2nodes.sh, its own
+#      ports, reached with SLURM_CONF) and a second OAR node (add-oar-node2.sh: node2 on 127.0.0.2, added after
+#      the OAR phase so that the other OAR tests run on the single node they were written for); the tests
+#      marked multinode run there only.
 # A cluster that does not come up fails the run; nothing is skipped (CI=true makes a missing scheduler command a
 # failure, not a skip). The last line sums up every phase.
 #   OARFUTURES_CI_DIR   where the venv and the test copy live           [/var/tmp/oarfutures-ci]
@@ -56,15 +60,15 @@ phase() { # NAME USER PYTEST-ARGS...
         cp "/tmp/$name.xml" "$RUN/$name.xml" 2>/dev/null || true
     fi
 }
-LOCAL='not slurm and not oar and not accounting and not array_limit and not admin'
-phase local-and-slurm root tests -m "not oar and not accounting and not array_limit" -k "not never_hang"
+LOCAL='not slurm and not oar and not accounting and not array_limit and not admin and not multinode'
+phase local-and-slurm root tests -m "not oar and not accounting and not array_limit and not multinode" -k "not never_hang"
 # (the docs pages' examples ran as root already: as a normal user they would only cost time)
 phase local-as-user "$USER_OAR" tests -m "$LOCAL" -k "not examples_of_each_page"
 step "Slurm with accounting (slurmdbd) and Slurm's default MaxArraySize"
 WITH_SLURMDBD=1 MAX_ARRAY_SIZE=1001 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm with slurmdbd did not start"
 export OARFUTURES_EXPECT_ACCOUNTING=1
 # what depends on the accounting mode: state queries (sacct instead of squeue), exit codes, array splitting
-phase slurm-accounting root tests/test_slurm.py tests/test_faults.py -m "slurm and not slow" -k "not ten_thousand and not 1000_calls"
+phase slurm-accounting root tests/test_slurm.py tests/test_faults.py -m "slurm and not slow and not multinode" -k "not ten_thousand and not 1000_calls"
 unset OARFUTURES_EXPECT_ACCOUNTING
 # The admin test of the first phase restarts OAR's server while a job starts; OAR may then fail to kill that job
 # minutes later and mark the node Suspected (seen: every OAR test then waited for resources). A cold restart
@@ -72,7 +76,17 @@ unset OARFUTURES_EXPECT_ACCOUNTING
 step "OAR restarted cold before its phase"
 OAR_KEEP_PG=1 bash "$REPO/tests/clusters/oar/stop.sh" >/dev/null
 bash "$REPO/tests/clusters/oar/start.sh" || die "OAR did not restart"
-phase oar "$USER_OAR" tests -m oar
+phase oar "$USER_OAR" tests -m "oar and not multinode"
+
+# Multi-node calls on two "nodes" of this machine, told apart by the schedulers' node names: ranks over srun and
+# oarsh, a TCP rendezvous at master_addr:master_port, and no rank left on either node after a failure or a kill.
+step "two-node Slurm (n1, n2) beside the single-node one, and OAR's second node (node2)"
+bash "$REPO/tests/clusters/multinode/start-slurm-2nodes.sh" || die "the two-node Slurm did not start"
+bash "$REPO/tests/clusters/multinode/add-oar-node2.sh" || die "OAR's node2 could not be added"
+export SLURM_CONF=/var/tmp/slurm-2nodes/slurm-2nodes.conf   # every Slurm client of the next phase: the 2-node one
+phase multinode-slurm root tests -m "multinode and slurm"
+unset SLURM_CONF
+phase multinode-oar "$USER_OAR" tests -m "multinode and oar"
 
 step "summary"
 "$RUN/venv/bin/python" - "$RUN"/*.xml <<'PY'
