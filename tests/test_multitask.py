@@ -1,4 +1,6 @@
 """Multi-task jobs: nodes x tasks_per_node copies of one call; the future gets every rank's result."""
+import os
+
 import pytest
 
 import tasks
@@ -30,3 +32,18 @@ def test_one_failing_rank_fails_the_future_with_its_traceback(four_tasks):
 def test_a_rank_that_dies_without_a_result_is_named(four_tasks):
     with pytest.raises(JobFailedError, match="rank 0 of 4 ended without a result"):
         four_tasks.submit(tasks.exit_hard, 3).result(timeout=180)
+
+
+def test_a_failing_rank_leaves_no_process_of_the_call_behind(four_tasks, folder, tmp_path):
+    """One node (the multi-node cases are in test_multinode.py): the other ranks, and the processes every rank
+    started, the failing one's included, are gone when the future fails."""
+    from test_multinode import leftovers, read_records
+
+    path = tmp_path / "ranks"
+    path.mkdir()
+    marker = f"oarfutures-multitask-{os.getpid()}-{id(path)}"
+    with pytest.raises(RuntimeError, match="rank 3 gives up"):
+        four_tasks.submit(tasks.rank_stays, str(path), marker, 3).result(timeout=180)
+    records = read_records(str(path))
+    assert len(records) == 4
+    assert leftovers(folder, marker, records) == []
