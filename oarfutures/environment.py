@@ -37,4 +37,8 @@ class JobEnvironment:
     job_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_JOB_ID", ""))
     task_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_TASK_ID", ""))
     hostname: str = field(default_factory=socket.gethostname)
-    node: str = field(default_factory=lambda: os.environ.get("OARFUTURES_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    node: str = field(default_factory=lambda: _node_name())
+
+
+def _node_name() -> str:
+    return os.environ.get("OARFUTURES_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()

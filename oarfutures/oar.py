@@ -228,7 +228,9 @@ class OarBackend(Backend):
             f.write(text)
         command = f"exec {shlex.quote(script)}"  # OAR runs it through the user's login shell
         try:
-            out = commands.run(["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command))
+            out = commands.run(
+                ["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command)
+            )
         except commands.SchedulerCommandError as exc:
             raise _memory_hint(exc, {**self.parameters, **submission.options}) from None
         job_ids = re.findall(r"^OAR_JOB_ID=(\d+)$", out, re.M)
@@ -295,9 +297,10 @@ def _memory_hint(exc: commands.SchedulerCommandError, p: Mapping[str, Any]) -> c
     prop, megabytes = p["memory_property"], int(p["mem_gb"] * 1024)
     text = (exc.stdout + exc.stderr).lower()
     if f'"{prop.lower()}" does not exist' in text:
-        hint = f"mem_gb={p['mem_gb']:g}: this OAR cluster has no resource property {prop!r} (set memory_property= to its name)"
+        hint = f"mem_gb={p['mem_gb']:g}: this OAR cluster has no resource property {prop!r} (memory_property= names it)"
     elif "not enough resources" in text:
-        hint = f"mem_gb={p['mem_gb']:g} asks for resources with {prop} >= {megabytes} (MB): none matches, with the rest of the request"
+        asked = f"mem_gb={p['mem_gb']:g} asks for resources with {prop} >= {megabytes} (MB)"
+        hint = f"{asked}: none matches, with the rest of the request"
     else:
         return exc
     return commands.SchedulerCommandError(exc.command, exc.returncode, exc.stdout, f"{exc.stderr.rstrip()}\n{hint}\n")

@@ -90,9 +90,11 @@ def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar)
                 WATCH_VARIABLE: "1",
             }
             if host == here:  # its own session: the rank can kill its whole process group
-                processes.append(subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.PIPE, start_new_session=True))
+                local = subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.PIPE, start_new_session=True)
+                processes.append(local)
             else:  # another node of the job: OAR's remote shell; the ssh channel carries the launcher's pipe
-                processes.append(subprocess.Popen(["oarsh", host, _remote_command(folder, command, env)], stdin=subprocess.PIPE))
+                remote = _remote_command(folder, command, env)
+                processes.append(subprocess.Popen(["oarsh", host, remote], stdin=subprocess.PIPE))
         return _wait(processes)
     finally:
         _stop(processes)
@@ -192,7 +194,8 @@ def gather(folder, batch, index, world_size, codes):
         from oarfutures.errors import JobFailedError
 
         reason = f"rank {missing[0]} of {world_size} ended without a result (launcher exit statuses {codes})"
-        return error_outcome(JobFailedError(layout.task_id(batch, index), os.environ.get("OARFUTURES_JOB_ID"), "FAILED", reason=reason))
+        job_id = os.environ.get("OARFUTURES_JOB_ID")
+        return error_outcome(JobFailedError(layout.task_id(batch, index), job_id, "FAILED", reason=reason))
     return ("ok", [outcomes[rank][1] for rank in range(world_size)])
 
 

@@ -187,8 +187,10 @@ def test_mem_gb_on_oar_lands_only_where_memnode_allows_and_says_why_when_nothing
         # several calls (one array): each subjob may go anywhere memnode >= 4096 allows, never to a small node
         hosts = [h for nodes in executor.map(tasks.oar_nodes, range(3), timeout=300) for h in nodes]
         assert set(hosts) <= set(big), (hosts, memnode)
-        with pytest.raises(SchedulerCommandError, match=r"mem_gb=64 asks for resources with memnode >= 65536 \(MB\): none matches"):
+        refused = r"mem_gb=64 asks for resources with memnode >= 65536 \(MB\): none matches"
+        with pytest.raises(SchedulerCommandError, match=refused):
             executor.options(mem_gb=64).submit(tasks.oar_nodes)
-    with AutoPoolExecutor(folder=folder, cluster="oar", timeout_min=5, mem_gb=1, oar_memory_property="nosuchmemory") as executor:
+    without = dict(mem_gb=1, oar_memory_property="nosuchmemory")
+    with AutoPoolExecutor(folder=folder, cluster="oar", timeout_min=5, **without) as executor:
         with pytest.raises(SchedulerCommandError, match="this OAR cluster has no resource property 'nosuchmemory'"):
             executor.submit(tasks.oar_nodes)
