@@ -12,7 +12,8 @@ No rank outlives its call, on any node:
   writes the task's result: ``srun --kill-on-bad-exit`` does it on Slurm; elsewhere the launcher ends them;
 - on OAR and locally every rank watches its launcher through its standard input, a pipe that only the launcher
   holds open (through ``oarsh``'s ssh channel for a rank on another node): when the launcher ends, whatever
-  killed it (``oardel``, the walltime, a failed rank), the rank sees end-of-file and kills its own process group.
+  killed it (``oardel``, the walltime, a failed rank), the rank sees end-of-file, kills the processes of its
+  group and exits.
   Without cpusets OAR's ``oardel`` kills the processes of the job's first node only, and a process ``oarsh``
   started on another node would otherwise run on. On Slurm, ``scancel`` ends the steps on every node itself.
 """
@@ -89,8 +90,9 @@ def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar)
                 "OARFUTURES_NODE": host,
                 WATCH_VARIABLE: "1",
             }
-            if host == here:  # its own session: the rank can kill its whole process group
-                local = subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.PIPE, start_new_session=True)
+            if host == here:  # its own session: its process group holds what it starts, and nothing else
+                env = {**os.environ, **env}
+                local = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, start_new_session=True)
                 processes.append(local)
             else:  # another node of the job: OAR's remote shell; the ssh channel carries the launcher's pipe
                 remote = _remote_command(folder, command, env)
@@ -121,8 +123,9 @@ def _wait(processes):
 
 
 def _stop(processes):
-    """End every rank still running: its pipe closes (a rank kills its process group on end-of-file), then what
-    remains here is killed. Waits for them: no rank may outlive the task's result."""
+    """End every rank still running: its pipe closes (on end-of-file a rank ends its process group and exits),
+    then what remains here is killed, with the processes of each local rank's group. Waits for them: no rank may
+    outlive the task's result."""
     for process in processes:
         if process.stdin is not None and not process.stdin.closed:
             try:
@@ -135,6 +138,8 @@ def _stop(processes):
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _kill(process)
+        if process.args and process.args[0] != "oarsh":  # a local rank: what it started, gone too
+            _end_group(process.pid, 5.0)
 
 
 def _kill(process):
@@ -222,30 +227,51 @@ def _own_process_group():
             pass
 
 
-def end_own_processes():
+def end_own_processes(wait=5.0):
     """When a rank's call is over: kill what it started and left running (a process whose parent exits leaves
-    the job's process tree, and Slurm's proctrack/linuxproc or OAR without cpusets would never end it)."""
+    the job's process tree, and Slurm's proctrack/linuxproc or OAR without cpusets would never end it), and wait
+    (at most ``wait`` seconds) until they are gone, so that none is left when the call's future fails."""
     me = os.getpid()
-    if os.getpgrp() != me:
-        return
+    if os.getpgrp() == me:
+        _end_group(me, wait)
+
+
+def _end_group(pgid, wait):
+    """SIGKILL every live process of group ``pgid`` (but this one) until none is left or ``wait`` has passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        members = _group_members(pgid)
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
+def _group_members(pgid):
+    """Live processes (zombies are dead) of process group ``pgid``, this one excluded (Linux's /proc)."""
+    me, members = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == me:  # its process group: this rank's
-                os.kill(int(name), signal.SIGKILL)
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(name))
         except (OSError, IndexError, ValueError):
             pass
+    return members
 
 
 def watch_launcher():
     """End this rank, and every process it started, when its launcher ends (its stdin pipe reaches EOF).
 
     The rank leads its own process group (``_own_process_group``), so the kill reaches the processes its call
-    started and nothing else. The call gets
-    ``/dev/null`` as its standard input.
+    started and nothing else. The call gets ``/dev/null`` as its standard input.
     """
     pipe = os.dup(0)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -262,8 +288,7 @@ def watch_launcher():
             except OSError:
                 break
         try:
-            if os.getpgrp() == os.getpid():
-                os.killpg(os.getpid(), signal.SIGKILL)
+            end_own_processes()  # what the call started, gone before this rank exits
         finally:
             os._exit(1)
 

@@ -68,10 +68,11 @@ def _alive(pid):
         return False
 
 
-def processes_of(*needles):
-    """(pid, command line) of every live process on this machine (both nodes) whose command line holds one of
-    ``needles``: the job script, the launcher and ranks (the folder), oarsh and its remote shell, the ranks'
-    children (the marker)."""
+def processes_of(folder, marker):
+    """(pid, command line) of every live process on this machine (both nodes) that belongs to the call's ranks:
+    a rank (``oarfutures.worker <folder> ... --rank``, also as ``oarsh``'s command and its remote shell) or a
+    process a rank started (the marker). The job's first process, which launched the ranks, is not one: it ends
+    with its job, right after it wrote the result (a local resident worker even stays for the next call)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
@@ -81,7 +82,7 @@ def processes_of(*needles):
                 command = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(needle in command for needle in needles) and _alive(name):
+        if (marker in command or folder in command and "--rank" in command) and _alive(name):
             found.append((int(name), command))
     return found
 
