@@ -167,7 +167,7 @@ def test_slurm_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_percent_s
     require_command("sbatch")
     folder = tmp_path / "a b;c%j"
     with SlurmPoolExecutor(folder=str(folder)) as executor:
-        future = executor.submit(tasks.add, 2, 3)
+        future = executor.submit(tasks.print_and_return, "out", "err", 5)  # output: its logs are kept
         assert future.result(timeout=120) == 5
     logs = os.listdir(folder / "logs")
     assert f"{future.job_id}.out" in logs and f"{future.job_id}.err" in logs, logs
@@ -178,7 +178,7 @@ def test_oar_runs_a_job_whose_folder_holds_a_space_a_semicolon_and_a_plus(tmp_pa
     require_command("oarsub")
     folder = tmp_path / "a b;c+d"
     with OarPoolExecutor(folder=str(folder), walltime="0:05:00") as executor:
-        future = executor.submit(tasks.add, 2, 3)
+        future = executor.submit(tasks.print_and_return, "out", "err", 5)  # output: its logs are kept
         assert future.result(timeout=120) == 5
     assert f"{future.job_id}.out" in os.listdir(folder / "logs")
 
