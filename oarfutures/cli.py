@@ -182,7 +182,7 @@ class LocalWorkers(Backend):
         batch, _, index = job_id.rpartition("_")
         if not index.isdigit() or os.path.exists(layout.result_path(self.folder, batch, int(index))):
             return None
-        run = layout.parse_run_owner(layout.claim_owner(layout.claim_path(self.folder, batch, int(index))))
+        run = layout.runner(self.folder, batch, int(index))
         return run[2] if run is not None and run[1] == os.uname().nodename else None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
@@ -371,9 +371,7 @@ def _mtime(path: str) -> Optional[float]:
 
 def _ran(folder: str, batch: str, index: int) -> bool:
     """Whether the task started: a worker claimed it, or its result is there (the claims of a tidied batch go)."""
-    if layout.parse_run_owner(layout.claim_owner(layout.claim_path(folder, batch, index))):
-        return True
-    return any(os.path.exists(p) for p in (layout.result_path(folder, batch, index), layout.delivered_path(folder, batch, index)))
+    return layout.runner(folder, batch, index) is not None or layout.result_on_disk(folder, batch, index)
 
 
 def _claim_time(path: str) -> Optional[float]:
@@ -552,7 +550,7 @@ def _ended_detail(status: JobStatus) -> str:
 
 def local_state(folder: str, row: TaskRow) -> None:
     """A local task with no result and no worker process: never started, to run again, or over."""
-    started = layout.parse_run_owner(layout.claim_owner(layout.claim_path(folder, row.batch, row.index))) is not None
+    started = layout.runner(folder, row.batch, row.index) is not None
     if os.path.exists(layout.resume_path(folder, row.batch, row.index)):
         row.state, row.native, row.detail = "pending", "checkpointed", "checkpointed: waits to run again"
     elif not started:

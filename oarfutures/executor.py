@@ -628,7 +628,7 @@ class JobExecutor(cf.Executor):
             owner = layout.claim_owner(layout.claim_path(self.folder, task.batch, task.index))
             run = layout.parse_run_owner(owner)
             job_id = record.job_ids.get(task.index) or (run[0] if run else None)
-            if self._result_on_disk(task):
+            if layout.result_on_disk(self.folder, task.batch, task.index):
                 on_disk.append(task)
             elif owner == layout.CANCELLED:
                 for future in task.futures:
@@ -662,16 +662,6 @@ class JobExecutor(cf.Executor):
             reason = f"its worker ({owner}) died with the client that started it; a call is never run twice"
             self._service.run(self._settle_failure, task, JobFailedError(task.task_id, None, "LOST", reason=reason))
         return [future for task in tasks for future in task.futures]
-
-    def _result_on_disk(self, task: Task) -> bool:
-        """Looked up by opening it: NFS revalidates an open() (close-to-open), where a stat may use its cache."""
-        for path in (layout.result_path(self.folder, task.batch, task.index), layout.delivered_path(self.folder, task.batch, task.index)):
-            try:
-                with open(path, "rb"):
-                    return True
-            except FileNotFoundError:
-                continue
-        return False
 
     def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
         """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
@@ -888,7 +878,7 @@ class JobExecutor(cf.Executor):
             for task in overdue:
                 task.settling = True
         for task in overdue:
-            if self._result_on_disk(task):  # by name, not by the last listing
+            if layout.result_on_disk(self.folder, task.batch, task.index):  # by name, not by the last listing
                 self._service.run(self._deliver, task)
                 continue
             status = None if task.vanished else task.last_status

@@ -73,6 +73,18 @@ def script_path(folder: str, batch: str) -> str:
 STOLEN = ".stolen."
 
 
+def result_on_disk(folder: str, batch: str, index: int) -> bool:
+    """Whether task ``index`` has a result, fresh or delivered. Looked up by opening it: NFS revalidates an
+    open() (close-to-open), where a stat may use its cache."""
+    for path in (result_path(folder, batch, index), delivered_path(folder, batch, index)):
+        try:
+            with open(path, "rb"):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def stolen_marker_path(folder: str, batch: str, index: int, job_id: str) -> str:
     return os.path.join(folder, RESULTS, task_id(batch, index) + STOLEN + job_id)
 
@@ -141,6 +153,11 @@ def parse_run_owner(owner: "str | None") -> "tuple[str | None, str, int] | None"
     if len(parts) != 4 or parts[0] != "run" or not parts[3].isdigit():
         return None
     return (None if parts[1] == "?" else parts[1]), parts[2], int(parts[3])
+
+
+def runner(folder: str, batch: str, index: int) -> "tuple[str | None, str, int] | None":
+    """The worker that claimed task ``index`` to run it, as ``parse_run_owner`` gives it; None if none did."""
+    return parse_run_owner(claim_owner(claim_path(folder, batch, index)))
 
 
 def claim(path: str, owner: str) -> bool:

@@ -372,10 +372,12 @@ class LocalPoolExecutor(JobExecutor):
 
         Args:
             max_workers: How many calls of this executor may run at once, across every ``submit`` and
-                ``map`` (dask and joblib submit one call at a time). Also the number of resident worker processes (default: the CPU count).
+                ``map`` (dask and joblib submit one call at a time). Also the number of resident worker
+                processes (default: the CPU count).
             folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
-                workers can read (here, any local folder). Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
-                existing folder owned by another user or writable by others is refused: task files are code.
+                workers can read (here, any local folder). Default: a new private folder under
+                ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An existing folder owned by another user or writable
+                by others is refused: task files are code.
             python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
                 cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
                 without your packages.
