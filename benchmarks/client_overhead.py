@@ -33,7 +33,7 @@ import threading
 import time
 
 import oarfutures
-from oarfutures.poller import get_poller
+from oarfutures.core.poller import get_poller
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")

@@ -4,7 +4,7 @@ Three measurements, each in a child process (the CI venv interpreter):
 
 * **result file -> future done, Slurm** (``files``): M held tasks (``begin=now+3600``, one ``submit`` each, so the
   jobs stay pending and the poller idles as it would while a cluster works); then this process writes each task's
-  result file itself, as the worker would (``oarfutures.worker.dump_outcomes``, a temp file, ``os.replace`` into
+  result file itself, as the worker would (``oarfutures.worker.run.dump_outcomes``, a temp file, ``os.replace`` into
   ``results/``), at Poisson-distributed moments (mean gap 0.5 s). Latency = the future's done-callback time minus
   the moment just before ``os.replace``. The jobs are then cancelled (resolved futures no longer own them).
 * **result file -> future done, local** (``local``): ``LocalPoolExecutor(max_workers=2, keep_files=True)``, M quick
@@ -59,7 +59,8 @@ def _done_times(futures, clock, times=None):
 
 def _files(args, rng):
     import oarfutures
-    from oarfutures import layout, worker
+    from oarfutures.protocol import layout
+    from oarfutures.worker import run as worker
 
     m = args["m"]
     ex = oarfutures.SlurmPoolExecutor(

@@ -75,7 +75,7 @@ def measure(args: dict) -> dict:
         out["oar_span_seconds"] = _oar_span(ids, time.time() - out["wall_seconds"])
     else:
         import oarfutures
-        from oarfutures.poller import get_poller
+        from oarfutures.core.poller import get_poller
 
         out["oarfutures_file"] = oarfutures.__file__
         ex = oarfutures.OarPoolExecutor(folder=os.path.abspath("jobs"), walltime="0:5:0", python=python, name=name)

@@ -54,7 +54,7 @@ def _announcer():
 
 def measure(args: dict) -> dict:
     import oarfutures
-    from oarfutures.poller import get_poller
+    from oarfutures.core.poller import get_poller
 
     from benchmarks.client_overhead import TickCounter
 

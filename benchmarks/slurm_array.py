@@ -75,7 +75,7 @@ def measure(args: dict) -> dict:
         out["ok"] = states.get("COMPLETED") == n
     elif side.startswith(("oarfutures", "nosteal")):
         import oarfutures
-        from oarfutures.poller import get_poller
+        from oarfutures.core.poller import get_poller
 
         out["oarfutures_file"] = oarfutures.__file__
         steal = {"steal_seconds": 0} if side.startswith("nosteal") else {}

@@ -31,7 +31,8 @@ def make_task(folder: str) -> str:
     """The two one-call batches in ``folder`` (created private, as executors do); returns the by-value one's name."""
     import cloudpickle
 
-    from oarfutures import batchfiles, layout
+    from oarfutures.core import batchfiles
+    from oarfutures.protocol import layout
 
     if noop.__module__ != "__main__":  # imported (by benchmarks.profiling): still ship it by value, as in the child
         cloudpickle.register_pickle_by_value(sys.modules[noop.__module__])
@@ -43,7 +44,7 @@ def make_task(folder: str) -> str:
 
 # ---------------------------------------------------------------------- child
 def measure(args: dict) -> dict:
-    from oarfutures import layout
+    from oarfutures.protocol import layout
 
     python, runs = args["python"], args["runs"]
     folder = os.path.abspath("task")

@@ -15,14 +15,14 @@ _EXPORTS = {
     "AutoPoolExecutor": "oarfutures.auto",
     "Checkpointable": "oarfutures.checkpoint",
     "Resubmission": "oarfutures.checkpoint",
-    "JobEnvironment": "oarfutures.environment",
+    "JobEnvironment": "oarfutures.worker.environment",
     "JobFailedError": "oarfutures.errors",
     "RemoteError": "oarfutures.errors",
     "RemoteTraceback": "oarfutures.errors",
-    "JobFuture": "oarfutures.futures",
-    "LocalPoolExecutor": "oarfutures.local",
-    "OarPoolExecutor": "oarfutures.oar",
-    "SlurmPoolExecutor": "oarfutures.slurm",
+    "JobFuture": "oarfutures.core.futures",
+    "LocalPoolExecutor": "oarfutures.backends.local",
+    "OarPoolExecutor": "oarfutures.backends.oar",
+    "SlurmPoolExecutor": "oarfutures.backends.slurm",
 }
 
 __all__ = [
@@ -43,12 +43,12 @@ __all__ = [
 if TYPE_CHECKING:
     from oarfutures.auto import AutoPoolExecutor
     from oarfutures.checkpoint import Checkpointable, Resubmission
-    from oarfutures.environment import JobEnvironment
+    from oarfutures.worker.environment import JobEnvironment
     from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
-    from oarfutures.futures import JobFuture
-    from oarfutures.local import LocalPoolExecutor
-    from oarfutures.oar import OarPoolExecutor
-    from oarfutures.slurm import SlurmPoolExecutor
+    from oarfutures.core.futures import JobFuture
+    from oarfutures.backends.local import LocalPoolExecutor
+    from oarfutures.backends.oar import OarPoolExecutor
+    from oarfutures.backends.slurm import SlurmPoolExecutor
 
 
 def __getattr__(name: str) -> object:

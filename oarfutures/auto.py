@@ -16,8 +16,8 @@ import os
 import shutil
 from typing import Any, Optional, Sequence
 
-from oarfutures import commands
-from oarfutures.executor import JobExecutor
+from oarfutures.backends import commands
+from oarfutures.core.executor import JobExecutor
 
 logger = logging.getLogger("oarfutures")
 
@@ -89,9 +89,9 @@ def AutoPoolExecutor(
     chosen = cluster or os.environ.get(CLUSTER_VARIABLE) or detect_cluster()
     if chosen not in CLUSTERS:
         raise ValueError(f"cluster={chosen!r} is not one of {', '.join(CLUSTERS)}")
-    from oarfutures.local import LocalPoolExecutor
-    from oarfutures.oar import OarPoolExecutor
-    from oarfutures.slurm import SlurmPoolExecutor
+    from oarfutures.backends.local import LocalPoolExecutor
+    from oarfutures.backends.oar import OarPoolExecutor
+    from oarfutures.backends.slurm import SlurmPoolExecutor
 
     cls = {"oar": OarPoolExecutor, "slurm": SlurmPoolExecutor, "local": LocalPoolExecutor}[chosen]
     options = {key: parameters.pop(key) for key in EXECUTOR_OPTIONS if key in parameters}

@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 import joblib
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
-from oarfutures.executor import JobExecutor
-from oarfutures.futures import JobFuture
+from oarfutures.core.executor import JobExecutor
+from oarfutures.core.futures import JobFuture
 
 
 class OarfuturesBackend(AutoBatchingMixin, ParallelBackendBase):

@@ -10,7 +10,7 @@ import re
 import pytest
 
 import oarfutures
-from oarfutures.executor import ExecutorOptions
+from oarfutures.core.executor import ExecutorOptions
 
 PUBLIC = sorted(name for name in oarfutures.__all__ if not name.startswith("_"))
 

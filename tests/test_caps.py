@@ -48,7 +48,7 @@ def test_dask_on_a_capped_cluster_executor_makes_a_few_arrays_and_the_cap_holds(
     """dask keeps ``_max_workers`` tasks submitted and sends the next as each ends: seeing the running cap (2)
     there, it made one array per task; it sees the queue depth, and the cap still holds across the arrays."""
     dask = pytest.importorskip("dask")
-    from oarfutures import records
+    from oarfutures.core import records
 
     intervals = tmp_path / "intervals"
     intervals.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import tasks
 from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
-from oarfutures.backend import BatchSubmission
+from oarfutures.backends.base import BatchSubmission
 
 
 @pytest.fixture(params=BACKENDS)

@@ -15,7 +15,8 @@ import pytest
 
 import tasks
 from conftest import wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor, layout
+from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures.protocol import layout
 
 
 def futures_of(results):

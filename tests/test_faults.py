@@ -16,8 +16,8 @@ import pytest
 import tasks
 from conftest import BACKENDS, SUBMIT_COMMAND, require_command, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
-from oarfutures.commands import SchedulerCommandError
-from oarfutures.worker import dump_outcomes
+from oarfutures.backends.commands import SchedulerCommandError
+from oarfutures.worker.run import dump_outcomes
 
 CLUSTERS = BACKENDS[1:]
 SUBMIT = SUBMIT_COMMAND
@@ -225,7 +225,7 @@ def test_every_future_resolves_when_slurmctld_restarts_mid_map(folder):
 @pytest.mark.slurm
 def test_ten_thousand_calls_all_come_back_once_in_order_with_flat_polling(folder):
     require_command("sbatch")
-    from oarfutures.poller import get_poller
+    from oarfutures.core.poller import get_poller
 
     with SlurmPoolExecutor(folder=folder, walltime="0:10:00") as executor:
         rates = []

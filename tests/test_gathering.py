@@ -16,8 +16,9 @@ import pytest
 
 import tasks
 from conftest import require_command, wait_for
-from oarfutures import LocalPoolExecutor, SlurmPoolExecutor, records
-from oarfutures.local import LocalBackend
+from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
+from oarfutures.core import records
+from oarfutures.backends.local import LocalBackend
 from test_exactly_once import assert_ran_once_or_never
 
 
@@ -82,7 +83,7 @@ def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
             sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
             import tasks
             from oarfutures import LocalPoolExecutor
-            from oarfutures.local import LocalBackend
+            from oarfutures.backends.local import LocalBackend
             LocalBackend.gather_seconds = 30  # no window closes before the exit: the exit must send the calls
             executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
             for n in range(30):
@@ -117,7 +118,7 @@ def test_a_forked_child_never_submits_the_calls_its_parent_gathered(tmp_path):
             sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
             import tasks
             from oarfutures import LocalPoolExecutor
-            from oarfutures.local import LocalBackend
+            from oarfutures.backends.local import LocalBackend
             LocalBackend.gather_seconds = 1.0  # the calls after the first are still gathered at the fork
             executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
             futures = [executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}", 0.2) for n in range(5)]
@@ -165,7 +166,7 @@ def test_a_gathered_call_keeps_the_parameters_of_its_submit(folder):
 
 def test_calls_on_their_way_to_the_scheduler_are_still_cancelled_by_shutdown(folder, tmp_path, monkeypatch):
     """Between leaving the gatherer and being registered (a slow sbatch), calls must stay reachable."""
-    from oarfutures.executor import JobExecutor
+    from oarfutures.core.executor import JobExecutor
 
     monkeypatch.setattr(LocalBackend, "gather_seconds", 0.01)
     submit_batch, slowed = JobExecutor._submit_batch, threading.Event()

@@ -13,8 +13,9 @@ import pytest
 
 import tasks
 from conftest import require_command
-from oarfutures import OarPoolExecutor, SlurmPoolExecutor, params
-from oarfutures.backend import BatchSubmission
+from oarfutures import OarPoolExecutor, SlurmPoolExecutor
+from oarfutures.backends import params
+from oarfutures.backends.base import BatchSubmission
 
 EXECUTORS = [SlurmPoolExecutor, OarPoolExecutor]
 

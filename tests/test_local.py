@@ -392,7 +392,7 @@ def test_abort_resolves_every_future_even_when_cancelling_the_jobs_fails(folder,
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-class ForgetfulScheduler(__import__("oarfutures.backend", fromlist=["Backend"]).Backend):
+class ForgetfulScheduler(__import__("oarfutures.backends.base", fromlist=["Backend"]).Backend):
     """A scheduler that runs nothing and, after reporting the job running, forgets it (squeue after MinJobAge):
     an edge case a real Slurm produces only after an hour."""
 
@@ -413,14 +413,14 @@ class ForgetfulScheduler(__import__("oarfutures.backend", fromlist=["Backend"]).
         pass
 
     def query(self, job_ids):
-        from oarfutures.backend import JobState, JobStatus
+        from oarfutures.backends.base import JobState, JobStatus
 
         self.queries += 1
         return {job_id: JobStatus(JobState.RUNNING, "RUNNING") for job_id in job_ids} if self.queries <= 2 else {}
 
 
 def test_a_job_the_scheduler_forgot_fails_its_future_instead_of_hanging(folder):
-    from oarfutures.executor import JobExecutor
+    from oarfutures.core.executor import JobExecutor
 
     with JobExecutor(ForgetfulScheduler(), None, folder, None) as executor:
         future = executor.submit(tasks.square, 2)

@@ -14,7 +14,7 @@ import pytest
 import tasks
 from conftest import require_command, wait_for
 from oarfutures import AutoPoolExecutor, JobFailedError
-from oarfutures.commands import SchedulerCommandError
+from oarfutures.backends.commands import SchedulerCommandError
 
 pytestmark = pytest.mark.multinode
 

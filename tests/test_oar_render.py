@@ -2,7 +2,7 @@
 import sys
 
 from oarfutures import OarPoolExecutor
-from oarfutures.backend import BatchSubmission
+from oarfutures.backends.base import BatchSubmission
 
 
 def test_grid5000_example_parameters_render_the_expected_oar_lines(folder):

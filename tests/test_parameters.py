@@ -12,7 +12,7 @@ import pytest
 import tasks
 from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.auto import detect_cluster
-from oarfutures.backend import BatchSubmission
+from oarfutures.backends.base import BatchSubmission
 
 
 def slurm_script(folder, checkpointable=False, **parameters):

@@ -10,7 +10,8 @@ import pytest
 
 import tasks
 from conftest import wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor, local
+from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures.backends import local
 from test_robustness import alive
 
 

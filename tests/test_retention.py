@@ -7,7 +7,9 @@ import time
 import pytest
 
 from conftest import wait_for
-from oarfutures import LocalPoolExecutor, layout, records, retention
+from oarfutures import LocalPoolExecutor
+from oarfutures.protocol import layout
+from oarfutures.core import records, retention
 
 DAY = 86400
 

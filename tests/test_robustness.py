@@ -16,8 +16,10 @@ import pytest
 
 import tasks
 from conftest import wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor, layout, records
-from oarfutures.batchfiles import CorruptResultError
+from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures.protocol import layout
+from oarfutures.core import records
+from oarfutures.core.batchfiles import CorruptResultError
 
 
 def alive(pid):

@@ -12,7 +12,7 @@ import pytest
 import tasks
 from conftest import require_command, wait_for
 from oarfutures import JobFailedError, SlurmPoolExecutor
-from oarfutures.poller import get_poller
+from oarfutures.core.poller import get_poller
 
 pytestmark = pytest.mark.slurm
 

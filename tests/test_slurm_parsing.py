@@ -5,9 +5,9 @@ as the backend runs it; sacct rows from tests/clusters/slurm/FACTS.md section c)
 """
 import pytest
 
-from oarfutures import commands
-from oarfutures.backend import JobState
-from oarfutures.slurm import SlurmBackend, _expand, _ranges, _statuses
+from oarfutures.backends import commands
+from oarfutures.backends.base import JobState
+from oarfutures.backends.slurm import SlurmBackend, _expand, _ranges, _statuses
 
 SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,exit_code:"
 

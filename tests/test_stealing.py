@@ -206,7 +206,7 @@ def test_steal_seconds_zero_disables_stealing(cluster, folder):
 @pytest.mark.slurm
 def test_the_slurm_walltime_comes_from_the_parameter_else_the_partition(folder):
     require_command("sbatch")
-    from oarfutures.slurm import PARAMETERS, SlurmBackend
+    from oarfutures.backends.slurm import PARAMETERS, SlurmBackend
 
     backend = SlurmBackend(folder, {})
     out = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, check=True).stdout

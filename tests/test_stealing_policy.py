@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from oarfutures import layout, worker
-from oarfutures.backend import BatchSubmission
-from oarfutures.oar import OarBackend
-from oarfutures.slurm import SlurmBackend, _parse_slurm_time
+from oarfutures.protocol import layout
+from oarfutures.worker import run as worker
+from oarfutures.backends.base import BatchSubmission
+from oarfutures.backends.oar import OarBackend
+from oarfutures.backends.slurm import SlurmBackend, _parse_slurm_time
 
 
 def submission(folder, checkpointable=False, count=5):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from oarfutures.backend import Backend, JobState, JobStatus
-from oarfutures.executor import UNSEEN_GRACE, JobExecutor
+from oarfutures.backends.base import Backend, JobState, JobStatus
+from oarfutures.core.executor import UNSEEN_GRACE, JobExecutor
 
 PENDING = JobStatus(JobState.PENDING, "PENDING", "0:0", "BeginTime")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING", "0:0", "")
@@ -121,7 +121,7 @@ def test_new_jobs_are_looked_at_even_with_the_same_answer(executor):
 
 
 def test_an_idle_executor_keeps_no_answer_nor_tasks(executor):
-    from oarfutures.poller import get_poller
+    from oarfutures.core.poller import get_poller
 
     executor.submit(abs, 1)
     (job,) = live_ids(executor, 1)

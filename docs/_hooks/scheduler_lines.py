@@ -63,9 +63,9 @@ SCRIPTS: Dict[str, Tuple[str, Dict[str, Any], bool]] = {
 
 def render(backend: str, parameters: Dict[str, Any], checkpointable: bool = False, count: int = 1) -> List[str]:
     """The job script's lines for a batch of ``count`` tasks with these (generic or prefixed) parameters."""
-    from oarfutures.backend import BatchSubmission
-    from oarfutures.oar import OarBackend
-    from oarfutures.slurm import SlurmBackend
+    from oarfutures.backends.base import BatchSubmission
+    from oarfutures.backends.oar import OarBackend
+    from oarfutures.backends.slurm import SlurmBackend
 
     cls = {"slurm": SlurmBackend, "oar": OarBackend}[backend]
     adapter = cls(FOLDER, {"steal_seconds": 0})

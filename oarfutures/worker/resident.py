@@ -1,4 +1,4 @@
-"""A resident worker of the local backend: ``python -m oarfutures.pool_worker REQUESTS REPLIES``.
+"""A resident worker of the local backend: ``python -m oarfutures.worker.resident REQUESTS REPLIES``.
 
 Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
 (as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
@@ -20,7 +20,8 @@ import signal
 import sys
 import traceback
 
-from oarfutures import layout, worker
+from oarfutures.protocol import layout
+from oarfutures.worker import run as worker
 
 
 def serve(requests, replies):

@@ -105,9 +105,9 @@ def respelled(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
 
 #: where each backend keeps its table of checkers (imported only to check a name prefixed for that backend)
 CHECKER_TABLES = {
-    "slurm": ("oarfutures.slurm", "CHECKERS"),
-    "oar": ("oarfutures.oar", "CHECKERS"),
-    "local": ("oarfutures.local", "LocalBackend.CHECKERS"),
+    "slurm": ("oarfutures.backends.slurm", "CHECKERS"),
+    "oar": ("oarfutures.backends.oar", "CHECKERS"),
+    "local": ("oarfutures.backends.local", "LocalBackend.CHECKERS"),
 }
 EXECUTOR_NAMES = {"slurm": "SlurmPoolExecutor", "oar": "OarPoolExecutor", "local": "LocalPoolExecutor"}
 

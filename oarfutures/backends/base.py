@@ -74,9 +74,9 @@ class BatchSubmission:
         """
         import shlex
 
-        from oarfutures.worker import CHECKPOINT_SIGNAL
+        from oarfutures.worker.run import CHECKPOINT_SIGNAL
 
-        from oarfutures import layout
+        from oarfutures.protocol import layout
 
         claims = shlex.quote(os.path.dirname(layout.claim_path(self.folder, self.batch, 0)))
         resume = shlex.quote(layout.resume_path(self.folder, self.batch, 0)[: -len("0.resume.pkl")])

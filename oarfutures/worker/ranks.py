@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 
-from oarfutures import layout
+from oarfutures.protocol import layout
 
 ENVIRONMENT = (
     "OARFUTURES_RANK", "OARFUTURES_LOCAL_RANK", "OARFUTURES_WORLD_SIZE", "OARFUTURES_MASTER_ADDR",
@@ -176,7 +176,7 @@ def gather(folder, batch, index, world_size, codes):
     """One outcome for the task: ("ok", [rank results]) or the first failing rank's error.
 
     A rank that raised wins over ranks without a result (those the launcher stopped because of it)."""
-    from oarfutures.worker import error_outcome
+    from oarfutures.worker.run import error_outcome
 
     outcomes = {}
     for rank in range(world_size):

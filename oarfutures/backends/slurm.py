@@ -16,10 +16,12 @@ import re
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from oarfutures import commands, layout, params, retention
-from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.worker import EARLY_SIGNAL_TRAP
+from oarfutures.backends import commands, params
+from oarfutures.protocol import layout
+from oarfutures.core import retention
+from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
+from oarfutures.worker.run import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
 

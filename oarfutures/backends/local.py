@@ -20,11 +20,13 @@ import threading
 import weakref
 from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
-from oarfutures import layout, params, retention
-from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.poller import get_poller
-from oarfutures.worker import CHECKPOINT_SIGNAL, RESUBMIT
+from oarfutures.protocol import layout
+from oarfutures.backends import params
+from oarfutures.core import retention
+from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
+from oarfutures.core.poller import get_poller
+from oarfutures.worker.run import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
@@ -81,7 +83,7 @@ class _Resident:
         self._replies, replies = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [python, "-u", "-m", "oarfutures.pool_worker", str(requests), str(replies)],
+                [python, "-u", "-m", "oarfutures.worker.resident", str(requests), str(replies)],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(requests, replies),
                 preexec_fn=functools.partial(_before_worker_starts, os.getpid()),

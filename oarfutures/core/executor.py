@@ -50,13 +50,14 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 import filelock
 
-from oarfutures import batchfiles, layout, records
-from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.core import batchfiles, records
+from oarfutures.protocol import layout
+from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
-from oarfutures.futures import JobFuture, mark_running, set_exception, set_result
-from oarfutures.gathering import Gatherer, Gathering
-from oarfutures.poller import Poller, get_poller
-from oarfutures.service import ServiceThread
+from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
+from oarfutures.core.gathering import Gatherer, Gathering
+from oarfutures.core.poller import Poller, get_poller
+from oarfutures.core.service import ServiceThread
 
 logger = logging.getLogger("oarfutures")
 logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging

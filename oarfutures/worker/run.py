@@ -13,7 +13,7 @@ import sys
 import time
 import types
 
-from oarfutures import layout
+from oarfutures.protocol import layout
 
 DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
 RESUBMIT = 99  # exit status of a checkpointed task that must run again (OAR resubmits idempotent jobs on it)
@@ -509,7 +509,7 @@ def run_task(task, rank=False, open_batch=None):
     if not rank and not claim_task(folder, batch, index):
         return 0
     if world_size > 1:
-        from oarfutures import ranks
+        from oarfutures.worker import ranks
 
         if not rank:  # the job's first process: start the ranks, then write the task's result
             task.stop_listening()  # it does not checkpoint
@@ -529,12 +529,9 @@ def run_task(task, rank=False, open_batch=None):
     status = task.run(*loaded)
     if not rank:
         return status
-    from oarfutures import ranks
+    from oarfutures.worker import ranks
 
     ranks.end_own_processes()  # nothing the call started outlives it
     # a rank whose call raised exits non-zero: its launcher (or srun) then stops the other ranks on every node
     return status or (0 if task.all_ok else 1)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,8 @@ import threading
 import time
 from typing import List, Optional
 
-from oarfutures import layout, records
+from oarfutures.protocol import layout
+from oarfutures.core import records
 
 logger = logging.getLogger("oarfutures")
 

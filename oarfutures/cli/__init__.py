@@ -22,14 +22,15 @@ from concurrent import futures as cf
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from oarfutures import layout, records
-from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.protocol import layout
+from oarfutures.core import records
+from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 
 STATES = ("done", "failed", "cancelled", "running", "pending", "ended-without-result", "unknown")
 #: a job the scheduler does not know is "not visible yet" for this long after its record was last written
 VISIBILITY_GRACE = 15.0
 WORKER_MODULE = b"oarfutures.worker"
-RESIDENT_MODULE = b"oarfutures.pool_worker"
+RESIDENT_MODULE = b"oarfutures.worker.resident"
 
 
 class CliError(Exception):
@@ -138,7 +139,7 @@ class LocalWorkers(Backend):
         """task id -> pids of the processes running it: the worker (one-shot or resident) and a multi-task job's ranks.
 
         One-shot workers and ranks name their task on their command line, ``python -u -m oarfutures.worker
-        FOLDER BATCH INDEX``; a resident worker (``oarfutures.pool_worker``) serves task after task, and the claim
+        FOLDER BATCH INDEX``; a resident worker (``oarfutures.worker.resident``) serves task after task, and the claim
         of a task without a result names the one running it.
         """
         named, residents = self._scan()
@@ -227,11 +228,11 @@ def make_backend(name: str, folder: str) -> Optional[Backend]:
     if name == "local":
         return LocalWorkers(folder)
     if name == "slurm":
-        from oarfutures.slurm import SlurmBackend
+        from oarfutures.backends.slurm import SlurmBackend
 
         return SlurmBackend(folder, {})
     if name == "oar":
-        from oarfutures.oar import OarBackend
+        from oarfutures.backends.oar import OarBackend
 
         return OarBackend(folder, {})
     return None
@@ -263,7 +264,7 @@ def oar_runs(job_ids: Sequence[str]) -> Dict[str, List[str]]:
     A resubmitted job keeps its array id and array index under a new job id, so the runs of a task are the jobs
     sharing the (array_id, array_index) of any one of them. Raises SchedulerCommandError when OAR cannot say.
     """
-    from oarfutures import commands
+    from oarfutures.backends import commands
 
     ids = sorted({j for j in job_ids if j.isdigit()}, key=int)
     if not ids:
@@ -305,7 +306,7 @@ def runs_of(
                 if record.backend == "oar" and (follow_oar or record.checkpointable):
                     to_follow[key] = record.job_ids[index]
     if to_follow:
-        from oarfutures.commands import SchedulerCommandError
+        from oarfutures.backends.commands import SchedulerCommandError
 
         try:
             chains = oar_runs(list(to_follow.values()))
@@ -1022,15 +1023,15 @@ def _picklable(item: Any) -> Any:
 def make_executor(name: str, folder: str) -> Any:
     """An executor on the folder that keeps its files: printing results twice gives them twice."""
     if name == "local":
-        from oarfutures.local import LocalPoolExecutor
+        from oarfutures.backends.local import LocalPoolExecutor
 
         return LocalPoolExecutor(folder=folder, keep_files=True)
     if name == "slurm":
-        from oarfutures.slurm import SlurmPoolExecutor
+        from oarfutures.backends.slurm import SlurmPoolExecutor
 
         return SlurmPoolExecutor(folder=folder, keep_files=True)
     if name == "oar":
-        from oarfutures.oar import OarPoolExecutor
+        from oarfutures.backends.oar import OarPoolExecutor
 
         return OarPoolExecutor(folder=folder, keep_files=True)
     raise CliError(f"batches of backend {name!r} cannot be re-attached by this version of oarfutures")

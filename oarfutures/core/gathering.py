@@ -14,8 +14,8 @@ import os
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
-from oarfutures import batchfiles
-from oarfutures.futures import JobFuture
+from oarfutures.core import batchfiles
+from oarfutures.core.futures import JobFuture
 
 
 class Gathering:

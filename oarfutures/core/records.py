@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Dict, List, Sequence
 
-from oarfutures import layout
+from oarfutures.protocol import layout
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

@@ -20,10 +20,12 @@ import re
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from oarfutures import commands, layout, params, retention
-from oarfutures.backend import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.worker import EARLY_SIGNAL_TRAP
+from oarfutures.backends import commands, params
+from oarfutures.protocol import layout
+from oarfutures.core import retention
+from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
+from oarfutures.worker.run import EARLY_SIGNAL_TRAP
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
 

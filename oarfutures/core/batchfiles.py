@@ -16,7 +16,7 @@ from typing import Any, Callable, List, NamedTuple, Sequence, Tuple, Union
 
 import cloudpickle
 
-from oarfutures import layout
+from oarfutures.protocol import layout
 from oarfutures.errors import RemoteError, RemoteTraceback
 
 Call = Tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
