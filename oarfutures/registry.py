@@ -1,0 +1,38 @@
+"""Scheduler names and what serves each: the one table ``AutoPoolExecutor``, the command line and ``attach()`` read.
+
+A batch record names its scheduler ("slurm", "oar", "local"); whoever meets such a name looks it up here instead
+of branching on it. Entries are dotted paths, imported on first use: the command line of a Slurm folder never
+imports OAR's module, and the job side never imports this table at all.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, NamedTuple, Tuple
+
+
+class Scheduler(NamedTuple):
+    backend: str  # "module:Class" of its ``backends.base.Backend``
+    executor: str  # "module:Class" of its public executor
+
+
+SCHEDULERS: Dict[str, Scheduler] = {
+    "slurm": Scheduler("oarfutures.backends.slurm:SlurmBackend", "oarfutures.backends.slurm:SlurmPoolExecutor"),
+    "oar": Scheduler("oarfutures.backends.oar:OarBackend", "oarfutures.backends.oar:OarPoolExecutor"),
+    "local": Scheduler("oarfutures.backends.local:LocalBackend", "oarfutures.backends.local:LocalPoolExecutor"),
+}
+NAMES: Tuple[str, ...] = tuple(SCHEDULERS)
+
+
+def _load(dotted: str) -> Any:
+    module, name = dotted.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def backend_class(name: str) -> Any:
+    """The backend class of scheduler ``name``; KeyError for a name this version does not know."""
+    return _load(SCHEDULERS[name].backend)
+
+
+def executor_class(name: str) -> Any:
+    """The public executor class of scheduler ``name``; KeyError for a name this version does not know."""
+    return _load(SCHEDULERS[name].executor)
