@@ -9,7 +9,7 @@ import abc
 import os
 import enum
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 
 class JobState(enum.Enum):
@@ -164,3 +164,54 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release what the backend holds (threads, processes) once the executor is shut down."""
+
+    # ------------------------------------------------------------------ seen from outside the client (command line)
+    #: True when a task's job id is its task id (the local backend): a task has it before any submission, so its
+    #: logs are found under it, and a table gains nothing from repeating it in a JOB column
+    job_ids_are_task_ids: bool = False
+
+    @classmethod
+    def inspector(cls, folder: str) -> JobInspector:
+        """What queries, cancels and names the log files of ``folder``'s jobs for a process that is not their
+        client (the command line): the cluster backends are their own inspector, with default parameters (nothing
+        is submitted through it); a backend whose queue lives in its client gives something else (see local)."""
+        raise NotImplementedError(f"{cls.__name__} has no view of its jobs from outside their client")
+
+    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+        """job id -> every job that ran the same task, oldest first, in one scheduler call (logs of all runs).
+
+        By default a job is its task's only run: Slurm requeues a task under the same id and appends to the same
+        logs. A scheduler that resubmits a task under a new job id (OAR) finds the others.
+        """
+        return {job_id: [job_id] for job_id in job_ids}
+
+    def unlisted_status(self, batch: str, index: int) -> Optional[JobStatus]:
+        """The status of a task whose job ``query`` did not list, from the folder alone; None when only the
+        scheduler could say (the default: a cluster purges ended jobs and shows new ones late)."""
+        return None
+
+
+class JobInspector(Protocol):
+    """A scheduler's jobs of one folder as the command line sees them, with no client: ask, cancel, read logs.
+
+    Every cluster ``Backend`` is one (``Backend.inspector``). The local backend's queue and slots live in its
+    client's memory, so outside it the local inspector sees worker processes, claims and resume files instead.
+    """
+
+    name: str
+    job_ids_are_task_ids: bool
+
+    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+        """States of the jobs the scheduler lists (a purged or not yet visible job is absent)."""
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel these queued or running jobs, in as few calls as possible."""
+
+    def log_paths(self, job_id: str) -> List[str]:
+        """Files holding the job's stdout and stderr."""
+
+    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+        """job id -> every job that ran the same task, oldest first."""
+
+    def unlisted_status(self, batch: str, index: int) -> Optional[JobStatus]:
+        """What a task whose job ``query`` did not list is, if the folder tells; None when it does not."""

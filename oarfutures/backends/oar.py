@@ -286,6 +286,35 @@ class OarBackend(Backend):
         jobs = json.loads(out) if out.strip() else {}
         return {str(job_id): job_status(job) for job_id, job in jobs.items()}
 
+    @classmethod
+    def inspector(cls, folder: str) -> OarBackend:
+        return cls(folder, {})
+
+    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+        """Every OAR job that ran the same task as each of these jobs (resubmissions), oldest first; one oarstat.
+
+        OAR resubmits a checkpointed task (exit 99 of an idempotent job) under a new job id with logs of its own,
+        keeping its array id and array index: the runs of a task are the jobs sharing the (array_id, array_index)
+        of any one of them. Raises SchedulerCommandError when OAR cannot say.
+        """
+        ids = sorted({j for j in job_ids if j.isdigit()}, key=int)
+        if not ids:
+            return {}
+        where = (
+            "(array_id, array_index) IN (SELECT array_id, array_index FROM jobs WHERE job_id IN ("
+            + ", ".join(ids)
+            + "))"
+        )
+        out = commands.run(["oarstat", "-J", "--sql", where])
+        jobs = json.loads(out) if out.strip() else {}
+        groups: Dict[Tuple[Any, Any], List[str]] = {}
+        key_of: Dict[str, Tuple[Any, Any]] = {}
+        for job_id, job in jobs.items():
+            key = (job.get("array_id"), job.get("array_index"))
+            groups.setdefault(key, []).append(str(job_id))
+            key_of[str(job_id)] = key
+        return {j: sorted(groups[key_of[j]], key=int) if j in key_of else [j] for j in ids}
+
     def log_paths(self, job_id: str) -> List[str]:
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
