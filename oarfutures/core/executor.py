@@ -9,6 +9,18 @@
                                  one scandir of results/ per tick ---> read result, settle futures <-- runs,
                                  one backend.query per group, on a      (callbacks), cancel jobs,      writes
                                  thread of its own, less often          submit the next wave           results/
+    [executor, submitting]       [poller -> tracking]                   [tracking, tasks, submitting]
+
+``JobExecutor`` is one class in four layers, one module each, every one using only those below it:
+
+    executor.JobExecutor         the ``Executor`` API: submit, map, batch(), options(), shutdown, abort, attach
+    submitting.BatchSubmitter    batches written once, submitted in waves under ``max_workers``; gathering
+    tracking.TaskTracker         the poller's side (``poller.Tracked``): results and job states settle futures;
+                                 cancellation
+    tasks.TaskTable              the state they share (Task, Wave, Phase, the locks), retiring tasks, tidying
+
+Its arguments are checked before it exists (``settings.CoreSettings``), and the public executors
+(``oarfutures.executors``) build it on their scheduler's backend.
 
 The core knows no scheduler: it writes files, keeps the futures of live tasks, and turns what the backend says
 (running, ended) and what lands in ``results/`` into future transitions. A job that ended with no result file

@@ -1,14 +1,7 @@
 """The executor's table of live tasks: what a task is, the state every layer of ``JobExecutor`` shares, and how a
 task leaves the table (retired, its batch tidied once every task of it is done).
 
-``JobExecutor`` is built in layers, one module each, every one using only those below it:
-
-    tasks.TaskTable          the shared state and its locks; retiring tasks, tidying finished batches
-    tracking.TaskTracker     what the poller reports (results, job states) turned into settled futures; cancels
-    submitting.BatchSubmitter  batches written and submitted in waves under the running cap; gathering; attach
-    executor.JobExecutor     the ``concurrent.futures.Executor`` API
-
-Lock order: see ``executor``.
+``JobExecutor`` is built in layers on this one (see ``executor``). Lock order: see ``executor``.
 """
 from __future__ import annotations
 
