@@ -337,8 +337,7 @@ class LocalBackend(Backend):
         return spool + self._own_logs(job_id)
 
     def _own_logs(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
+        return super().log_paths(job_id)
 
     def close(self) -> None:
         """Stop the slots; return once their workers have left (as ``ProcessPoolExecutor.shutdown`` does), so that

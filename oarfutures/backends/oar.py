@@ -283,10 +283,6 @@ class OarBackend(Backend):
         jobs = json.loads(out) if out.strip() else {}
         return {str(job_id): job_status(job) for job_id, job in jobs.items()}
 
-    def log_paths(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
-
 
 def _memory_hint(exc: commands.SchedulerCommandError, p: Mapping[str, Any]) -> commands.SchedulerCommandError:
     """oarsub's refusal of a job asking for memory, with what the request became: OAR has no memory request, and

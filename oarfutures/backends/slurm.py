@@ -353,10 +353,6 @@ class SlurmBackend(Backend):
                 raise
             return ""  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
 
-    def log_paths(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
-
 
 #: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
 #: gives the core the very objects it saw last time, and costs no object per task
