@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not imported from typing: the worker would pay for the 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AutoPoolExecutor": "oarfutures.auto",
+    "AutoPoolExecutor": "oarfutures.executors",
     "Checkpointable": "oarfutures.checkpoint",
     "Resubmission": "oarfutures.checkpoint",
     "JobEnvironment": "oarfutures.worker.environment",
@@ -20,9 +20,9 @@ _EXPORTS = {
     "RemoteError": "oarfutures.errors",
     "RemoteTraceback": "oarfutures.errors",
     "JobFuture": "oarfutures.core.futures",
-    "LocalPoolExecutor": "oarfutures.backends.local",
-    "OarPoolExecutor": "oarfutures.backends.oar",
-    "SlurmPoolExecutor": "oarfutures.backends.slurm",
+    "LocalPoolExecutor": "oarfutures.executors",
+    "OarPoolExecutor": "oarfutures.executors",
+    "SlurmPoolExecutor": "oarfutures.executors",
 }
 
 __all__ = [
@@ -41,14 +41,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from oarfutures.auto import AutoPoolExecutor
+    from oarfutures.executors import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
     from oarfutures.checkpoint import Checkpointable, Resubmission
     from oarfutures.worker.environment import JobEnvironment
     from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
     from oarfutures.core.futures import JobFuture
-    from oarfutures.backends.local import LocalPoolExecutor
-    from oarfutures.backends.oar import OarPoolExecutor
-    from oarfutures.backends.slurm import SlurmPoolExecutor
 
 
 def __getattr__(name: str) -> object:

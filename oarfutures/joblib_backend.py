@@ -33,7 +33,7 @@ class OarfuturesBackend(AutoBatchingMixin, ParallelBackendBase):
     @property
     def executor(self) -> JobExecutor:
         if self._executor is None:
-            from oarfutures.auto import AutoPoolExecutor
+            from oarfutures.executors import AutoPoolExecutor
 
             self._executor = AutoPoolExecutor(**self._parameters)
         return self._executor

@@ -16,9 +16,9 @@ class Scheduler(NamedTuple):
 
 
 SCHEDULERS: Dict[str, Scheduler] = {
-    "slurm": Scheduler("oarfutures.backends.slurm:SlurmBackend", "oarfutures.backends.slurm:SlurmPoolExecutor"),
-    "oar": Scheduler("oarfutures.backends.oar:OarBackend", "oarfutures.backends.oar:OarPoolExecutor"),
-    "local": Scheduler("oarfutures.backends.local:LocalBackend", "oarfutures.backends.local:LocalPoolExecutor"),
+    "slurm": Scheduler("oarfutures.backends.slurm:SlurmBackend", "oarfutures.executors:SlurmPoolExecutor"),
+    "oar": Scheduler("oarfutures.backends.oar:OarBackend", "oarfutures.executors:OarPoolExecutor"),
+    "local": Scheduler("oarfutures.backends.local:LocalBackend", "oarfutures.executors:LocalPoolExecutor"),
 }
 NAMES: Tuple[str, ...] = tuple(SCHEDULERS)
 

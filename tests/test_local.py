@@ -421,8 +421,9 @@ class ForgetfulScheduler(__import__("oarfutures.backends.base", fromlist=["Backe
 
 def test_a_job_the_scheduler_forgot_fails_its_future_instead_of_hanging(folder):
     from oarfutures.core.executor import JobExecutor
+    from oarfutures.core.settings import CoreSettings
 
-    with JobExecutor(ForgetfulScheduler(), None, folder, None) as executor:
+    with JobExecutor(ForgetfulScheduler(), CoreSettings.check(ForgetfulScheduler, None, folder)) as executor:
         future = executor.submit(tasks.square, 2)
         with pytest.raises(JobFailedError, match="no longer knows the job"):
             future.result(timeout=30)

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from oarfutures.backends.base import Backend, JobState, JobStatus
-from oarfutures.core.executor import UNSEEN_GRACE, JobExecutor
+from oarfutures.core.executor import JobExecutor
+from oarfutures.core.settings import CoreSettings
+from oarfutures.core.tracking import UNSEEN_GRACE
 
 PENDING = JobStatus(JobState.PENDING, "PENDING", "0:0", "BeginTime")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING", "0:0", "")
@@ -50,7 +52,7 @@ class Counting(dict):
 
 @pytest.fixture
 def executor(tmp_path):
-    ex = JobExecutor(Fake(), None, str(tmp_path / "jobs"), "python3", False, None, 10**9, 3)
+    ex = JobExecutor(Fake(), CoreSettings.check(Fake, None, str(tmp_path / "jobs"), "python3", False, None, 10**9, 3))
     yield ex
     ex.abort("test over")
 

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from oarfutures.protocol import layout
+
 
 class JobState(enum.Enum):
     PENDING = "PENDING"  # queued, held, requeued, resubmitted and waiting again
@@ -75,8 +77,6 @@ class BatchSubmission:
         import shlex
 
         from oarfutures.worker.run import CHECKPOINT_SIGNAL
-
-        from oarfutures.protocol import layout
 
         claims = shlex.quote(os.path.dirname(layout.claim_path(self.folder, self.batch, 0)))
         resume = shlex.quote(layout.resume_path(self.folder, self.batch, 0)[: -len("0.resume.pkl")])
@@ -151,9 +151,13 @@ class Backend(abc.ABC):
         """Send the checkpoint signal to a running job, as a preemption would."""
         raise NotImplementedError(f"{type(self).__name__} cannot interrupt jobs")
 
+    #: the job folder: the scripts, and the logs every backend writes to ``logs/<job id>.out`` and ``.err``
+    folder: str
+
     def log_paths(self, job_id: str) -> List[str]:
         """Files holding the job's stdout and stderr."""
-        return []
+        base = os.path.join(self.folder, layout.LOGS, job_id)
+        return [base + ".out", base + ".err"]
 
     #: the parameters later submissions use (validated); update_parameters() changes them
     parameters: Dict[str, Any]

@@ -18,14 +18,11 @@ import signal
 import subprocess
 import threading
 import weakref
-from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from oarfutures.protocol import layout
 from oarfutures.backends import params
-from oarfutures.core import retention
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.core.poller import get_poller
 from oarfutures.worker.run import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
@@ -266,10 +263,13 @@ class LocalBackend(Backend):
         "setup": params.setup_lines,
     }
 
-    def __init__(self, max_workers: int, folder: str) -> None:
+    def __init__(self, max_workers: int, folder: str, on_job_end: Optional[Callable[[], None]] = None) -> None:
+        """``on_job_end`` is called after each job ended, outside the backend's lock: the executor wakes its
+        poller there, which then finds the result at once instead of at its next tick."""
         self.parameters: Dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
+        self._on_job_end = on_job_end
         self.reset()
         _backends.add(self)
 
@@ -366,7 +366,8 @@ class LocalBackend(Backend):
                         continue
                     self._states[job.job_id] = self._changed[job.job_id] = self._ended_status(job.job_id, code)
                     self._lock.notify_all()
-                get_poller().wake()
+                if self._on_job_end is not None:
+                    self._on_job_end()
         finally:
             if resident is not None:
                 resident.close()
@@ -457,8 +458,7 @@ class LocalBackend(Backend):
         return spool + self._own_logs(job_id)
 
     def _own_logs(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
+        return super().log_paths(job_id)
 
     def close(self) -> None:
         """Stop the slots; return once their workers have left (as ``ProcessPoolExecutor.shutdown`` does), so that
@@ -470,64 +470,3 @@ class LocalBackend(Backend):
             slots = [slot for slot in self._slots if slot is not threading.current_thread()]
         for slot in slots:
             slot.join(timeout=CLOSE_WAIT)
-
-
-class LocalPoolExecutor(JobExecutor):
-    """Runs calls in worker subprocesses on this machine, at most ``max_workers`` at once.
-
-    The embedded default when no scheduler is found; it goes through the same task files, worker and poller as
-    the cluster executors, so what works here works there.
-    """
-
-    def __init__(
-        self,
-        max_workers: Optional[int] = None,
-        *,
-        folder: Optional[str] = None,
-        python: Optional[str] = None,
-        keep_files: bool = False,
-        result_grace: Optional[float] = None,
-        warn_pickle_bytes: int = 100_000_000,
-        max_resubmissions: int = 3,
-        **parameters: Any,
-    ) -> None:
-        """Start no process yet: resident workers start with the first calls and leave after 10 s idle.
-
-        Args:
-            max_workers: How many calls of this executor may run at once, across every ``submit`` and
-                ``map`` (dask and joblib submit one call at a time). Also the number of resident worker
-                processes (default: the CPU count).
-            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
-                workers can read (here, any local folder). Default: a new private folder under
-                ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An existing folder owned by another user or writable
-                by others is refused: task files are code.
-            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
-                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
-                without your packages.
-            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
-                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
-                would grow with every call).
-            result_grace: Seconds a job that ended normally may take to show its result file before its future
-                fails (default 0.5 s). Shared filesystems cache directory listings; a job that failed gets at
-                most 5 s.
-            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
-                per task and read by every job, and a big model in a closure is the usual culprit.
-            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
-                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
-            **parameters: The generic parameters (``walltime``, ``mem_gb``, ``tasks_per_node``...), accepted so
-                that a script written for a cluster runs unchanged here; only ``tasks_per_node`` and ``nodes``
-                (the ranks of a multi-task call) act on this machine. A name that is none of them is refused
-                with the list of valid ones.
-        """
-        check_max_workers(max_workers)
-        path = folder_path(folder, LocalBackend.name)
-        backend = LocalBackend(max_workers or os.cpu_count() or 1, path)
-        # the generic parameters (mem_gb=, timeout_min=...) are accepted, so that a script runs unchanged here;
-        # checked before the folder exists: a refused one leaves nothing behind
-        backend.parameters.update(backend.validate(parameters))
-        super().__init__(
-            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
-        )
-        if folder is None:  # one more default folder: the old finished ones go (see retention)
-            retention.clean_default_folders_soon(os.path.dirname(self.folder))
-        self._max_workers = backend.max_workers

@@ -12,19 +12,16 @@ followed to its new id.
 """
 from __future__ import annotations
 
-import datetime
 import getpass
 import json
 import os
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from oarfutures.backends import commands, params
 from oarfutures.protocol import layout
-from oarfutures.core import retention
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker.run import EARLY_SIGNAL_TRAP
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
@@ -315,10 +312,6 @@ class OarBackend(Backend):
             key_of[str(job_id)] = key
         return {j: sorted(groups[key_of[j]], key=int) if j in key_of else [j] for j in ids}
 
-    def log_paths(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
-
 
 def _memory_hint(exc: commands.SchedulerCommandError, p: Mapping[str, Any]) -> commands.SchedulerCommandError:
     """oarsub's refusal of a job asking for memory, with what the request became: OAR has no memory request, and
@@ -379,129 +372,3 @@ def _exit_code(status: Optional[int]) -> Optional[str]:
     if status & 0x7F:
         return f"signal {status & 0x7F}"
     return str(status >> 8)
-
-
-class OarPoolExecutor(JobExecutor):
-    """Runs calls as OAR jobs: ``submit`` is one ``oarsub``, ``map`` one ``oarsub --array``.
-
-    ``queue`` -> ``-q``; ``nodes``/``cores``/``gpus_per_node``/``walltime`` -> one ``-l`` line such as
-    ``/nodes=1/core=4,walltime=0:10:00`` (one core on one node by default; ``resources`` gives the raw ``-l``
-    text instead); ``properties`` -> ``-p``; ``project`` -> ``--project``; ``job_types`` -> ``-t`` (besteffort,
-    idempotent...); ``additional_parameters`` -> any other option (``{"t": "besteffort"}`` -> ``#OAR -t
-    besteffort``), except those oarfutures passes itself (``-O``, ``-l``, ``-d``...: the error names the parameter to
-    use); ``setup`` lines run before the worker. ``max_workers`` caps running tasks: OAR arrays have no
-    cap of their own, so tasks are submitted in waves as earlier ones finish. ``steal_seconds``: for how long
-    after its own call a job may run pending calls of its array in the same interpreter (0: never; see the
-    README's "Stealing").
-    """
-
-    def __init__(
-        self,
-        max_workers: Optional[int] = None,
-        *,
-        folder: Optional[str] = None,
-        queue: Optional[str] = None,
-        walltime: Union[None, int, float, str, datetime.timedelta] = None,
-        nodes: int = 1,
-        cores: Optional[int] = None,
-        gpus_per_node: Optional[int] = None,
-        resources: Optional[str] = None,
-        properties: Optional[str] = None,
-        project: Optional[str] = None,
-        name: str = "oarfutures",
-        job_types: Sequence[str] = (),
-        setup: Sequence[str] = (),
-        additional_parameters: Optional[Mapping[str, Any]] = None,
-        checkpoint_seconds: int = 90,
-        steal_seconds: float = 60,
-        python: Optional[str] = None,
-        keep_files: bool = False,
-        result_grace: Optional[float] = None,
-        warn_pickle_bytes: int = 100_000_000,
-        max_resubmissions: int = 3,
-        mem_gb: Optional[float] = None,
-        **parameters: Any,
-    ) -> None:
-        """Submit nothing yet: each ``submit``/``map`` becomes an ``oarsub --array`` with these parameters.
-
-        Parameters are checked here, before anything is submitted: an unknown name is a ``TypeError`` listing the
-        valid ones, a value that could escape its ``#OAR`` line a ``ValueError`` naming it.
-        ``update_parameters()`` and ``options()`` change them later (also the generic ``tasks_per_node``,
-        ``cpus_per_task``, ``mem_gb`` and ``memory_property``). The lines each parameter becomes are in the
-        documentation's OAR guide, rendered from this code.
-
-        Args:
-            max_workers: How many calls of this executor may run at once, across every ``submit`` and
-                ``map`` (dask and joblib submit one call at a time). OAR arrays have no running cap of their own: tasks are submitted in waves.
-            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
-                compute nodes share (your home on Grid'5000). Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
-                existing folder owned by another user or writable by others is refused: task files are code.
-            queue: ``-q`` (``default``, ``production``, ``besteffort``...); none lets OAR pick its default.
-            walltime: The ``walltime=`` of the ``-l`` line, as seconds, a ``timedelta`` or ``"H:MM:SS"``; none
-                takes the queue's default. It also bounds what a job may steal.
-            nodes: ``-l /nodes=N`` per call; more than one makes a multi-task job (see ``JobEnvironment``).
-            cores: ``/core=N`` per node in the ``-l`` line (one core unless told otherwise or a GPU is asked).
-            gpus_per_node: ``/gpu=N`` per node in the ``-l`` line.
-            resources: The whole ``-l`` text instead (``"/cluster=1/nodes=2"``), for requests the parameters
-                above cannot spell; ``walltime`` is appended unless it is already in it.
-            properties: ``-p``, an SQL filter on node properties (``"gpu_model='A100'"``).
-            project: ``--project``, for sites that account by project.
-            name: ``-n``, what ``oarstat`` shows.
-            job_types: ``-t`` values (``"besteffort"``, ``"exotic"``...); ``idempotent`` is added for
-                ``Checkpointable`` calls.
-            setup: Shell lines run before the worker (``module load``, ``conda activate``), because OAR starts a
-                job with a fresh login environment.
-            additional_parameters: Any other ``oarsub`` option, ``{"t": "besteffort"}`` becomes
-                ``#OAR -t besteffort``; options oarfutures passes itself (``-l``, ``-O``, ``-d``...) are refused
-                with the parameter to use instead.
-            checkpoint_seconds: For a ``Checkpointable`` call, how long before the walltime OAR sends the
-                checkpoint signal (``--checkpoint``): the time ``checkpoint()`` has to save its state.
-            steal_seconds: For how long after its own call a job may run pending calls of its array in the same
-                interpreter (0: never), which saves a job start per stolen call.
-            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
-                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
-                without your packages.
-            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
-                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
-                would grow with every call).
-            result_grace: Seconds a job that ended normally may take to show its result file before its future
-                fails (default 60 s). Shared filesystems cache directory listings; a job that failed gets at
-                most 5 s.
-            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
-                per task and read by every job, and a big model in a closure is the usual culprit.
-            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
-                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
-            mem_gb: Memory per node in GB: OAR has no memory request, so it selects resources whose
-                ``memory_property`` (Grid'5000's ``memnode``, in MB) is at least that much.
-            **parameters: Any other parameter of this backend, by the name ``update_parameters`` takes:
-                generic ones (``tasks_per_node``, ``timeout_min``...), ``oar_``-prefixed ones, and submitit's
-                spellings where they mean the same. A name that is none of these is refused with the list of
-                valid ones.
-        """
-        check_max_workers(max_workers)
-        explicit = dict(
-            queue=queue,
-            walltime=walltime,
-            nodes=nodes,
-            cores=cores,
-            gpus_per_node=gpus_per_node,
-            resources=resources,
-            properties=properties,
-            project=project,
-            name=name,
-            job_types=job_types,
-            setup=setup,
-            additional_parameters=additional_parameters,
-            checkpoint_seconds=checkpoint_seconds,
-            steal_seconds=steal_seconds,
-            mem_gb=mem_gb,
-        )
-        # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
-        # exists: a refused one leaves nothing behind
-        path = params.job_folder("folder", folder_path(None, OarBackend.name) if folder is None else folder)
-        backend = OarBackend(path, {**params.changed_from_defaults(explicit, PARAMETERS), **parameters})
-        super().__init__(
-            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
-        )
-        if folder is None:  # one more default folder: the old finished ones go (see retention)
-            retention.clean_default_folders_soon(os.path.dirname(self.folder))

@@ -8,7 +8,6 @@ one per task, and the tasks of a collapsed row share one ``JobStatus``.
 """
 from __future__ import annotations
 
-import datetime
 import getpass
 import logging
 import os
@@ -18,9 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 from oarfutures.backends import commands, params
 from oarfutures.protocol import layout
-from oarfutures.core import retention
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
 from oarfutures.worker.run import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
@@ -360,10 +357,6 @@ class SlurmBackend(Backend):
                 raise
             return ""  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
 
-    def log_paths(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
-
 
 #: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
 #: gives the core the very objects it saw last time, and costs no object per task
@@ -490,125 +483,3 @@ def _parse_slurm_time(text: str) -> Optional[int]:
 def _slurm_time(seconds: int) -> str:
     minutes = -(-seconds // 60)  # Slurm counts whole minutes
     return f"{minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00"
-
-
-class SlurmPoolExecutor(JobExecutor):
-    """Runs calls as Slurm jobs: ``submit`` is one ``sbatch``, ``map`` one job array.
-
-    Parameters keep their ``sbatch`` meaning: ``partition``, ``walltime`` (seconds, timedelta or "H:MM:SS"),
-    ``nodes``, ``cpus_per_task``, ``mem`` ("4G"), ``gpus_per_node``, ``account``, ``qos``, ``name``; ``setup`` lines
-    run before the worker (module load, conda activate); ``additional_parameters`` adds any other ``#SBATCH``
-    option (``{"constraint": "v100"}``, ``{"exclusive": True}`` for a flag, one-letter keys as short options) but
-    not those oarfutures writes itself (``output``, ``array``...: the error names the parameter to use).
-    ``max_workers`` caps running tasks (``--array=...%N``). ``steal_seconds``: for how long after its own call a
-    task may run pending calls of its array in the same interpreter (0: never; see the README's "Stealing").
-    """
-
-    def __init__(
-        self,
-        max_workers: Optional[int] = None,
-        *,
-        folder: Optional[str] = None,
-        partition: Optional[str] = None,
-        walltime: Union[None, int, float, str, datetime.timedelta] = None,
-        nodes: int = 1,
-        cpus_per_task: int = 1,
-        mem: Optional[str] = None,
-        gpus_per_node: Optional[int] = None,
-        account: Optional[str] = None,
-        qos: Optional[str] = None,
-        name: str = "oarfutures",
-        setup: Sequence[str] = (),
-        additional_parameters: Optional[Mapping[str, Any]] = None,
-        checkpoint_seconds: int = 90,
-        steal_seconds: float = 60,
-        python: Optional[str] = None,
-        max_array_size: Optional[int] = None,
-        keep_files: bool = False,
-        result_grace: Optional[float] = None,
-        warn_pickle_bytes: int = 100_000_000,
-        max_resubmissions: int = 3,
-        mem_gb: Optional[float] = None,
-        **parameters: Any,
-    ) -> None:
-        """Submit nothing yet: each ``submit``/``map`` becomes an ``sbatch --array`` with these parameters.
-
-        Parameters are checked here, before anything is submitted: an unknown name is a ``TypeError`` listing the
-        valid ones, a value that could escape its ``#SBATCH`` line a ``ValueError`` naming it.
-        ``update_parameters()`` and ``options()`` change them later. The lines each parameter becomes are in the
-        documentation's Slurm guide, rendered from this code.
-
-        Args:
-            max_workers: How many calls of this executor may run at once, across every ``submit`` and
-                ``map`` (dask and joblib submit one call at a time). Given as ``--array=...%N`` with the slots left free, so Slurm holds the rest.
-            folder: Job folder for task files, results, scripts and logs; it must be on a filesystem the
-                compute nodes share. Default: a new private folder under ``$OARFUTURES_FOLDER`` or ``~/.oarfutures``. An
-                existing folder owned by another user or writable by others is refused: task files are code.
-            partition: ``--partition``; none lets Slurm pick its default partition.
-            walltime: ``--time``, as seconds, a ``timedelta`` or ``"H:MM:SS"`` (Slurm rounds up to minutes);
-                none takes the partition's default. It also bounds what a task may steal.
-            nodes: ``--nodes`` per call; more than one makes a multi-task job (see ``JobEnvironment``).
-            cpus_per_task: ``--cpus-per-task``: what one call may use for its own threads or processes.
-            mem: ``--mem`` as Slurm spells it (``"4G"``); ``mem_gb`` (through ``update_parameters``) is the
-                generic spelling shared with the other backends.
-            gpus_per_node: ``--gpus-per-node``.
-            account: ``--account``, for sites that charge hours to a project.
-            qos: ``--qos``.
-            name: ``--job-name``, what ``squeue`` shows.
-            setup: Shell lines run before the worker (``module load``, ``conda activate``), because a job does
-                not see the environment of the shell that submitted it.
-            additional_parameters: Any other ``#SBATCH`` option, ``{"constraint": "v100"}``, ``True`` for a
-                flag, one-letter keys as short options; options oarfutures writes itself are refused with the
-                parameter to use instead.
-            checkpoint_seconds: For a ``Checkpointable`` call, how long before the walltime Slurm sends the
-                checkpoint signal (``--signal=B:USR2@N``): the time ``checkpoint()`` has to save its state.
-            steal_seconds: For how long after its own call an array task may run pending calls of its array in
-                the same interpreter (0: never), which saves a job start per stolen call.
-            max_array_size: Slurm's ``MaxArraySize`` when you know it; read from ``scontrol show config`` at the
-                first submission otherwise. Larger maps are split into several arrays.
-            python: Interpreter the jobs run, as an absolute path (default: this one, ``sys.executable``). A
-                cluster job starts with a fresh environment, so a bare ``python`` could be another interpreter
-                without your packages.
-            keep_files: Keep task and result files of delivered batches, so that ``attach()`` or
-                ``oarfutures results`` can read them again later (they are removed otherwise: the folder
-                would grow with every call).
-            result_grace: Seconds a job that ended normally may take to show its result file before its future
-                fails (default 60 s). Shared filesystems cache directory listings; a job that failed gets at
-                most 5 s.
-            warn_pickle_bytes: An argument pickled larger than this is named in a warning: it is written once
-                per task and read by every job, and a big model in a closure is the usual culprit.
-            max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
-                with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
-            mem_gb: Memory per node in GB, the generic spelling every backend takes (``--mem`` here).
-            **parameters: Any other parameter of this backend, by the name ``update_parameters`` takes:
-                generic ones (``tasks_per_node``, ``timeout_min``...), ``slurm_``-prefixed ones, and
-                submitit's spellings where they mean the same. A name that is none of these is refused with
-                the list of valid ones.
-        """
-        check_max_workers(max_workers)
-        explicit = dict(
-            partition=partition,
-            walltime=walltime,
-            nodes=nodes,
-            cpus_per_task=cpus_per_task,
-            mem=mem,
-            mem_gb=mem_gb,
-            gpus_per_node=gpus_per_node,
-            account=account,
-            qos=qos,
-            name=name,
-            setup=setup,
-            additional_parameters=additional_parameters,
-            checkpoint_seconds=checkpoint_seconds,
-            steal_seconds=steal_seconds,
-        )
-        # every parameter is checked (unknown names listed, submitit's spellings translated) before the folder
-        # exists: a refused one leaves nothing behind
-        path = params.job_folder("folder", folder_path(None, SlurmBackend.name) if folder is None else folder)
-        given = {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}
-        backend = SlurmBackend(path, given, max_array_size)
-        super().__init__(
-            backend, max_workers, path, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
-        )
-        if folder is None:  # one more default folder: the old finished ones go (see retention)
-            retention.clean_default_folders_soon(os.path.dirname(self.folder))

@@ -1,0 +1,267 @@
+"""The executor's table of live tasks: what a task is, the state every layer of ``JobExecutor`` shares, and how a
+task leaves the table (retired, its batch tidied once every task of it is done).
+
+``JobExecutor`` is built in layers on this one (see ``executor``). Lock order: see ``executor``.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+import filelock
+
+from oarfutures.backends.base import Backend, JobState, JobStatus
+from oarfutures.core import batchfiles, records
+from oarfutures.core.futures import JobFuture
+from oarfutures.core.gathering import Gatherer
+from oarfutures.core.service import ServiceThread
+from oarfutures.core.settings import CoreSettings
+from oarfutures.protocol import layout
+
+logger = logging.getLogger("oarfutures")
+logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging
+
+LOG_TAIL_BYTES = 2000
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # in our queue (the running cap leaves no room yet)
+    SUBMITTING = "submitting"  # its wave is being handed to the scheduler
+    SUBMITTED = "submitted"
+
+
+@dataclass(eq=False)
+class Wave:
+    """Tasks submitted together; they hold slots of ``max_workers`` until they end.
+
+    With a scheduler cap of its own (Slurm's ``%N``) a wave holds at most ``limit`` slots whatever its size.
+    """
+
+    limit: Optional[int]
+    unfinished: int
+
+    def slots(self) -> int:
+        return self.unfinished if self.limit is None else min(self.limit, self.unfinished)
+
+
+@dataclass(eq=False)
+class Task:
+    """One array element: its calls' futures and the job that runs it."""
+
+    batch: str
+    index: int
+    futures: List[JobFuture]
+    options: Dict[str, object]
+    record: records.BatchRecord
+    checkpointable: bool = False
+    job_id: Optional[str] = None
+    phase: Phase = Phase.WAITING
+    wave: Optional[Wave] = None
+    settling: bool = False  # one path (result, failure, cancellation, abort) has taken it: others keep off
+    aborting: bool = False  # taken by abort(): its futures may still be cancelled
+    withdrawn: Set[JobFuture] = field(default_factory=set)  # cancelled before submission
+    submitted_at: float = 0.0
+    ended_since: Optional[float] = None  # when the backend first said the job is over (result not seen yet)
+    last_status: Optional[JobStatus] = None
+    running: bool = False
+    vanished: bool = False  # the scheduler stopped reporting the job (purged, or never seen)
+    own_job_id: Optional[str] = None  # set when another job of its array stole it: the job it was submitted as ("": none)
+
+    @property
+    def task_id(self) -> str:
+        return layout.task_id(self.batch, self.index)
+
+    def all_cancelled(self) -> bool:
+        return all(f in self.withdrawn or f.cancelled() for f in self.futures)
+
+
+class TaskTable:
+    """The live tasks of one executor and their bookkeeping; the base of ``JobExecutor`` (see the module)."""
+
+    def __init__(self, backend: Backend, settings: CoreSettings) -> None:
+        self.backend = backend
+        self._throttle = settings.max_workers
+        self.python = settings.python
+        self.result_grace = settings.result_grace
+        self.folder = settings.folder
+        layout.make_folder(self.folder)  # after every check (CoreSettings, the backend's): a refusal leaves no folder
+        self.keep_files = settings.keep_files
+        self.warn_pickle_bytes = settings.warn_pickle_bytes
+        self.max_resubmissions = settings.max_resubmissions
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # one wave at a time, so the running cap is counted right
+        self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
+        self._folder_lock = filelock.FileLock(layout.lock_path(self.folder))
+        self._service = ServiceThread(f"oarfutures-service-{backend.name}")
+        self._tasks: Dict[str, Task] = {}
+        self._waiting: Deque[Deque[Task]] = collections.deque()  # per batch, tasks not submitted yet
+        self._waves: Set[Wave] = set()
+        self._batch_left: Dict[str, int] = {}
+        self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
+        # the last answer apply_states found nothing left to do with, and the jobs it had then (see there)
+        self._settled_answer: Optional[Tuple[Dict[str, JobStatus], Dict[str, Task]]] = None
+        self._collecting = threading.local()  # the calls of an open batch() block, per thread
+        self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
+        self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
+        self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
+        self._failed_ids: Dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
+        self._leftovers: Dict[str, List[str]] = {}  # per batch, the own jobs of stolen tasks: cancelled at its end
+        self._watched = False
+        self._broken = False  # its folder is gone: every future failed
+        self._finished_batches: List[Tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
+        self._shutdown = False
+        self._closed = False
+        self._closed_event = threading.Event()
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's other threads are gone in a forked child: a lock they held would stay held forever.
+        (Taking the locks around every fork instead would serialise every local worker's start.)"""
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._tidy_lock = threading.Lock()
+        self._service = self._service.copy_for_child()
+        # the parent submits what it gathered; the child's copy must not go out a second time
+        self._gatherer = Gatherer()
+
+    def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
+        """Submit what waits for room under the running cap (``submitting.BatchSubmitter``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _retire(self, task: Task, how: str = "done") -> None:
+        """Forget a settled task; tidy its batch once every task is done. Never raises: futures are settled."""
+        with self._lock:
+            self._retire_locked(task, how)
+        self._after_retire()
+
+    def _retire_locked(self, task: Task, how: str = "done") -> None:
+        """Forget a task (lock held). ``how`` the batch ends if this was its last task: "done" (every result
+        delivered), "aborted" (nothing more will run) or "uncertain" (jobs may still run: keep it attachable)."""
+        if self._tasks.get(task.task_id) is not task:
+            return
+        del self._tasks[task.task_id]
+        task.settling = True
+        # saved with the batch: `oarfutures status` shows it once the result files are gone
+        killed = task.last_status is not None and task.last_status.state is JobState.CANCELLED
+        task.record.note_outcome(task.index, task.futures, job_cancelled=killed)
+        if self._by_job.get(task.job_id or "") is task:
+            del self._by_job[task.job_id or ""]
+        self._ended.discard(task)
+        if task.wave is not None:
+            task.wave.unfinished -= 1
+            if task.wave.unfinished <= 0:
+                self._waves.discard(task.wave)
+        self._batch_left[task.batch] -= 1
+        if not self._batch_left[task.batch]:
+            del self._batch_left[task.batch]
+            self._finished_batches.append((task.record, how))
+
+    def _after_retire(self) -> None:
+        """Tidy finished batches; submit the next wave if room freed up; close the backend once shut down and idle."""
+        self._tidy_finished()
+        with self._lock:
+            more = any(self._waiting)
+        if more:
+            if self._service.on_this_thread():
+                self._submit_waiting()
+            else:
+                self._service.run(self._submit_waiting)
+        self._close_if_idle()
+
+    def _tidy_finished(self) -> None:
+        with self._tidy_lock:  # held until tidied: shutdown(wait=True) returns only after that
+            with self._lock:
+                finished, self._finished_batches = self._finished_batches, []
+            for record, how in finished:
+                self._finish_batch(record, how)
+
+    def _finish_batch(self, record: records.BatchRecord, how: str) -> None:
+        self._cancel_leftovers(record.batch)
+        record.note_cancelled_claims(self.folder)  # before the claims go: `oarfutures status` shows it
+        # kept files keep a delivered batch attachable (the command line's `results` relies on it)
+        if how == "uncertain":
+            return
+        if how == "done" and self.keep_files:
+            record.client = ""  # no longer followed by anyone: another process may attach to it
+            self._save(record)
+            return
+        try:
+            if not self.keep_files:
+                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
+                self._remove_empty_logs(record)
+            record.complete = True
+            record.save(self.folder)
+        except OSError as exc:
+            logger.warning("oarfutures: tidying batch %s failed: %s", record.batch, exc)
+
+    def _remove_empty_logs(self, record: records.BatchRecord) -> None:
+        """A scheduler creates both log files of every job, and most stay empty: a map of 100,000 quiet calls
+        would leave 200,000 empty files. The logs that hold output are kept."""
+        for job_id in record.job_ids.values():
+            for path in self.backend.log_paths(job_id):
+                try:
+                    if os.path.getsize(path) == 0:
+                        os.remove(path)
+                except OSError:  # not there (a local call that printed nothing, a job that never started)
+                    pass
+
+    def _save(self, record: records.BatchRecord) -> None:
+        try:
+            record.save(self.folder)
+        except OSError as exc:  # the record only serves re-attaching: say so, lose nothing else
+            logger.warning("oarfutures: saving the record of batch %s failed: %s", record.batch, exc)
+
+    def _close_if_idle(self) -> None:
+        with self._tidy_lock, self._lock:
+            idle = self._shutdown and not self._tasks and not self._finished_batches and not self._closed
+            idle = idle and not self._gatherer.busy()
+            if idle:
+                self._closed = True
+        if idle:
+            self.backend.close()
+            self._closed_event.set()
+
+    def _log_tail(self, job_id: Optional[str]) -> str:
+        parts = []
+        for path in self.backend.log_paths(job_id) if job_id else []:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+                    text = f.read().decode(errors="replace").strip()
+            except OSError:
+                continue
+            if text:
+                parts.append(f"[{os.path.basename(path)}]\n{text}")
+        return "\n".join(parts)
+
+    def _cancel_leftovers(self, batch: str) -> None:
+        """Every task of the batch is settled: its stolen tasks' own jobs have nothing to run, one cancel for all
+        (Slurm: ranges of one array). Those that started already exited at once (their claim was taken)."""
+        with self._lock:
+            leftovers = self._leftovers.pop(batch, [])
+        if leftovers:
+            try:
+                self.backend.cancel(leftovers)
+                logger.info("cancelled %d leftover job(s) of batch %s (their tasks were stolen)", len(leftovers), batch)
+            except Exception as exc:  # they exit at once if they start: their claims are taken
+                logger.warning("oarfutures: cancelling the leftover jobs of batch %s failed: %s", batch, exc)
+
+
+def settle_guarded(settle: Callable[[JobFuture, Any], None], future: JobFuture, value: Any) -> None:
+    """Settle one future; whatever its callbacks raise, the next future is still settled."""
+    try:
+        settle(future, value)
+    except BaseException:  # noqa: B036 - e.g. a callback raising SystemExit
+        logger.exception("oarfutures: a callback of future %s raised", future.task_id)
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

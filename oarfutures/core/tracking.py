@@ -1,0 +1,371 @@
+"""Following tasks once submitted: the poller's reports (result files, job states) become settled futures.
+
+The poller thread calls ``poll_files``, ``live_job_ids``, ``apply_states``, ``on_poll_error`` and
+``release_if_idle`` (``poller.Tracked``); they only note what happened and hand the blocking work (reading a
+result, running the callbacks, cancelling jobs) to the executor's service thread. Cancellation lives here too:
+``future.cancel()`` competes with the worker for the call's claim, and a task whose calls were all cancelled has
+its job cancelled.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+from oarfutures.backends.base import JobState, JobStatus
+from oarfutures.core import batchfiles
+from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
+from oarfutures.core.poller import Poller, get_poller
+from oarfutures.core.tasks import Phase, Task, TaskTable, settle_guarded, remove_file
+from oarfutures.errors import JobFailedError
+from oarfutures.protocol import layout
+
+logger = logging.getLogger("oarfutures")
+
+UNSEEN_GRACE = 60.0  # seconds a just-submitted job may stay invisible to the scheduler's queries
+FAILED_JOB_GRACE = 5.0  # a job that failed wrote no result as a rule: its future fails after at most this
+LATE_RESULT_WATCH = 300.0  # seconds an executor keeps watching for the result of a task that failed without one
+
+
+class TaskTracker(TaskTable):
+    """Settles the futures of submitted tasks from what the poller sees (see the module)."""
+
+    # ------------------------------------------------------------------ called by the poller thread
+    def poll_files(self, now: float) -> bool:
+        """One directory scan: hand every live task whose result file is there to the service thread; then
+        fail the tasks whose job has been over for their grace period without a result."""
+        results_dir = os.path.join(self.folder, layout.RESULTS)
+        with os.scandir(results_dir) as entries:
+            listed = [e.name for e in entries]
+        names = [n[: -len(layout.RESULT_SUFFIX)] for n in listed if n.endswith(layout.RESULT_SUFFIX)]
+        self._note_stolen([m for m in map(layout.parse_stolen_marker, listed) if m])
+        found, late = [], []
+        with self._lock:
+            for name in names:
+                task = self._tasks.get(name)
+                if task is not None and not task.settling:
+                    task.settling = True
+                    found.append(task)
+                elif name in self._failed_ids:
+                    late.append(name)
+        for task in found:
+            self._service.run(self._deliver, task)
+        for name in late:
+            self._put_away_late_result(name)
+        self._fail_overdue(now)
+        return bool(found)
+
+    def _fail_overdue(self, now: float) -> None:
+        with self._lock:
+            overdue = [t for t in self._ended if not t.settling and now - (t.ended_since or now) >= self._grace_of(t)]
+            for task in overdue:
+                task.settling = True
+        for task in overdue:
+            if layout.result_on_disk(self.folder, task.batch, task.index):  # by name, not by the last listing
+                self._service.run(self._deliver, task)
+                continue
+            status = None if task.vanished else task.last_status
+            error = JobFailedError(
+                task.task_id,
+                task.job_id,
+                status.native_state or status.state.value if status else "UNKNOWN",
+                status.exit_code if status else None,
+                (status.reason if status else "") or _no_result_reason(status, task.last_status),
+                self._log_tail(task.job_id),
+            )
+            logger.info("%s", error)
+            with self._lock:
+                self._failed_ids[task.task_id] = now
+            self._service.run(self._settle_failure, task, error)
+
+    def _grace_of(self, task: Task) -> float:
+        """The long grace only where a result may be on its way: the job completed, or it was last seen running
+        before the scheduler forgot it. A job that failed, or vanished while pending, wrote nothing."""
+        status = task.last_status
+        if status is not None and (status.state is JobState.COMPLETED or (task.vanished and status.state is JobState.RUNNING)):
+            return self.result_grace
+        return min(self.result_grace, FAILED_JOB_GRACE)
+
+    def _put_away_late_result(self, task_id: str) -> None:
+        """A result that arrived after its future failed: kept (in delivered/) but out of the scanned folder."""
+        source = os.path.join(self.folder, layout.RESULTS, task_id + layout.RESULT_SUFFIX)
+        target = os.path.join(self.folder, layout.DELIVERED, task_id + layout.RESULT_SUFFIX)
+        logger.warning("oarfutures: the result of task %s arrived after its future failed; kept as %s", task_id, target)
+        with contextlib.suppress(OSError):
+            os.replace(source, target)
+        self._failed_ids.pop(task_id, None)
+
+    def live_job_ids(self) -> List[str]:
+        """For the poller: the jobs to ask the scheduler about, so that one query serves every executor."""
+        with self._lock:
+            submitted = Phase.SUBMITTED  # a local: a global and an attribute lookup less per task
+            return [t.job_id for t in self._tasks.values() if t.phase is submitted and t.job_id and not t.settling]
+
+    def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
+        """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
+        changed = False
+        with self._lock:
+            if self.backend.reports_changes_only:  # only the news: no need to look at every task
+                tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
+            elif self._settled_answer is not None and self._settled_answer[0] is statuses and self._settled_answer[1] == self._by_job:
+                # the very answer (the backend gives the same object when the queue did not move) already applied to
+                # these very jobs, none of them missing from it: going over them again would change nothing
+                return False
+            else:
+                tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
+                jobs = dict(self._by_job)
+        missing = False
+        quiet = (JobState.PENDING, JobState.RUNNING)  # a job still in one of these, with the status it had, needs nothing
+        for task in tasks:
+            if task.settling:
+                continue
+            status = statuses.get(task.job_id or "")
+            if status is task.last_status and status is not None and task.ended_since is None and status.state in quiet:
+                continue  # the same JobStatus object as last time, queued or (marked) running: nothing to do
+            if status is None:  # unknown to the scheduler: purged, or not visible yet after submission
+                missing = True
+                # sacct may show a new array only after seconds (more under load): a never-seen job gets longer
+                grace = min(self.result_grace, FAILED_JOB_GRACE) if task.last_status is not None else UNSEEN_GRACE
+                if now - task.submitted_at > grace:
+                    task.vanished = True
+                    self._mark_ended(task, now)
+                continue
+            task.vanished = False
+            if status.follow_up:  # resubmitted under a new job id: follow it
+                self._follow(task, status.follow_up)
+                changed = True
+                continue
+            if status != task.last_status:
+                changed = True
+                task.last_status = status
+            if status.state.ended:
+                self._mark_ended(task, now)
+                continue
+            if task.ended_since is not None:  # else a no-op (only this thread sets it): no lock taken per job
+                self._mark_ended(task, None)
+            if status.state is JobState.RUNNING and not task.running:
+                task.running = True
+                for future in task.futures:
+                    mark_running(future)
+        if not self.backend.reports_changes_only:  # absent jobs have grace periods running: never settled
+            self._settled_answer = None if missing else (statuses, jobs)
+        return changed
+
+    def _follow(self, task: Task, job_id: str) -> None:
+        with self._lock:
+            self._by_job.pop(task.job_id or "", None)
+            self._by_job[job_id] = task
+            task.job_id = job_id
+            for future in task.futures:
+                future.job_ids.append(job_id)
+        task.record.set_job_ids({task.index: job_id})
+        self._save(task.record)
+        self._mark_ended(task, None)
+
+    def _mark_ended(self, task: Task, now: Optional[float]) -> None:
+        """Start the result grace period of a job that is over (keeping its first time), or cancel it (None)."""
+        with self._lock:
+            if now is None:
+                task.ended_since = None
+                self._ended.discard(task)
+            elif task.ended_since is None and self._tasks.get(task.task_id) is task:
+                task.ended_since = now
+                self._ended.add(task)
+
+    def on_poll_error(self, error: BaseException) -> None:
+        """A tick of this executor failed. Without its results folder nothing can resolve: fail every future
+        (and cancel the jobs) rather than let them wait forever; other errors are logged and retried."""
+        if os.path.isdir(os.path.join(self.folder, layout.RESULTS)):
+            logger.warning("oarfutures: polling %s failed, will retry: %r", self.folder, error)
+            return
+        with self._lock:
+            first, self._broken = not self._broken, True
+        if first:
+            logger.error("oarfutures: %s lost its results folder: failing its futures", self.folder)
+            reason = f"the job folder {self.folder} lost its results/ folder (removed by another program?)"
+            self._service.run(self._stop_all, reason, False)
+
+    def release_if_idle(self, poller: Poller) -> None:
+        """For the poller: stop being polled once nothing is left to watch, so that an idle executor costs no
+        scheduler query (late results of failed tasks are watched for a while first)."""
+        now = time.monotonic()
+        with self._lock:
+            self._failed_ids = {k: t for k, t in self._failed_ids.items() if now - t < LATE_RESULT_WATCH}
+            if self._watched and not self._tasks and not self._cancelled and not self._failed_ids:
+                self._watched = False
+                self._settled_answer = None  # it holds the last answer and the tasks it was applied to
+                poller.forget(self)
+
+    # ------------------------------------------------------------------ settling (service thread)
+    def _deliver(self, task: Task) -> None:
+        """Read a task's result, settle its futures, then move the file and do the bookkeeping."""
+        path = layout.result_path(self.folder, task.batch, task.index)
+        delivered = layout.delivered_path(self.folder, task.batch, task.index)
+        try:
+            outcomes, resubmissions, stolen_by = batchfiles.read_result_and_runner(path, delivered)
+        except batchfiles.CorruptResultError as exc:
+            self._settle_failure(task, exc)
+            return
+        if stolen_by:  # (usually known from its marker already)
+            self._note_stolen([(task.task_id, stolen_by)], delivering=task)
+        if len(outcomes) == 1 and len(task.futures) > 1:  # the task could not even be loaded: same error for all
+            outcomes = outcomes * len(task.futures)
+        for position, future in enumerate(task.futures):
+            future.resubmissions = resubmissions
+            try:
+                outcome = outcomes[position]
+            except IndexError:
+                missing = batchfiles.CorruptResultError(f"result file {path} holds {len(outcomes)} outcome(s) for {len(task.futures)} call(s)")
+                settle_guarded(set_exception, future, missing)
+                continue
+            if outcome[0] == "ok":
+                settle_guarded(set_result, future, outcome[1])
+            else:
+                settle_guarded(set_exception, future, batchfiles.outcome_to_exception(outcome))
+        # kept until the whole batch is delivered, so that a client re-attaching after a crash gets every result
+        with contextlib.suppress(OSError):
+            os.replace(path, delivered)
+        self._forget_stolen_marker(task)
+        self._retire(task)
+
+    def _settle_failure(self, task: Task, error: BaseException) -> None:
+        for future in task.futures:
+            settle_guarded(set_exception, future, error)
+        self._forget_stolen_marker(task)
+        self._retire(task)
+
+
+    # ------------------------------------------------------------------ stolen tasks (see worker.steal)
+    def _note_stolen(self, stolen: List[Tuple[str, str]], delivering: Optional[Task] = None) -> None:
+        """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
+        running, or over without a result, which fails the task naming that job); the own job is left over and
+        cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
+        whose result names its stealer, being delivered (so settling, and perhaps attached without a job)."""
+        if not stolen:
+            return
+        changed = False
+        with self._lock:
+            for task_id, job_id in stolen:
+                task = self._tasks.get(task_id)
+                if task is None or task.own_job_id is not None or task.job_id == job_id:
+                    continue
+                if task is not delivering and (task.settling or task.phase is not Phase.SUBMITTED):
+                    continue  # a task still being submitted is seen again on the next scan
+                task.own_job_id, task.job_id = task.job_id or "", job_id  # "": it had no job (attached, submitting)
+                task.last_status, task.vanished, task.ended_since = None, False, None
+                task.submitted_at = time.monotonic()
+                self._ended.discard(task)
+                if task.own_job_id:
+                    self._leftovers.setdefault(task.batch, []).append(task.own_job_id)
+                for future in task.futures:
+                    future.job_ids.append(job_id)
+                changed = True
+        if changed:  # (markers stay until delivery: only news asks for a query sooner)
+            get_poller().query_soon(self)
+
+    def _forget_stolen_marker(self, task: Task) -> None:
+        if task.own_job_id is not None and task.job_id:
+            remove_file(layout.stolen_marker_path(self.folder, task.batch, task.index, task.job_id))
+
+
+    # ------------------------------------------------------------------ stopping everything
+    def _stop_all(self, reason: str, cancel_futures: bool) -> None:
+        """Cancel every unfinished job; futures not yet started are cancelled (``cancel_futures``) or fail."""
+        for future in self._gatherer.pending_futures():  # not submitted yet: cancelled, they never will be
+            future.cancel()
+        with self._lock:
+            tasks = [t for t in self._tasks.values() if not t.settling or t.aborting]
+            for task in tasks:
+                task.settling = task.aborting = True
+            self._waiting.clear()
+        job_ids = [t.job_id for t in tasks if t.job_id is not None]
+        failure: Optional[BaseException] = None
+        try:
+            if job_ids:
+                self.backend.cancel(job_ids)
+        except BaseException as exc:  # noqa: B036 - the futures must resolve all the same; say why jobs may run
+            failure, reason = exc, f"{reason}; cancelling the jobs failed, they may still run ({exc})"
+        for task in tasks:
+            error = JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason)
+            for future in task.futures:
+                if not (cancel_futures and future.cancel()):
+                    settle_guarded(set_exception, future, error)
+            self._retire(task, how="aborted" if failure is None else "uncertain")
+        if failure is not None:
+            raise failure
+
+
+    # ------------------------------------------------------------------ cancellation
+    def _claim_for_cancel(self, future: JobFuture) -> bool:
+        """Called by ``future.cancel()`` under the future's transition lock: may it be cancelled?
+
+        A task still in our queue is withdrawn here (nothing can have run it); otherwise the call's claim is taken
+        in the folder, competing with the worker: True if we got it (the call will never run), False if a worker
+        holds it (the call is running). A call of a chunk whose other calls are still wanted is claimed alone.
+        """
+        with self._lock:
+            task = self._tasks.get(future.task_id)
+            if task is None or future not in task.futures:
+                return True
+            if task.settling and not task.aborting:
+                return False  # its result is being delivered: it ran
+            if task.phase is Phase.WAITING:
+                task.withdrawn.add(future)
+                return True
+            siblings_wanted = any(f is not future and f not in task.withdrawn and not f.cancelled() for f in task.futures)
+            call = task.futures.index(future) if len(task.futures) > 1 else None
+        paths = []
+        if not siblings_wanted:
+            paths.append(layout.claim_path(self.folder, task.batch, task.index))
+        if call is not None:
+            paths.append(layout.claim_path(self.folder, task.batch, task.index, call))
+        for path in paths:
+            try:
+                if layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED:
+                    return True
+            except OSError as exc:  # the batch's files are gone: no worker can load the call either
+                logger.warning("oarfutures: cannot claim %s for cancel (%s); the task cannot run without its files", path, exc)
+                return True
+        return False
+
+    def _on_future_cancelled(self, future: JobFuture) -> None:
+        with self._lock:
+            task = self._tasks.get(future.task_id)
+            if task is None or task.settling or not task.all_cancelled():
+                return  # (a settling task's job is dealt with by whoever settles it: abort, a result)
+            self._cancelled.add(task)
+        self._service.run(self._process_cancellations)
+
+    def _process_cancellations(self) -> None:
+        """Cancel the jobs of tasks whose every future was cancelled (one backend call). Service thread."""
+        with self._lock:
+            candidates, self._cancelled = self._cancelled, set()
+            to_cancel: List[str] = []
+            for task in candidates:
+                if task.settling or self._tasks.get(task.task_id) is not task:
+                    continue
+                if task.phase is Phase.SUBMITTING:
+                    self._cancelled.add(task)  # its job id is not known yet: the submitter hands it back
+                    continue
+                if task.job_id is not None:
+                    to_cancel.append(task.job_id)
+                self._retire_locked(task)
+        if to_cancel:
+            try:
+                self.backend.cancel(to_cancel)
+                logger.info("cancelled %d job(s)", len(to_cancel))
+            except Exception as exc:  # their calls are claimed: at worst the jobs start and exit at once
+                logger.warning("oarfutures: cancelling %d job(s) failed: %s", len(to_cancel), exc)
+        self._after_retire()
+
+
+def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus]) -> str:
+    if status is None:
+        seen = f" (last seen {last_seen.native_state or last_seen.state.value})" if last_seen else " (never seen)"
+        return f"the scheduler no longer knows the job{seen} and no result was written"
+    if status.state is JobState.COMPLETED:
+        return "the job completed but its worker wrote no result"
+    return "no result was written"
+
