@@ -531,17 +531,20 @@ def test_shutdown_waits_for_pending_futures(executor):
     assert [f.result(timeout=0) for f in fs] == [None] * 5
 
 
-def test_shutdown_cancel_futures_cancels_queued_ones(make_executor, gates):
+def test_shutdown_cancel_futures_cancels_queued_ones(make_executor, gates, tmp_path):
     executor = make_executor(1)
+    markers = tmp_path / "markers"
+    markers.mkdir()
     gate = gates()
     running = executor.submit(wait_gate, gate)
     assert wait_until(running.running), "the future never reported RUNNING"
-    queued = [executor.submit(time.sleep, 0.1) for _ in range(8)]
+    queued = [executor.submit(mark_then_wait, str(markers), i, None) for i in range(8)]
     threading.Timer(0.5, gates.open, (gate,)).start()
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in queued), [f._state for f in queued]
     assert running.done() and not running.cancelled()
     assert running.exception(timeout=0) is None
+    assert not list(markers.iterdir()), "a call cancelled by shutdown(cancel_futures=True) still ran"
 
 
 def test_shutdown_no_wait_returns_before_futures_finish(executor, gates):
