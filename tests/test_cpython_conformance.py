@@ -13,9 +13,6 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import weakref
@@ -23,6 +20,7 @@ from concurrent import futures as cf
 
 import pytest
 
+from conftest import run_client
 from oarfutures import JobFuture, LocalPoolExecutor
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,18 +173,6 @@ def collected(ref, timeout=2.0):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
-
-
-def run_script(tmp_path, source, *args):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    return subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=str(tmp_path),
-    )
 
 
 # ============================================================================================== ExecutorTest
@@ -593,8 +579,8 @@ def test_dropping_executor_still_resolves_its_futures(tmp_path):
 
 def test_interpreter_exit_runs_submitted_call(tmp_path):
     marker = tmp_path / "marker"
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import sys, time
         from oarfutures import LocalPoolExecutor
@@ -618,8 +604,8 @@ def test_interpreter_exit_runs_submitted_call(tmp_path):
 
 def test_interpreter_exit_after_shutdown_no_wait_runs_call(tmp_path):
     marker = tmp_path / "marker"
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import sys, time
         from oarfutures import LocalPoolExecutor
@@ -643,8 +629,8 @@ def test_interpreter_exit_after_shutdown_no_wait_runs_call(tmp_path):
 
 
 def test_submit_at_interpreter_exit_raises_runtime_error(tmp_path):
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import atexit, sys
         from oarfutures import LocalPoolExecutor

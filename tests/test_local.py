@@ -17,7 +17,7 @@ from concurrent.futures import Future, wait
 import pytest
 
 import tasks
-from conftest import wait_for
+from conftest import run_client, wait_for
 from oarfutures import AutoPoolExecutor, JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
 
 
@@ -56,23 +56,21 @@ def test_remote_exception_keeps_type_args_and_traceback(local):
 
 def test_remote_traceback_shows_source_lines_of_functions_defined_in_main(tmp_path):
     script = tmp_path / "script.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            from oarfutures import LocalPoolExecutor
+    output = run_client(
+        script,
+        f"""
+        from oarfutures import LocalPoolExecutor
 
-            def fails():
-                raise KeyError("from main")
+        def fails():
+            raise KeyError("from main")
 
-            with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
-                try:
-                    ex.submit(fails).result(timeout=30)
-                except KeyError as exc:
-                    print(exc.__cause__.text)
-            """
-        )
-    )
-    output = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60).stdout
+        with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
+            try:
+                ex.submit(fails).result(timeout=30)
+            except KeyError as exc:
+                print(exc.__cause__.text)
+        """,
+    ).stdout
     assert f'File "{script}"' in output
     assert 'raise KeyError("from main")' in output
 
@@ -226,22 +224,18 @@ def test_the_folder_is_private(folder):
 
 def test_a_new_process_reattaches_after_the_client_was_killed_and_runs_no_call_twice(tmp_path):
     folder, runs = str(tmp_path / "jobs"), str(tmp_path / "runs")
-    script = tmp_path / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, signal, sys
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            ex = LocalPoolExecutor(2, folder={folder!r})
-            results = ex.map(tasks.note_run, [{runs!r}] * 8, range(8), [0.05] * 3 + [0.6] * 5)
-            print(next(results), flush=True)   # one result delivered to this client before it dies
-            os.kill(os.getpid(), signal.SIGKILL)
-            """
-        )
+    client = run_client(
+        tmp_path / "client.py",
+        f"""
+        import os, signal
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        ex = LocalPoolExecutor(2, folder={folder!r})
+        results = ex.map(tasks.note_run, [{runs!r}] * 8, range(8), [0.05] * 3 + [0.6] * 5)
+        print(next(results), flush=True)   # one result delivered to this client before it dies
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
     )
-    client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert client.returncode == -9 and client.stdout.strip() == "0"
     # the local workers died with their client: what finished is on disk, what they were running is lost
     with LocalPoolExecutor(2, folder=folder) as executor:
