@@ -17,6 +17,8 @@ Cases (full / ``--quick`` sizes):
   worker_startup   python -m oarfutures.worker on a trivial task vs python -c pass
   local_vs_pool    LocalPoolExecutor(2) vs ProcessPoolExecutor(2) on 400 / 100 calls of 5 ms: map,
                    submit + as_completed, dask.compute (200 / 50), joblib vs loky (200 / 50); wall and CPU
+  dask_slurm       dask.compute of 200 / 50 tasks with SlurmPoolExecutor(max_workers=4): sbatch calls and the
+                   most calls running at once
 
 The machine is shared: every figure carries the 1-minute load average seen while it was measured.
 """
@@ -56,6 +58,10 @@ class Context:
         self.wrappers = common.make_wrappers(
             os.path.join(common.SCRATCH, "wrappers"), common.SLURM_COMMANDS + common.OAR_COMMANDS
         )
+
+    def run_child(self, module: str, args: dict, **options) -> dict:
+        """``common.run_child`` with this run's interpreter: every child, client and job, runs ``--python``."""
+        return common.run_child(module, args, python=self.python, **options)
 
     def repeats(self, quick: int, full: int) -> int:
         return quick if self.quick else full

@@ -2,9 +2,13 @@
 
 Two comparisons, each contender in its own child process (the CI venv interpreter):
 
-* **local** (``client_overhead.py``, reused as is): ``LocalPoolExecutor(max_workers=1).map(inc, range(N))`` vs
-  ``ProcessPoolExecutor(max_workers=1).map`` with its only worker blocked, so all calls stay pending: time until
-  ``map`` returns, RSS per pending call, CPU of the thread that resolves futures over a 3 s window.
+* **local**: ``LocalPoolExecutor(max_workers=1).map(inc, range(N))`` vs ``ProcessPoolExecutor(max_workers=1).map``
+  with its only worker first blocked by a call that waits for a flag file, so that all calls stay pending (``inc``
+  is so cheap that a free worker would finish 10,000 of them in about a second; the oarfutures worker runs one
+  subprocess at a time, which keeps ~all its calls pending anyway): time until ``map`` returns (both submit
+  eagerly: the client-side submission cost), bytes written, RSS per pending call (freed memory handed back to the
+  OS before the baseline), CPU of the thread that resolves futures (the poller, or the pool's management thread)
+  over a window that starts 0.5 s after ``map`` returned, and the poller's ticks and queries in that window.
 * **slurm submission**: oarfutures ``SlurmPoolExecutor.map(inc, ...)`` vs submitit ``SlurmExecutor.map_array(inc,
   ...)``, both as they would submit to the real Slurm (``scontrol show config`` is real), except that ``sbatch``,
   ``scancel`` and ``squeue`` are stubs first on ``PATH``: ``sbatch`` prints a job id and submits nothing. Both
@@ -21,16 +25,139 @@ Slurm counts every task of a cancelled array toward ``MaxJobCount`` (200,000 her
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import gc
 import os
+import shutil
+import tempfile
+import threading
 import time
 
 from benchmarks import common
 
 NAME = "client_cost"
+SETTLE = 0.5  # seconds between map() returning and the CPU window: lets either side finish digesting the submission
 
 
 def inc(x):
     return x + 1
+
+
+def wait_for_file(path, limit=120.0):
+    """Keeps the baseline's only worker busy until ``path`` exists (polls in the worker process, not ours)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------- child: the local comparison
+def local(n: int, window: float) -> dict:
+    import oarfutures
+    from oarfutures.core.poller import get_poller
+
+    base = tempfile.mkdtemp(prefix="oarf-bench-")
+    folder = os.path.join(base, "jobs")
+    out: dict = {"calls": n}
+    try:
+        poller = get_poller()  # started before the RSS baseline: one thread per process, not per future
+        common.release_memory()
+        rss0, w0 = common.rss_bytes(), common.wchar()
+        ex = oarfutures.LocalPoolExecutor(max_workers=1, folder=folder)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        it = ex.map(inc, range(n))
+        out["map_seconds"] = time.perf_counter() - t0
+        out["map_main_thread_cpu_seconds"] = time.thread_time() - c0
+        out["process_write_bytes"] = common.wchar() - w0
+        out["folder_bytes"], out["folder_files"] = common.folder_bytes(folder)
+        gc.collect()
+        out["rss_growth_bytes"] = common.rss_bytes() - rss0
+        out["status_before_window"] = ex.status()
+        pending = out["status_before_window"]["pending"] or 1
+        out["rss_bytes_per_pending_call"] = out["rss_growth_bytes"] / pending
+
+        time.sleep(SETTLE)
+        q0 = poller.query_count
+        with common.TickCounter(poller) as ticks:
+            thread_s, process_s, wall = common.cpu_window(poller._thread, window)
+        out["window_seconds"] = wall
+        out["resolver_cpu_per_second"] = thread_s / wall
+        out["process_cpu_per_second"] = process_s / wall
+        out["poller_ticks_per_second"] = ticks.ticks / wall
+        out["poller_ms_per_tick"] = 1000 * ticks.tick_seconds / ticks.ticks if ticks.ticks else None
+        out["poller_queries_per_second"] = (poller.query_count - q0) / wall
+        out["status_after_window"] = ex.status()
+
+        t0 = time.perf_counter()
+        ex.abort("benchmark over")
+        ex.shutdown(wait=True)
+        out["abort_shutdown_seconds"] = time.perf_counter() - t0
+        del it
+        # let the killed worker be reaped before its folder goes (read-only look at the backend's process table)
+        deadline = time.monotonic() + 5
+        while getattr(ex.backend, "_processes", None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the poller gets a chance to close the backend once shut down and idle
+        out["backend_threads_left_after_shutdown"] = sum(
+            t.is_alive() for t in threading.enumerate() if t.name.startswith("oarfutures-local")
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out["temp_folder_removed"] = not os.path.exists(base)
+    return out
+
+
+def _manager_thread(ex: cf.ProcessPoolExecutor):
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ExecutorManagerThread":
+            return thread
+    return getattr(ex, "_executor_manager_thread", None)
+
+
+def process_pool(n: int, window: float) -> dict:
+    flag_dir = tempfile.mkdtemp(prefix="ppe-bench-")
+    flag = os.path.join(flag_dir, "release")
+    out: dict = {"calls": n}
+    ex = cf.ProcessPoolExecutor(max_workers=1)
+    try:
+        blocker = ex.submit(wait_for_file, flag)  # occupies the only worker, so the map's calls stay pending
+        blocker_started = time.monotonic()
+        while not blocker.running() and time.monotonic() - blocker_started < 30:
+            time.sleep(0.01)
+        time.sleep(0.2)  # let the worker actually pick it up
+        common.release_memory()
+        rss0, w0 = common.rss_bytes(), common.wchar()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        it = ex.map(inc, range(n))
+        out["map_seconds"] = time.perf_counter() - t0
+        out["map_main_thread_cpu_seconds"] = time.thread_time() - c0
+        out["process_write_bytes"] = common.wchar() - w0
+        out["folder_bytes"], out["folder_files"] = None, None
+        gc.collect()
+        out["rss_growth_bytes"] = common.rss_bytes() - rss0
+        out["rss_bytes_per_pending_call"] = out["rss_growth_bytes"] / n
+
+        time.sleep(SETTLE)
+        manager = _manager_thread(ex)
+        out["resolver_thread"] = type(manager).__name__ if manager else None
+        thread_s, process_s, wall = common.cpu_window(manager, window)
+        out["window_seconds"] = wall
+        if manager is None:  # fall back: whole process, the main thread only sleeps
+            thread_s = process_s
+        out["resolver_cpu_per_second"] = thread_s / wall
+        out["process_cpu_per_second"] = process_s / wall
+        out["still_pending_after_window"] = not blocker.done()
+
+        t0 = time.perf_counter()
+        open(flag, "w").close()
+        ex.shutdown(wait=True, cancel_futures=True)
+        out["abort_shutdown_seconds"] = time.perf_counter() - t0
+        del it
+    finally:
+        open(flag, "a").close()
+        ex.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(flag_dir, ignore_errors=True)
+    out["temp_folder_removed"] = not os.path.exists(flag_dir)
+    return out
 
 
 # ---------------------------------------------------------------------- child
@@ -38,15 +165,10 @@ def measure(args: dict) -> dict:
     side, n = args["side"], args["n"]
     out: dict = {"side": side, "calls": n, "load_start": common.load()}
     if side in ("local", "process_pool"):
-        from benchmarks import client_overhead
-
-        run = client_overhead.run_oarfutures if side == "local" else client_overhead.run_process_pool
-        out.update(run(n, args["window"]))
-        out["load_start"] = out.get("load_start")
+        out.update((local if side == "local" else process_pool)(n, args["window"]))
         return out
     folder = os.path.abspath(side)
-    client_overhead = __import__("benchmarks.client_overhead", fromlist=["release_memory"])
-    client_overhead.release_memory()
+    common.release_memory()
     if side == "slurm_oarfutures":
         import oarfutures
 
@@ -107,7 +229,7 @@ def run(ctx) -> dict:
                 folder = common.scratch(f"{NAME}-{side}")
                 name = f"bench-cc-{os.getpid()}-{r}"
                 print(f"  {NAME}: {side} N={n:,} (load {common.load():.1f})", flush=True)
-                res = common.run_child(
+                res = ctx.run_child(
                     NAME,
                     {"side": side, "n": n, "window": window, "python": ctx.python, "name": name},
                     folder=folder,

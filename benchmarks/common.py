@@ -34,9 +34,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS_DIR = os.path.join(HERE, "results")
-SCRATCH = os.environ.get("OARF_BENCH_SCRATCH", "/var/tmp/oarf-bench")
-CI_PYTHON = "/var/tmp/oarfutures-ci/venv/bin/python"
-OAR_USER = "alice"
+SCRATCH = os.environ.get("OARF_BENCH_SCRATCH", "/var/tmp/oarf-bench")  # big (100,000-call folders): not /tmp
+# the venv tests/run-all.sh makes (OARFUTURES_CI_DIR as there), and the normal user its OAR phase submits as
+CI_PYTHON = os.path.join(os.environ.get("OARFUTURES_CI_DIR", "/var/tmp/oarfutures-ci"), "venv", "bin", "python")
+OAR_USER = os.environ.get("OARF_BENCH_OAR_USER", "alice")
 
 SLURM_COMMANDS = ("squeue", "sacct", "scontrol", "sbatch", "scancel")
 OAR_COMMANDS = ("oarstat", "oarsub", "oardel")
@@ -420,6 +421,69 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def wchar() -> int:
+    """Bytes this process passed to write()-like syscalls so far (0 when /proc/self/io is unreadable)."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def release_memory() -> None:
+    """Collect garbage and return free heap pages to the OS, so that RSS deltas measure only what is live (the
+    second measurement of a process would otherwise reuse the first one's heap)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def cpu_window(thread: Any, seconds: float) -> List[float]:
+    """[thread CPU s, process CPU s, wall s] over ``seconds`` while the calling thread sleeps."""
+    t0, p0, w0 = thread_cpu(thread) if thread else 0.0, time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    t1, p1, w1 = thread_cpu(thread) if thread else 0.0, time.process_time(), time.perf_counter()
+    return [t1 - t0, p1 - p0, w1 - w0]
+
+
+class TickCounter:
+    """Counts and times the poller's ticks inside a ``with`` block (wraps the instance's ``_tick``, then restores
+    the class's)."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller, self.ticks, self.tick_seconds = poller, 0, 0.0
+        self._orig = poller._tick
+
+    def __enter__(self) -> "TickCounter":
+        orig = self._orig
+
+        def counted():
+            t = time.thread_time()
+            try:
+                return orig()
+            finally:
+                self.tick_seconds += time.thread_time() - t
+                self.ticks += 1
+
+        self.poller._tick = counted
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            del self.poller._tick
+        except AttributeError:
+            pass
+        return False
 
 
 def folder_bytes(folder: str) -> List[int]:

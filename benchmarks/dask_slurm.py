@@ -78,7 +78,7 @@ def run(ctx) -> dict:
     calls = os.path.join(folder, "calls.log")
     name = f"bench-dask-{os.getpid()}"
     print(f"  {NAME}: {n} dask tasks on Slurm, max_workers={MAX_WORKERS} (load {common.load():.1f})", flush=True)
-    res = common.run_child(
+    res = ctx.run_child(
         NAME, {"n": n, "python": ctx.python, "name": name}, folder=folder, wrappers=ctx.wrappers, calls=calls, timeout=900
     )
     res["scheduler_calls"] = common.count_calls(calls)

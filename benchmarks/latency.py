@@ -179,7 +179,7 @@ def run(ctx) -> dict:
             "k": sizes["kill"],
             "mean_gap": 0.5,
         }
-        res = common.run_child(NAME, args, folder=folder, wrappers=ctx.wrappers, timeout=400)
+        res = ctx.run_child(NAME, args, folder=folder, wrappers=ctx.wrappers, timeout=400)
         if side != "local":
             subprocess.run(["scancel", "-n", name], capture_output=True)
         res["slurm_config"] = common.slurm_config()

@@ -199,12 +199,11 @@ def run(ctx) -> dict:
                 folder = common.scratch(f"{NAME}-{scenario}-{side}")
                 print(f"  {NAME} {r + 1}/{repeats}: {scenario} {side} N={n[scenario]} (load {common.load():.1f})",
                       flush=True)
-                res = common.run_child(
+                res = ctx.run_child(
                     NAME,
                     {"scenario": scenario, "side": side, "n": n[scenario], "python": ctx.python},
                     folder=folder,
                     timeout=900,
-                    python=ctx.python,
                 )
                 res.setdefault("scenario", scenario)
                 res["repeat"] = r

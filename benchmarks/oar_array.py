@@ -128,7 +128,7 @@ def run(ctx) -> dict:
                 f"queue {before['oar_queue']})",
                 flush=True,
             )
-            res = common.run_child(
+            res = ctx.run_child(
                 NAME,
                 {"side": side, "n": n, "python": ctx.python, "name": name},
                 folder=folder,

@@ -56,8 +56,6 @@ def measure(args: dict) -> dict:
     import oarfutures
     from oarfutures.core.poller import get_poller
 
-    from benchmarks.client_overhead import TickCounter
-
     n, window = args["n"], args["window"]
     out: dict = {"calls": n, "load_start": common.load(), "window_requested": window}
     poller = get_poller()
@@ -90,7 +88,7 @@ def measure(args: dict) -> dict:
     calls_file = os.environ.get(common.CALLS_VARIABLE, "")
     calls0 = common.count_calls(calls_file)
     q0 = poller.query_count
-    with TickCounter(poller) as ticks:
+    with common.TickCounter(poller) as ticks:
         th0, p0, ch0, w0 = common.thread_cpu(poller._thread), time.process_time(), _children_cpu(), time.perf_counter()
         time.sleep(window)
         th1, p1, ch1, w1 = common.thread_cpu(poller._thread), time.process_time(), _children_cpu(), time.perf_counter()
@@ -193,7 +191,7 @@ def run(ctx) -> dict:
             f"MaxArraySize {config.get('MaxArraySize')}, {config.get('AccountingStorageType')})",
             flush=True,
         )
-        res = common.run_child(
+        res = ctx.run_child(
             NAME,
             {"n": n, "window": window, "python": ctx.python, "name": name},
             folder=folder,

@@ -123,7 +123,7 @@ def run(ctx) -> dict:
             print(
                 f"  {NAME}: {side} with {n} calls (load {common.load():.1f}, queue {before['slurm_queue']})", flush=True
             )
-            res = common.run_child(
+            res = ctx.run_child(
                 NAME,
                 {"side": side, "n": n, "python": ctx.python, "name": name},
                 folder=folder,

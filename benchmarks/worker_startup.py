@@ -94,7 +94,7 @@ def run(ctx) -> dict:
     runs = 10 if ctx.quick else 30
     folder = common.scratch(NAME)
     print(f"  {NAME}: {runs} runs of each (load {common.load():.1f})", flush=True)
-    res = common.run_child(NAME, {"python": ctx.python, "runs": runs}, folder=folder, timeout=300)
+    res = ctx.run_child(NAME, {"python": ctx.python, "runs": runs}, folder=folder, timeout=300)
     ctx.cleanup(folder)
     return {"name": NAME, "runs": [res], "rows": rows(res)}
 

@@ -3,8 +3,10 @@ starts; with ``CI=true`` a cluster that is not there fails those tests instead o
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import pytest
@@ -59,3 +61,25 @@ def require_command(name: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} not found: the cluster should have been started by tests/run-all.sh")
         pytest.skip(f"{name} not found (start the cluster with tests/run-all.sh)")
+
+
+def client_script(path, source: str) -> pathlib.Path:
+    """Write ``source`` (dedented) to ``path`` as a client program for its own interpreter: what a test cannot do in
+    its own process (exit, be killed, fork). The program finds ``tasks`` as the test files do, so that the calls it
+    submits are module-level functions its workers can import."""
+    path = pathlib.Path(path)
+    path.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n" + textwrap.dedent(source))
+    return path
+
+
+def run_client(path, source: str, *args, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``source`` as a client program (``client_script``) with ``args``, in the folder of ``path``, and return
+    how it ended, its output captured as text."""
+    script = client_script(path, source)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(script.parent),
+    )

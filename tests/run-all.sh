@@ -7,7 +7,8 @@
 #      bugs), Slurm again with accounting (slurmdbd + sacct), OAR tests as the unprivileged user OAR requires;
 #      before the clusters, the documentation and packaging checks (tests/check-docs-and-package.sh: the docs
 #      site built with warnings as errors, sdist and wheel, twine check, the wheel on Python 3.9 to 3.13). The
-#      examples of the docs pages run in the pytest phases (tests/test_docs.py).
+#      examples of the docs pages run in the pytest phases (tests/test_docs.py). Then the code checks
+#      (tests/check-code.sh: ruff, ruff format, mypy, and the fast tier on Python 3.9 to 3.13).
 #   4. the multinode phase: a second, two-node Slurm (tests/clusters/multinode/start-slurm-2nodes.sh, its own
 #      ports, reached with SLURM_CONF) and a second OAR node (add-oar-node2.sh: node2 on 127.0.0.2, added after
 #      the OAR phase so that the other OAR tests run on the single node they were written for); the tests
@@ -34,7 +35,7 @@ if [ ! -x "$RUN/venv/bin/python" ]; then
         /usr/bin/python3 -m venv "$RUN/venv"; } || die "cannot create a virtual environment"
 fi
 # a regular (not editable) install: the package then lives inside the venv, readable by the OAR test user
-"$RUN/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$REPO[test,docs,release]" || die "pip install failed"
+"$RUN/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$REPO[test,docs,release,lint]" || die "pip install failed"
 rm -rf "$RUN/src" && mkdir -p "$RUN/src" && cp -r "$REPO/tests" "$REPO/examples" "$REPO/docs" "$REPO/pyproject.toml" "$RUN/src/"
 chmod -R a+rX "$RUN"
 PYTEST=("$RUN/venv/bin/python" -m pytest -p no:cacheprovider -q -rfE --durations=10 -n "${PYTEST_WORKERS:-3}" ${PYTEST_ARGS:-})
@@ -43,6 +44,8 @@ status=0
 
 step "documentation and packaging checks"
 bash "$REPO/tests/check-docs-and-package.sh" "$RUN/venv" "$RUN/docs-and-package" "$RUN/docs-and-package.xml" || status=1
+step "code checks"
+bash "$REPO/tests/check-code.sh" "$RUN/venv" "$RUN/check-code" "$RUN/check-code.xml" || status=1
 
 step "Slurm (no accounting)"
 WITH_SLURMDBD=0 bash "$REPO/tests/clusters/slurm/start.sh" || die "Slurm did not start"

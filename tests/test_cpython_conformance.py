@@ -13,9 +13,6 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import weakref
@@ -23,6 +20,7 @@ from concurrent import futures as cf
 
 import pytest
 
+from conftest import run_client
 from oarfutures import JobFuture, LocalPoolExecutor
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,18 +173,6 @@ def collected(ref, timeout=2.0):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
-
-
-def run_script(tmp_path, source, *args):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    return subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=str(tmp_path),
-    )
 
 
 # ============================================================================================== ExecutorTest
@@ -531,17 +517,20 @@ def test_shutdown_waits_for_pending_futures(executor):
     assert [f.result(timeout=0) for f in fs] == [None] * 5
 
 
-def test_shutdown_cancel_futures_cancels_queued_ones(make_executor, gates):
+def test_shutdown_cancel_futures_cancels_queued_ones(make_executor, gates, tmp_path):
     executor = make_executor(1)
+    markers = tmp_path / "markers"
+    markers.mkdir()
     gate = gates()
     running = executor.submit(wait_gate, gate)
     assert wait_until(running.running), "the future never reported RUNNING"
-    queued = [executor.submit(time.sleep, 0.1) for _ in range(8)]
+    queued = [executor.submit(mark_then_wait, str(markers), i, None) for i in range(8)]
     threading.Timer(0.5, gates.open, (gate,)).start()
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in queued), [f._state for f in queued]
     assert running.done() and not running.cancelled()
     assert running.exception(timeout=0) is None
+    assert not list(markers.iterdir()), "a call cancelled by shutdown(cancel_futures=True) still ran"
 
 
 def test_shutdown_no_wait_returns_before_futures_finish(executor, gates):
@@ -590,8 +579,8 @@ def test_dropping_executor_still_resolves_its_futures(tmp_path):
 
 def test_interpreter_exit_runs_submitted_call(tmp_path):
     marker = tmp_path / "marker"
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import sys, time
         from oarfutures import LocalPoolExecutor
@@ -615,8 +604,8 @@ def test_interpreter_exit_runs_submitted_call(tmp_path):
 
 def test_interpreter_exit_after_shutdown_no_wait_runs_call(tmp_path):
     marker = tmp_path / "marker"
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import sys, time
         from oarfutures import LocalPoolExecutor
@@ -640,8 +629,8 @@ def test_interpreter_exit_after_shutdown_no_wait_runs_call(tmp_path):
 
 
 def test_submit_at_interpreter_exit_raises_runtime_error(tmp_path):
-    proc = run_script(
-        tmp_path,
+    proc = run_client(
+        tmp_path / "script.py",
         """\
         import atexit, sys
         from oarfutures import LocalPoolExecutor

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import tasks
-from conftest import BACKENDS, SUBMIT_COMMAND, require_command, wait_for
+from conftest import BACKENDS, SUBMIT_COMMAND, client_script, require_command, run_client, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends.commands import SchedulerCommandError
 from oarfutures.worker.run import dump_outcomes
@@ -147,23 +147,20 @@ def test_state_queries_failing_transiently_do_not_lose_results(cluster, folder, 
 
 # 5. the client dies --------------------------------------------------------------------------------------------
 def test_a_client_killed_mid_map_is_replaced_by_one_that_reattaches(cluster, tmp_path, folder):
-    script = tmp_path / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, signal, sys
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import OarPoolExecutor, SlurmPoolExecutor
-            cls = {"SlurmPoolExecutor" if cluster == "slurm" else "OarPoolExecutor"}
-            ex = cls(folder={folder!r}, walltime="0:10:00")
-            results = ex.map(tasks.sleep_and_return, [0.1] * 2 + [5] * 3, range(5))
-            print(next(results), flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-            """
-        )
+    client = run_client(
+        tmp_path / "client.py",
+        f"""
+        import os, signal
+        import tasks
+        from oarfutures import OarPoolExecutor, SlurmPoolExecutor
+        cls = {"SlurmPoolExecutor" if cluster == "slurm" else "OarPoolExecutor"}
+        ex = cls(folder={folder!r}, walltime="0:10:00")
+        results = ex.map(tasks.sleep_and_return, [0.1] * 2 + [5] * 3, range(5))
+        print(next(results), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        timeout=180,
     )
-    client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert client.returncode == -9 and client.stdout.strip() == "0", client.stderr
     time.sleep(8)  # some jobs finish while no client runs
     with make(cluster, folder) as executor:
@@ -242,20 +239,17 @@ def test_every_future_resolves_when_almighty_restarts_mid_map(alice_home):
     """Needs root (to restart OAR's server) and a normal user (to submit): the client runs as alice."""
     require_command("oarsub")
     home = alice_home
-    script = home / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import json, sys
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import OarPoolExecutor
-            with OarPoolExecutor(folder={str(home / 'jobs')!r}, walltime="0:10:00") as ex:
-                results = ex.map(tasks.sleep_and_return, [4] * 10, range(10))
-                print("submitted", flush=True)
-                print(json.dumps(list(results)), flush=True)
-            """
-        )
+    script = client_script(
+        home / "client.py",
+        f"""
+        import json
+        import tasks
+        from oarfutures import OarPoolExecutor
+        with OarPoolExecutor(folder={str(home / 'jobs')!r}, walltime="0:10:00") as ex:
+            results = ex.map(tasks.sleep_and_return, [4] * 10, range(10))
+            print("submitted", flush=True)
+            print(json.dumps(list(results)), flush=True)
+        """,
     )
     client = subprocess.Popen(["runuser", "-u", "alice", "--", sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert client.stdout.readline().strip() == "submitted"

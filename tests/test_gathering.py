@@ -6,16 +6,13 @@ once, goes out even if the executor is shut down or the interpreter exits meanwh
 cancelled before it went out.
 """
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 import tasks
-from conftest import require_command, wait_for
+from conftest import require_command, run_client, wait_for
 from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
 from oarfutures.core import records
 from oarfutures.backends.local import LocalBackend
@@ -75,23 +72,20 @@ def test_shutdown_with_cancel_futures_cancels_gathered_calls_and_they_never_run(
 def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
     """As with ProcessPoolExecutor, work submitted and never waited for runs before the interpreter exits."""
     runs = tmp_path / "runs"
-    script = tmp_path / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            from oarfutures.backends.local import LocalBackend
-            LocalBackend.gather_seconds = 30  # no window closes before the exit: the exit must send the calls
-            executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
-            for n in range(30):
-                executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}")
-            """
-        )
+    client = run_client(
+        tmp_path / "client.py",
+        f"""
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        from oarfutures.backends.local import LocalBackend
+        LocalBackend.gather_seconds = 30  # no window closes before the exit: the exit must send the calls
+        executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
+        for n in range(30):
+            executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}")
+        """,
+        timeout=120,
     )
-    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    assert client.returncode == 0, client.stderr
     assert [tasks.runs_of(str(runs), f"c{n}") for n in range(30)] == [1] * 30
 
 
@@ -109,35 +103,31 @@ def test_a_forked_child_never_submits_the_calls_its_parent_gathered(tmp_path):
     """A fork copies the executor with its gathered calls and its service thread's queue: only the parent may
     send them, or they run twice."""
     runs = tmp_path / "runs"
-    script = tmp_path / "fork.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, sys, traceback, warnings
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            from oarfutures.backends.local import LocalBackend
-            LocalBackend.gather_seconds = 1.0  # the calls after the first are still gathered at the fork
-            executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
-            futures = [executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}", 0.2) for n in range(5)]
-            pid = os.fork()
-            if pid == 0:  # the child uses the executor: its service thread runs what it copied
-                import faulthandler
-                faulthandler.dump_traceback_later(15, exit=True)
-                try:
-                    print("child", executor.submit(tasks.note_run, {str(runs)!r}, "child").result(timeout=10), flush=True)
-                    os._exit(0)
-                except BaseException:
-                    traceback.print_exc()
-                    os._exit(1)
-            _, status = os.waitpid(pid, 0)
-            print("parent", os.waitstatus_to_exitcode(status), *[f.result(timeout=30) for f in futures], flush=True)
-            """
-        )
+    run = run_client(
+        tmp_path / "fork.py",
+        f"""
+        import os, traceback, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        from oarfutures.backends.local import LocalBackend
+        LocalBackend.gather_seconds = 1.0  # the calls after the first are still gathered at the fork
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        futures = [executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}", 0.2) for n in range(5)]
+        pid = os.fork()
+        if pid == 0:  # the child uses the executor: its service thread runs what it copied
+            import faulthandler
+            faulthandler.dump_traceback_later(15, exit=True)
+            try:
+                print("child", executor.submit(tasks.note_run, {str(runs)!r}, "child").result(timeout=10), flush=True)
+                os._exit(0)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print("parent", os.waitstatus_to_exitcode(status), *[f.result(timeout=30) for f in futures], flush=True)
+        """,
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["child child", "parent 0 c0 c1 c2 c3 c4"], run.stderr
     assert [tasks.runs_of(str(runs), f"c{n}") for n in range(5)] == [1] * 5

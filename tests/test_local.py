@@ -1,4 +1,9 @@
-"""The executor core on the local backend: the same worker, files and poller as on a cluster."""
+"""The executor core on the local backend: the same worker, files and poller as on a cluster.
+
+The generic ``concurrent.futures`` contract (submit, map, wait, as_completed, cancel, shutdown) is checked in
+tests/test_cpython_conformance.py, joblib, dask and asyncio in tests/test_integrations.py; this file holds what is
+oarfutures' own: job arrays, remote errors, dead workers, reattaching, the folder's files, parameters and batches.
+"""
 import asyncio
 import os
 import pickle
@@ -7,27 +12,13 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import Future, as_completed, wait
+from concurrent.futures import Future, wait
 
 import pytest
 
 import tasks
-from conftest import wait_for
-from oarfutures import JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
-
-
-def test_submit_returns_a_standard_future_with_the_result(local):
-    future = local.submit(tasks.add, 5, 7)
-    assert isinstance(future, Future) and isinstance(future, JobFuture)
-    assert future.result(timeout=30) == 12
-
-
-def test_submit_passes_fn_and_self_keywords_through(local):
-    assert local.submit(tasks.echo_kwargs, 1, fn=2, self=3).result(timeout=30) == ((1,), {"fn": 2, "self": 3})
-
-
-def test_map_returns_results_in_input_order_with_chunks(local):
-    assert list(local.map(tasks.add, range(10), range(10, 20), chunksize=3)) == [a + a + 10 for a in range(10)]
+from conftest import run_client, wait_for
+from oarfutures import AutoPoolExecutor, JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
 
 
 def test_map_futures_returns_one_array_of_futures_with_their_job_ids_in_input_order(local, folder):
@@ -53,11 +44,6 @@ def test_map_is_one_batch_with_the_function_pickled_once(folder):
     assert total < 3_000_000
 
 
-def test_chunksize_below_one_is_a_value_error(local):
-    with pytest.raises(ValueError):
-        local.map(tasks.square, [1], chunksize=0)
-
-
 def test_remote_exception_keeps_type_args_and_traceback(local):
     future = local.submit(tasks.raise_value_error, "boom")
     with pytest.raises(ValueError) as info:
@@ -70,23 +56,21 @@ def test_remote_exception_keeps_type_args_and_traceback(local):
 
 def test_remote_traceback_shows_source_lines_of_functions_defined_in_main(tmp_path):
     script = tmp_path / "script.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            from oarfutures import LocalPoolExecutor
+    output = run_client(
+        script,
+        f"""
+        from oarfutures import LocalPoolExecutor
 
-            def fails():
-                raise KeyError("from main")
+        def fails():
+            raise KeyError("from main")
 
-            with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
-                try:
-                    ex.submit(fails).result(timeout=30)
-                except KeyError as exc:
-                    print(exc.__cause__.text)
-            """
-        )
-    )
-    output = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60).stdout
+        with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
+            try:
+                ex.submit(fails).result(timeout=30)
+            except KeyError as exc:
+                print(exc.__cause__.text)
+        """,
+    ).stdout
     assert f'File "{script}"' in output
     assert 'raise KeyError("from main")' in output
 
@@ -157,35 +141,6 @@ def test_max_workers_caps_how_many_calls_run_at_once(tmp_path):
 def test_max_workers_is_a_positive_int_dask_can_read(folder):
     assert LocalPoolExecutor(3, folder=folder)._max_workers == 3
     assert LocalPoolExecutor(folder=folder)._max_workers == os.cpu_count()
-    with pytest.raises(ValueError):
-        LocalPoolExecutor(0, folder=folder)
-
-
-def test_cancel_while_queued_cancels_the_job_and_notifies_waiters(tmp_path):
-    with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
-        blocker = executor.submit(tasks.sleep_and_return, 1.0, "first")
-        queued = executor.submit(tasks.touch_and_sleep, str(tmp_path / "ran"), 0)
-        assert queued.cancel()
-        done, _ = wait([queued], timeout=5)
-        assert done == {queued} and queued.cancelled()
-        assert blocker.result(timeout=30) == "first"
-    assert not (tmp_path / "ran").exists()
-
-
-def test_map_iterator_closed_early_cancels_the_calls_not_returned(tmp_path):
-    with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
-        paths = [str(tmp_path / f"m{i}") for i in range(5)]
-        results = executor.map(tasks.touch_and_sleep, paths, [0.3] * 5)
-        assert next(results) == paths[0]
-        results.close()
-    assert sum(os.path.exists(p) for p in paths) <= 2  # at most the one running when the iterator closed
-
-
-def test_map_timeout_is_one_deadline_for_the_whole_iteration(local):
-    results = local.map(tasks.sleep_and_return, [0.1, 5, 5], [1, 2, 3], timeout=2)
-    assert next(results) == 1
-    with pytest.raises(TimeoutError):
-        list(results)
 
 
 def test_callbacks_may_submit_more_work(local):
@@ -215,21 +170,6 @@ def test_many_threads_may_submit_at_once(local):
     assert sorted((x, f.result(timeout=60)) for x, f in futures) == sorted((x, x * x) for x, _ in futures)
 
 
-def test_as_completed_yields_every_future(local):
-    futures = [local.submit(tasks.sleep_and_return, 0.3 - 0.1 * i, i) for i in range(3)]
-    assert sorted(f.result() for f in as_completed(futures, timeout=30)) == [0, 1, 2]
-
-
-def test_asyncio_wrap_future_and_run_in_executor(local):
-    async def main():
-        loop = asyncio.get_running_loop()
-        a = await asyncio.wrap_future(local.submit(tasks.square, 5))
-        b = await loop.run_in_executor(local, tasks.square, 6)
-        return a, b
-
-    assert asyncio.run(main()) == (25, 36)
-
-
 def test_cancelling_an_asyncio_task_cancels_the_queued_job(tmp_path):
     with LocalPoolExecutor(1, folder=str(tmp_path / "jobs")) as executor:
         executor.submit(tasks.sleep_and_return, 1.0, None)
@@ -245,38 +185,6 @@ def test_cancelling_an_asyncio_task_cancels_the_queued_job(tmp_path):
         asyncio.run(main())
         assert queued.cancelled()
     assert not (tmp_path / "ran").exists()
-
-
-def test_dask_compute_accepts_the_executor_as_scheduler(local):
-    dask = pytest.importorskip("dask")
-    values = [dask.delayed(tasks.square)(i) for i in range(4)]
-    total = dask.delayed(sum)(values)
-    assert dask.compute(total, scheduler=local)[0] == 14
-
-
-def test_joblib_runs_through_the_executor(local):
-    joblib = pytest.importorskip("joblib")
-    futures = [local.submit(tasks.square, i) for i in range(3)]
-    assert joblib.Parallel(n_jobs=1)(joblib.delayed(f.result)() for f in futures) == [0, 1, 4]
-
-
-def test_submit_after_shutdown_raises(folder):
-    executor = LocalPoolExecutor(1, folder=folder)
-    executor.shutdown()
-    executor.shutdown()  # idempotent
-    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
-        executor.submit(tasks.square, 1)
-
-
-def test_shutdown_cancel_futures_cancels_the_queued_ones(tmp_path):
-    executor = LocalPoolExecutor(1, folder=str(tmp_path / "jobs"))
-    running = executor.submit(tasks.sleep_and_return, 0.5, "done")
-    queued = [executor.submit(tasks.touch_and_sleep, str(tmp_path / f"q{i}"), 0) for i in range(3)]
-    time.sleep(0.3)
-    executor.shutdown(wait=True, cancel_futures=True)
-    assert running.result() == "done"
-    assert all(f.cancelled() for f in queued)
-    assert not any((tmp_path / f"q{i}").exists() for i in range(3))
 
 
 def test_keyboard_interrupt_in_the_with_block_kills_running_jobs(tmp_path):
@@ -316,22 +224,18 @@ def test_the_folder_is_private(folder):
 
 def test_a_new_process_reattaches_after_the_client_was_killed_and_runs_no_call_twice(tmp_path):
     folder, runs = str(tmp_path / "jobs"), str(tmp_path / "runs")
-    script = tmp_path / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, signal, sys
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            ex = LocalPoolExecutor(2, folder={folder!r})
-            results = ex.map(tasks.note_run, [{runs!r}] * 8, range(8), [0.05] * 3 + [0.6] * 5)
-            print(next(results), flush=True)   # one result delivered to this client before it dies
-            os.kill(os.getpid(), signal.SIGKILL)
-            """
-        )
+    client = run_client(
+        tmp_path / "client.py",
+        f"""
+        import os, signal
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        ex = LocalPoolExecutor(2, folder={folder!r})
+        results = ex.map(tasks.note_run, [{runs!r}] * 8, range(8), [0.05] * 3 + [0.6] * 5)
+        print(next(results), flush=True)   # one result delivered to this client before it dies
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
     )
-    client = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert client.returncode == -9 and client.stdout.strip() == "0"
     # the local workers died with their client: what finished is on disk, what they were running is lost
     with LocalPoolExecutor(2, folder=folder) as executor:
@@ -489,3 +393,38 @@ def test_a_refused_wave_fails_its_futures_and_their_callbacks_may_submit(folder)
             second.result(timeout=30)
         wait_for(lambda: from_callback, 30, "the callback to submit")
         assert from_callback[0].result(timeout=30) == 25
+
+
+# ---------------------------------------------------------------------------------------------- parameters and batches
+def test_the_local_backend_accepts_generic_parameters_and_ignores_scheduler_ones(folder):
+    with AutoPoolExecutor(folder=folder, cluster="local", timeout_min=5, mem_gb=1, oar_queue="q", slurm_qos="x") as ex:
+        assert ex.submit(tasks.add, 1, 2).result(timeout=30) == 3
+
+
+def test_options_override_parameters_for_one_call_without_reserving_keywords(folder):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        view = executor.options(cpus_per_task=2)
+        assert view.submit(tasks.echo_kwargs, options=1, cpus_per_task=3).result(timeout=30) == ((), {"options": 1, "cpus_per_task": 3})
+        assert list(view.map(tasks.square, [2, 3])) == [4, 9]
+        with pytest.raises(TypeError, match="unknown LocalPoolExecutor parameter"):
+            executor.options(partition="x")
+
+
+def test_batch_submits_the_calls_of_the_block_as_one_array(folder):
+    with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:
+        with executor.batch():
+            futures = [executor.submit(tasks.add, i, 1) for i in range(3)] + [executor.submit(tasks.square, 5)]
+            assert not any(f.done() for f in futures)
+        assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 25]
+    assert len([n for n in os.listdir(os.path.join(folder, "tasks")) if n.endswith(".fn.pkl")]) == 1
+
+
+def test_an_exception_in_a_batch_block_submits_nothing(folder):
+    executor = LocalPoolExecutor(1, folder=folder)
+    with pytest.raises(KeyError):
+        with executor.batch():
+            future = executor.submit(tasks.square, 2)
+            raise KeyError("stop")
+    assert future.cancelled()
+    assert os.listdir(os.path.join(folder, "tasks")) == []
+    executor.shutdown()

@@ -8,14 +8,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 import threading
 from concurrent.futures import TimeoutError
 
 import pytest
 
 import tasks
-from conftest import wait_for
+from conftest import client_script, run_client, wait_for
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.protocol import layout
 from oarfutures.core import records
@@ -55,19 +54,16 @@ def test_map_timeout_is_one_deadline_not_one_per_result(folder):
 # ------------------------------------------------------------------ the client dies
 def test_local_workers_die_with_their_client(tmp_path):
     marker = tmp_path / "pid"
-    script = tmp_path / "client.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys, time
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
-            executor.submit(tasks.touch_and_sleep, {str(marker)!r}, 30)
-            time.sleep(60)
-            """
-        )
+    script = client_script(
+        tmp_path / "client.py",
+        f"""
+        import time
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        executor.submit(tasks.touch_and_sleep, {str(marker)!r}, 30)
+        time.sleep(60)
+        """,
     )
     client = subprocess.Popen([sys.executable, str(script)])
     pid = None
@@ -182,35 +178,32 @@ def test_an_executor_dropped_without_shutdown_releases_its_threads(folder):
 
 
 def test_a_forked_child_can_use_the_executor_it_inherited_or_a_new_one(tmp_path):
-    script = tmp_path / "fork.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, sys, traceback, warnings
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
-            sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})
-            import tasks
-            from oarfutures import LocalPoolExecutor
-            executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
-            assert executor.submit(tasks.square, 2).result(timeout=30) == 4
-            pid = os.fork()
-            if pid == 0:
-                import faulthandler
-                faulthandler.dump_traceback_later(15, exit=True)  # a hang fails with the threads' stacks
-                try:
-                    inherited = executor.submit(tasks.square, 3).result(timeout=10)
-                    new = LocalPoolExecutor(1, folder={str(tmp_path / 'child')!r})
-                    print("child", inherited, new.submit(tasks.square, 4).result(timeout=10), flush=True)
-                    os._exit(0)
-                except BaseException:
-                    traceback.print_exc()
-                    os._exit(1)
-            _, status = os.waitpid(pid, 0)
-            print("parent", os.waitstatus_to_exitcode(status), executor.submit(tasks.square, 5).result(timeout=30), flush=True)
-            """
-        )
+    run = run_client(
+        tmp_path / "fork.py",
+        f"""
+        import os, traceback, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
+        import tasks
+        from oarfutures import LocalPoolExecutor
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        assert executor.submit(tasks.square, 2).result(timeout=30) == 4
+        pid = os.fork()
+        if pid == 0:
+            import faulthandler
+            faulthandler.dump_traceback_later(15, exit=True)  # a hang fails with the threads' stacks
+            try:
+                inherited = executor.submit(tasks.square, 3).result(timeout=10)
+                new = LocalPoolExecutor(1, folder={str(tmp_path / 'child')!r})
+                print("child", inherited, new.submit(tasks.square, 4).result(timeout=10), flush=True)
+                os._exit(0)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print("parent", os.waitstatus_to_exitcode(status), executor.submit(tasks.square, 5).result(timeout=30), flush=True)
+        """,
+        timeout=45,
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=45)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["child 9 16", "parent 0 25"], run.stderr
 

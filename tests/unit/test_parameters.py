@@ -1,15 +1,14 @@
 """Parameters: one generic vocabulary, prefixed scheduler parameters, validation before anything is submitted.
 
-Rendering is checked without a cluster (the scripts are what sbatch/oarsub read); detection runs on the real
-machine, where both schedulers are installed.
+Checked without a cluster and without running a call: the scripts are what sbatch/oarsub read. What the local
+backend does with parameters when calls run is in tests/test_local.py, detection on the real machine in
+tests/test_detection.py.
 """
-import getpass
 import os
 import re
 
 import pytest
 
-import tasks
 from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.auto import detect_cluster
 from oarfutures.backends.base import BatchSubmission
@@ -26,13 +25,6 @@ def oar_script(folder, **parameters):
 
 def _submission(folder, count, checkpointable=False, options=None):
     return BatchSubmission("b", 0, count, folder, "/usr/bin/python3", None, options or {}, checkpointable)
-
-
-def test_the_grid5000_example_renders_its_oar_directives(folder):
-    script = oar_script(folder, queue="production", walltime="0:2:0", nodes=1, gpus_per_node=1, additional_parameters={"t": "besteffort"})
-    assert "#OAR -l /nodes=1/gpu=1,walltime=0:02:00\n" in script
-    assert "#OAR -q production\n" in script
-    assert "#OAR -t besteffort\n" in script
 
 
 @pytest.mark.parametrize(
@@ -65,11 +57,6 @@ def test_prefixed_parameters_apply_on_their_scheduler_and_override_the_generic_o
     assert oar.backend.parameters["queue"] == "besteffort" and "partition" not in oar.backend.parameters
 
 
-def test_the_local_backend_accepts_generic_parameters_and_ignores_scheduler_ones(folder):
-    with AutoPoolExecutor(folder=folder, cluster="local", timeout_min=5, mem_gb=1, oar_queue="q", slurm_qos="x") as ex:
-        assert ex.submit(tasks.add, 1, 2).result(timeout=30) == 3
-
-
 def test_unknown_parameters_are_rejected_with_the_valid_ones(folder):
     with pytest.raises(TypeError, match="unknown SlurmPoolExecutor parameter 'partitoin'.*partition"):
         SlurmPoolExecutor(folder=folder).update_parameters(partitoin="cpu")
@@ -97,40 +84,11 @@ def test_values_that_would_escape_their_line_or_make_no_sense_are_rejected(folde
     assert not os.path.exists(folder)  # checked before the folder is made: nothing written, nothing submitted
 
 
-def test_options_override_parameters_for_one_call_without_reserving_keywords(folder):
-    with LocalPoolExecutor(1, folder=folder) as executor:
-        view = executor.options(cpus_per_task=2)
-        assert view.submit(tasks.echo_kwargs, options=1, cpus_per_task=3).result(timeout=30) == ((), {"options": 1, "cpus_per_task": 3})
-        assert list(view.map(tasks.square, [2, 3])) == [4, 9]
-        with pytest.raises(TypeError, match="unknown LocalPoolExecutor parameter"):
-            executor.options(partition="x")
-
-
 def test_options_reach_the_slurm_script(folder):
     executor = SlurmPoolExecutor(folder=folder, max_array_size=1001)
     options = executor.backend.validate({"cpus_per_task": 8, "slurm_partition": "long"})
     script = executor.backend.render_script(_submission(folder, 1, options=options), 0, 1)
     assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH --partition=long" in script
-
-
-def test_batch_submits_the_calls_of_the_block_as_one_array(folder):
-    with LocalPoolExecutor(2, folder=folder, keep_files=True) as executor:
-        with executor.batch():
-            futures = [executor.submit(tasks.add, i, 1) for i in range(3)] + [executor.submit(tasks.square, 5)]
-            assert not any(f.done() for f in futures)
-        assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 25]
-    assert len([n for n in os.listdir(os.path.join(folder, "tasks")) if n.endswith(".fn.pkl")]) == 1
-
-
-def test_an_exception_in_a_batch_block_submits_nothing(folder):
-    executor = LocalPoolExecutor(1, folder=folder)
-    with pytest.raises(KeyError):
-        with executor.batch():
-            future = executor.submit(tasks.square, 2)
-            raise KeyError("stop")
-    assert future.cancelled()
-    assert os.listdir(os.path.join(folder, "tasks")) == []
-    executor.shutdown()
 
 
 def test_the_cluster_can_be_forced_by_argument_and_by_environment(folder, monkeypatch):
@@ -140,12 +98,6 @@ def test_the_cluster_can_be_forced_by_argument_and_by_environment(folder, monkey
     monkeypatch.setenv("OARFUTURES_CLUSTER", "pbs")
     with pytest.raises(ValueError, match="pbs"):
         AutoPoolExecutor(folder=folder)
-
-
-def test_detection_picks_oar_for_a_normal_user_and_slurm_for_root():
-    if not (os.path.exists("/usr/bin/oarsub") and os.path.exists("/usr/bin/sbatch")):
-        pytest.skip("needs both schedulers installed (tests/run-all.sh installs them)")
-    assert detect_cluster() == ("slurm" if getpass.getuser() in ("root", "oar") else "oar")
 
 
 def test_detection_falls_back_to_local_without_schedulers(monkeypatch, tmp_path):

@@ -31,9 +31,19 @@ def own_methods(cls):
             yield name, function
 
 
+def section_entries(doc, section):
+    """Names given an entry in the docstring's ``section`` (``name:`` or ``**name:`` at an entry's start): the lines
+    indented as the section's first one. Not a fixed indent: from 3.13, Python strips a docstring's common indent,
+    so that the entries of an ``Args:`` written on the docstring's first line start at column 0."""
+    if section not in doc:
+        return set()
+    lines = [line for line in doc.split(section, 1)[1].splitlines() if line.strip()]
+    indent = len(lines[0]) - len(lines[0].lstrip()) if lines else 0
+    return {m.group(1) for line in lines if (m := re.match(r" {%d}\**(\w+):" % indent, line))}
+
+
 def documented_parameters(doc):
-    """Names given an entry in the docstring's ``Args:`` section (``name:`` or ``**name:`` at an entry's start)."""
-    return set(re.findall(r"^\s+\**(\w+):", doc.split("Args:", 1)[1], re.M)) if "Args:" in doc else set()
+    return section_entries(doc, "Args:")
 
 
 @pytest.mark.parametrize("name,obj", list(public_objects()), ids=[n for n, _ in public_objects()])
@@ -62,4 +72,4 @@ def test_every_constructor_parameter_is_explained(name, obj):
 
 
 def documented_attributes(doc):
-    return set(re.findall(r"^\s+(\w+):", doc.split("Attributes:", 1)[1], re.M)) if "Attributes:" in doc else set()
+    return section_entries(doc, "Attributes:")
