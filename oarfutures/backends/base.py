@@ -151,11 +151,13 @@ class Backend(abc.ABC):
         """Send the checkpoint signal to a running job, as a preemption would."""
         raise NotImplementedError(f"{type(self).__name__} cannot interrupt jobs")
 
-    #: the job folder: the scripts, and the logs every backend writes to ``logs/<job id>.out`` and ``.err``
-    folder: str
+    #: the job folder, whose ``logs/<job id>.out`` and ``.err`` hold each job's output ("": it keeps no logs)
+    folder: str = ""
 
     def log_paths(self, job_id: str) -> List[str]:
         """Files holding the job's stdout and stderr."""
+        if not self.folder:
+            return []
         base = os.path.join(self.folder, layout.LOGS, job_id)
         return [base + ".out", base + ".err"]
 
