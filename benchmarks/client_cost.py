@@ -53,6 +53,7 @@ def wait_for_file(path, limit=120.0):
 # ---------------------------------------------------------------------- child: the local comparison
 def local(n: int, window: float) -> dict:
     import oarfutures
+    from oarfutures.backends.local import LocalBackend
     from oarfutures.core.poller import get_poller
 
     base = tempfile.mkdtemp(prefix="oarf-bench-")
@@ -76,15 +77,14 @@ def local(n: int, window: float) -> dict:
         out["rss_bytes_per_pending_call"] = out["rss_growth_bytes"] / pending
 
         time.sleep(SETTLE)
-        q0 = poller.query_count
-        with common.TickCounter(poller) as ticks:
+        with common.StateQueries(LocalBackend) as queries, common.TickCounter(poller) as ticks:
             thread_s, process_s, wall = common.cpu_window(poller._thread, window)
         out["window_seconds"] = wall
         out["resolver_cpu_per_second"] = thread_s / wall
         out["process_cpu_per_second"] = process_s / wall
         out["poller_ticks_per_second"] = ticks.ticks / wall
         out["poller_ms_per_tick"] = 1000 * ticks.tick_seconds / ticks.ticks if ticks.ticks else None
-        out["poller_queries_per_second"] = (poller.query_count - q0) / wall
+        out["poller_queries_per_second"] = queries.count / wall
         out["status_after_window"] = ex.status()
 
         t0 = time.perf_counter()

@@ -486,6 +486,27 @@ class TickCounter:
         return False
 
 
+class StateQueries:
+    """Counts the state queries this process makes of ``backend_class`` inside a ``with`` block (wraps the class's
+    ``query``, then restores it): the poller's, one per tick for all live jobs of that scheduler."""
+
+    def __init__(self, backend_class: Any) -> None:
+        self.count = 0
+        self._class, self._query = backend_class, backend_class.__dict__["query"]
+
+    def __enter__(self) -> "StateQueries":
+        def counted(backend: Any, job_ids: Any) -> Any:
+            self.count += 1
+            return self._query(backend, job_ids)
+
+        self._class.query = counted
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._class.query = self._query
+        return False
+
+
 def folder_bytes(folder: str) -> List[int]:
     total, files = 0, 0
     for root, _dirs, names in os.walk(folder):

@@ -75,22 +75,23 @@ def measure(args: dict) -> dict:
         out["oar_span_seconds"] = _oar_span(ids, time.time() - out["wall_seconds"])
     else:
         import oarfutures
-        from oarfutures.core.poller import get_poller
+        from oarfutures.backends.oar import OarBackend
 
         out["oarfutures_file"] = oarfutures.__file__
-        ex = oarfutures.OarPoolExecutor(folder=os.path.abspath("jobs"), walltime="0:5:0", python=python, name=name)
-        try:
-            t0 = time.perf_counter()
-            results = ex.map(noop, range(n), timeout=limit)
-            out["submit_seconds"] = time.perf_counter() - t0
-            values = list(results)
-            out["wall_seconds"] = time.perf_counter() - t0
-        except BaseException:
-            ex.abort("benchmark failed")
-            raise
-        ex.shutdown()
+        with common.StateQueries(OarBackend) as queries:
+            ex = oarfutures.OarPoolExecutor(folder=os.path.abspath("jobs"), walltime="0:5:0", python=python, name=name)
+            try:
+                t0 = time.perf_counter()
+                results = ex.map(noop, range(n), timeout=limit)
+                out["submit_seconds"] = time.perf_counter() - t0
+                values = list(results)
+                out["wall_seconds"] = time.perf_counter() - t0
+            except BaseException:
+                ex.abort("benchmark failed")
+                raise
+            ex.shutdown()
         out["ok"] = values == list(range(n))
-        out["poller_queries"] = get_poller().query_count
+        out["poller_queries"] = queries.count
     return out
 
 

@@ -8,7 +8,7 @@ quick queries after a submission included):
 
 * CPU seconds per wall second of the poller thread (``pthread_getcpuclockid``), of the whole client process, and
   of the scheduler commands it ran (``RUSAGE_CHILDREN``: squeue's own CPU, on this same machine);
-* state queries per minute (``poller.query_count``) and squeue/sacct/scontrol calls per minute (PATH wrappers);
+* state queries per minute (``common.StateQueries``) and squeue/sacct/scontrol calls per minute (PATH wrappers);
 * wall and poller-thread CPU time of each ``backend.query`` and of each poller tick (wrapped for the window).
 
 Slurm keeps every task of a held-then-cancelled array in its job table for MinJobAge (1 h here), counted toward
@@ -54,6 +54,7 @@ def _announcer():
 
 def measure(args: dict) -> dict:
     import oarfutures
+    from oarfutures.backends.slurm import SlurmBackend
     from oarfutures.core.poller import get_poller
 
     n, window = args["n"], args["window"]
@@ -87,8 +88,7 @@ def measure(args: dict) -> dict:
     out["arrays"] = len({f.split("_")[0] for f in ex.live_job_ids()})
     calls_file = os.environ.get(common.CALLS_VARIABLE, "")
     calls0 = common.count_calls(calls_file)
-    q0 = poller.query_count
-    with common.TickCounter(poller) as ticks:
+    with common.StateQueries(SlurmBackend) as state_queries, common.TickCounter(poller) as ticks:
         th0, p0, ch0, w0 = common.thread_cpu(poller._thread), time.process_time(), _children_cpu(), time.perf_counter()
         time.sleep(window)
         th1, p1, ch1, w1 = common.thread_cpu(poller._thread), time.process_time(), _children_cpu(), time.perf_counter()
@@ -100,7 +100,7 @@ def measure(args: dict) -> dict:
         poller_cpu_per_second=(th1 - th0) / wall,
         process_cpu_per_second=(p1 - p0) / wall,
         scheduler_command_cpu_per_second=(ch1 - ch0) / wall,  # squeue's own CPU (reaped children)
-        queries_per_minute=60 * (poller.query_count - q0) / wall,
+        queries_per_minute=60 * state_queries.count / wall,
         scheduler_calls_per_minute=60 * polls / wall,
         scheduler_calls_in_window={c: calls1.get(c, 0) - calls0.get(c, 0) for c in calls1},
         ticks_per_second=ticks.ticks / wall,

@@ -75,20 +75,21 @@ def measure(args: dict) -> dict:
         out["ok"] = states.get("COMPLETED") == n
     elif side.startswith(("oarfutures", "nosteal")):
         import oarfutures
-        from oarfutures.core.poller import get_poller
+        from oarfutures.backends.slurm import SlurmBackend
 
         out["oarfutures_file"] = oarfutures.__file__
         steal = {"steal_seconds": 0} if side.startswith("nosteal") else {}
         seconds = 1.0 if side.endswith("-1s") else 0.0
-        ex = oarfutures.SlurmPoolExecutor(folder=os.path.abspath("jobs"), python=python, name=name, **steal)
-        t0 = time.perf_counter()
-        results = ex.map(noop, range(n), [seconds] * n, timeout=limit)
-        out["submit_seconds"] = time.perf_counter() - t0
-        values = list(results)
-        out["wall_seconds"] = time.perf_counter() - t0
-        ex.shutdown()
+        with common.StateQueries(SlurmBackend) as queries:
+            ex = oarfutures.SlurmPoolExecutor(folder=os.path.abspath("jobs"), python=python, name=name, **steal)
+            t0 = time.perf_counter()
+            results = ex.map(noop, range(n), [seconds] * n, timeout=limit)
+            out["submit_seconds"] = time.perf_counter() - t0
+            values = list(results)
+            out["wall_seconds"] = time.perf_counter() - t0
+            ex.shutdown()
         out["ok"] = values == list(range(n))
-        out["poller_queries"] = get_poller().query_count
+        out["poller_queries"] = queries.count
     elif side == "submitit":
         import submitit
         from submitit.slurm.slurm import SlurmJob

@@ -1,5 +1,6 @@
 """Shared fixtures. Cluster tests are marked ``slurm``/``oar`` and need the clusters that ``tests/run-all.sh``
 starts; with ``CI=true`` a cluster that is not there fails those tests instead of skipping them."""
+import contextlib
 import os
 import pathlib
 import shutil
@@ -83,3 +84,21 @@ def run_client(path, source: str, *args, timeout: float = 60) -> subprocess.Comp
         timeout=timeout,
         cwd=str(script.parent),
     )
+
+
+@contextlib.contextmanager
+def counting_state_queries(backend_class):
+    """The state queries the poller makes meanwhile (calls of ``backend_class.query`` in this process, one entry
+    per call: how many jobs it asked about)."""
+    calls = []
+    query = backend_class.__dict__["query"]
+
+    def counted(self, job_ids):
+        calls.append(len(job_ids))
+        return query(self, job_ids)
+
+    backend_class.query = counted
+    try:
+        yield calls
+    finally:
+        backend_class.query = query

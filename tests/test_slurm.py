@@ -10,9 +10,9 @@ from concurrent.futures import CancelledError
 import pytest
 
 import tasks
-from conftest import require_command, wait_for
+from conftest import counting_state_queries, require_command, wait_for
 from oarfutures import JobFailedError, SlurmPoolExecutor
-from oarfutures.core.poller import get_poller
+from oarfutures.backends.slurm import SlurmBackend
 
 pytestmark = pytest.mark.slurm
 
@@ -171,13 +171,12 @@ def test_keyboard_interrupt_in_the_with_block_cancels_the_jobs(folder):
 
 
 def test_state_queries_are_batched_for_all_live_jobs(slurm):
-    before = get_poller().query_count
     started = time.time()
-    futures = [slurm.submit(tasks.sleep_and_return, 2, i) for i in range(20)]
-    assert [f.result(timeout=120) for f in futures] == list(range(20))
+    with counting_state_queries(SlurmBackend) as queries:
+        futures = [slurm.submit(tasks.sleep_and_return, 2, i) for i in range(20)]
+        assert [f.result(timeout=120) for f in futures] == list(range(20))
     seconds = time.time() - started
-    queries = get_poller().query_count - before
-    assert queries <= seconds + 2  # at most about one squeue/sacct per second for all 20 jobs, not 20
+    assert len(queries) <= seconds + 2  # at most about one squeue/sacct per second for all 20 jobs, not 20
 
 
 def test_submission_by_a_normal_user(alice_home):

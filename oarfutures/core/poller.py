@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
 logger = logging.getLogger("oarfutures")
 
@@ -30,10 +30,28 @@ SCAN_INTERVAL = (0.02, 0.5)  # seconds between result scans: right after activit
 BACKOFF = 1.5
 
 
-class Tracked(Protocol):
-    """What the poller asks of an executor (``executor.JobExecutor`` implements it)."""
+class Queried(Protocol):
+    """What the poller asks of an executor's backend (``backends.base.Backend`` documents each)."""
 
-    backend: Any  # its ``query_group()``, ``query()``, ``query_interval``, ``reports_changes_only``
+    query_interval: Tuple[float, float]
+    reports_changes_only: bool
+    query_is_cheap: bool
+
+    def query_group(self) -> object:
+        """Backends with equal groups share one query per tick."""
+
+    def query(self, job_ids: Sequence[str]) -> Mapping[str, Any]:
+        """The states of these jobs (or, ``reports_changes_only``, of those that changed), in one call."""
+
+
+class Tracked(Protocol):
+    """What the poller asks of an executor: the whole interface between the two (``core.tracking.TaskTracker``
+    implements it). The executor in turn calls ``watch``, ``forget``, ``query_soon`` and ``wake``; the poller
+    owns the schedule of queries (``_schedule``), the executor says only when there is news."""
+
+    @property
+    def backend(self) -> Queried:
+        """Its backend: what to query, how often, with whom together."""
 
     def poll_files(self, now: float) -> bool:
         """Scan for results and overdue jobs (no blocking work); True if anything was found."""
@@ -61,8 +79,7 @@ class _Query:
         self.error: Optional[BaseException] = None
         self._done = done
         self.finished = False
-        backend = executors[0].backend
-        if getattr(backend, "query_is_cheap", False):  # in memory (the local backend): no thread needed
+        if executors[0].backend.query_is_cheap:  # in memory (the local backend): no thread needed
             self._run()
         else:
             threading.Thread(target=self._run, name="oarfutures-query", daemon=True).start()
@@ -84,8 +101,6 @@ class Poller:
         self._schedule: Dict[Tracked, List[float]] = {}  # executor -> [next query time, current interval]
         self._queries: Dict[object, _Query] = {}  # query group -> the query in flight
         self.pid = os.getpid()
-        #: scheduler state queries made so far (benchmarks read it); the local pool's in-memory ones not counted
-        self.query_count = 0
         self._thread = threading.Thread(target=self._run, name="oarfutures-poller", daemon=True)
         self._thread.start()
 
@@ -171,16 +186,13 @@ class Poller:
         for group, members in groups.items():
             if group not in due or group in self._queries:
                 continue
-            backend = members[0].backend
             ids: List[str] = []
-            if not backend.reports_changes_only:
+            if not members[0].backend.reports_changes_only:
                 for executor in members:
                     ids += self._guarded(executor, executor.live_job_ids) or []
                 if not ids:
                     self._reschedule(members, now, changed=False)
                     continue
-            if not getattr(backend, "query_is_cheap", False):  # a scheduler's, not the local pool's memory
-                self.query_count += 1
             self._queries[group] = _Query(members, ids, self._wakeup)
 
     def _finish_queries(self, now: float) -> bool:
