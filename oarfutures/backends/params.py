@@ -209,8 +209,8 @@ def optional_line(name: str, value: Any) -> Optional[str]:
     return None if value is None else line(name, value)
 
 
-def positive_int(name: str, value: Any, allow_none: bool = True) -> Optional[int]:
-    if value is None and allow_none:
+def positive_int(name: str, value: Any) -> Optional[int]:
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
