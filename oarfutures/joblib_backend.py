@@ -47,7 +47,7 @@ class OarfuturesBackend(AutoBatchingMixin, ParallelBackendBase):
             return self.executor._max_workers
         return max(1, n_jobs)
 
-    def submit(self, func: Callable[[], Any], callback: Optional[Callable[[JobFuture], None]] = None) -> JobFuture:
+    def submit(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> JobFuture:
         future = self.executor.submit(func)
         if callback is not None:
             future.add_done_callback(callback)

@@ -41,8 +41,8 @@ def for_backend(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         generic = {k: v for k, v in generic.items() if k not in WALLTIME_NAMES}
     result = {**generic, **prefixed}
     if "timeout_min" in result:  # submitit's name; walltime in minutes
-        minutes = result.pop("timeout_min")
-        result.setdefault("walltime", None if minutes is None else positive_number("timeout_min", minutes) * 60)
+        minutes = positive_number("timeout_min", result.pop("timeout_min"))
+        result.setdefault("walltime", None if minutes is None else minutes * 60)
     return result
 
 
@@ -253,16 +253,18 @@ def setup_lines(name: str, value: Any) -> Tuple[str, ...]:
     return tuple(line(name, item) for item in _sequence(name, value))
 
 
-def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def extra_options(name: str, value: Optional[Mapping[Any, Any]]) -> Dict[str, Any]:
     """``additional_parameters``: option name -> value (True for a flag), each kept on its own line.
 
     None and False are refused rather than dropped: "--x=None" was never meant, and silently leaving an option
     out that the user wrote down hides the mistake; leaving the key out says it.
     """
-    if value is not None and not isinstance(value, Mapping):
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping of option names to values, got {type(value).__name__}")
     result: Dict[str, Any] = {}
-    for key, item in (value or {}).items():
+    for key, item in value.items():
         if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
             raise ValueError(f"{name} key {key!r} is not an option name: use letters, digits, '-' and '_' only")
         result[key] = _option_value(f"{name}[{key!r}]", item)

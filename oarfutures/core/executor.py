@@ -51,7 +51,7 @@ import os
 import time
 import weakref
 from concurrent import futures as cf
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
 
 from oarfutures.backends.base import Backend
 from oarfutures.core import batchfiles, retention
@@ -222,7 +222,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
             if not self._closed_event.wait(TIDY_WAIT):
                 logger.warning("oarfutures: %s still tidying %d task(s) at shutdown", self.folder, len(self._tasks))
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""
         if exc_type is not None:
             try:

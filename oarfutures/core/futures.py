@@ -78,7 +78,7 @@ class JobFuture(Future):
         if self._deferring == threading.get_ident():
             self._deferred = True  # run when this thread's transition ends, outside the lock
             return
-        super()._invoke_callbacks()
+        super()._invoke_callbacks()  # type: ignore[misc]  # (private to Future, hence not in its stubs)
 
 
 @contextlib.contextmanager

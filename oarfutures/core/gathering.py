@@ -33,7 +33,7 @@ class Gathering:
         """Pickle the call now (raising TypeError, with nothing added, if it cannot be) and return its future."""
         index = self._function_index.get(id(fn))
         new = index is None
-        if new:
+        if index is None:
             batchfiles.pickle_functions([fn])  # the batch pickles its functions together later: check this one now
             index = len(self.functions)
         blob = batchfiles.pickle_task([(index, args, kwargs)])

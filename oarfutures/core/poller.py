@@ -75,7 +75,7 @@ class _Query:
     def __init__(self, executors: List[Tracked], ids: Sequence[str], done: threading.Event) -> None:
         self.executors = executors
         self.ids = list(ids)
-        self.statuses: Optional[Dict[str, Any]] = None
+        self.statuses: Optional[Mapping[str, Any]] = None
         self.error: Optional[BaseException] = None
         self._done = done
         self.finished = False

@@ -60,8 +60,6 @@ def folder_path(folder: Optional[str], kind: str) -> str:
     """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
         folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
-    if not isinstance(folder, (str, os.PathLike)) or not isinstance(os.fspath(folder), str):
-        raise TypeError(f"folder must be a text path, got {type(folder).__name__} {folder!r}")
     return os.path.abspath(os.fspath(folder))
 
 

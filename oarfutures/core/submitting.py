@@ -282,9 +282,9 @@ class BatchSubmitter(TaskTracker):
                             raise
                         refused.append((wave, exc))
         finally:
-            for wave, exc in refused:
+            for wave, error in refused:
                 for task in wave:
-                    self._settle_failure(task, exc)
+                    self._settle_failure(task, error)
             self._tidy_finished()
         if self._cancelled:  # cancelled while their wave was being submitted
             self._service.run(self._process_cancellations)

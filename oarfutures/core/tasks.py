@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 import filelock
 
@@ -104,7 +104,7 @@ class TaskTable:
         self._batch_left: Dict[str, int] = {}
         self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
         # the last answer apply_states found nothing left to do with, and the jobs it had then (see there)
-        self._settled_answer: Optional[Tuple[Dict[str, JobStatus], Dict[str, Task]]] = None
+        self._settled_answer: Optional[Tuple[Mapping[str, JobStatus], Dict[str, Task]]] = None
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go

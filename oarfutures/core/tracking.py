@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from oarfutures.backends.base import JobState, JobStatus
 from oarfutures.core import batchfiles
@@ -103,7 +103,7 @@ class TaskTracker(TaskTable):
             submitted = Phase.SUBMITTED  # a local: a global and an attribute lookup less per task
             return [t.job_id for t in self._tasks.values() if t.phase is submitted and t.job_id and not t.settling]
 
-    def apply_states(self, statuses: Dict[str, JobStatus], now: float) -> bool:
+    def apply_states(self, statuses: Mapping[str, JobStatus], now: float) -> bool:
         """Act on the backend's answer; True if any job changed state (the poller then queries again sooner)."""
         changed = False
         with self._lock:
