@@ -3,6 +3,7 @@
 Names are imported on first use: the worker (``python -m oarfutures.worker``) starts once per task and must not
 pay for the client's imports (cloudpickle, threads, the executors).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,11 +42,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from oarfutures.executors import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
     from oarfutures.checkpoint import Checkpointable, Resubmission
-    from oarfutures.worker.environment import JobEnvironment
-    from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
     from oarfutures.core.futures import JobFuture
+    from oarfutures.errors import JobFailedError, RemoteError, RemoteTraceback
+    from oarfutures.executors import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+    from oarfutures.worker.environment import JobEnvironment
 
 
 def __getattr__(name: str) -> object:

@@ -6,12 +6,13 @@ question with a short timeout and falls back to the next backend, logging why.
 
 ``executors.AutoPoolExecutor`` asks it when neither ``cluster=`` nor ``$OARFUTURES_CLUSTER`` names one.
 """
+
 from __future__ import annotations
 
 import getpass
 import logging
 import shutil
-from typing import Sequence
+from collections.abc import Sequence
 
 from oarfutures.backends import commands
 

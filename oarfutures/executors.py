@@ -7,11 +7,13 @@ A constructor spells its scheduler's parameters out (so that a signature and the
 the arguments every executor takes in one place (``CoreSettings.check``), builds its backend from them, and hands
 both to the core, which creates the folder last: a refused argument leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence, Type, TypeVar, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, TypeVar
 
 from oarfutures import auto, registry
 from oarfutures.backends import oar, params, slurm
@@ -46,7 +48,7 @@ _CORE_ARGUMENTS_MARK = "            (" + ", ".join(CORE_ARGUMENTS) + ": see CORE
 E = TypeVar("E", bound=type)
 
 
-def _with_core_arguments(backend: Type[Backend]) -> Callable[[E], E]:
+def _with_core_arguments(backend: type[Backend]) -> Callable[[E], E]:
     """Put the core arguments' entries where the constructor's docstring marks them (API reference, ``help()``);
     ``tests/test_api_docs.py`` fails if a constructor forgets the mark."""
 
@@ -58,7 +60,6 @@ def _with_core_arguments(backend: Type[Backend]) -> Callable[[E], E]:
         return cls
 
     return document
-
 
 
 @_with_core_arguments(SlurmBackend)
@@ -76,29 +77,29 @@ class SlurmPoolExecutor(JobExecutor):
 
     def __init__(
         self,
-        max_workers: Optional[int] = None,
+        max_workers: int | None = None,
         *,
-        folder: Optional[str] = None,
-        partition: Optional[str] = None,
-        walltime: Union[None, int, float, str, datetime.timedelta] = None,
+        folder: str | None = None,
+        partition: str | None = None,
+        walltime: int | float | str | datetime.timedelta | None = None,
         nodes: int = 1,
         cpus_per_task: int = 1,
-        mem: Optional[str] = None,
-        gpus_per_node: Optional[int] = None,
-        account: Optional[str] = None,
-        qos: Optional[str] = None,
+        mem: str | None = None,
+        gpus_per_node: int | None = None,
+        account: str | None = None,
+        qos: str | None = None,
         name: str = "oarfutures",
         setup: Sequence[str] = (),
-        additional_parameters: Optional[Mapping[str, Any]] = None,
+        additional_parameters: Mapping[str, Any] | None = None,
         checkpoint_seconds: int = 90,
         steal_seconds: float = 60,
-        python: Optional[str] = None,
-        max_array_size: Optional[int] = None,
+        python: str | None = None,
+        max_array_size: int | None = None,
         keep_files: bool = False,
-        result_grace: Optional[float] = None,
+        result_grace: float | None = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
-        mem_gb: Optional[float] = None,
+        mem_gb: float | None = None,
         **parameters: Any,
     ) -> None:
         """Submit nothing yet: each ``submit``/``map`` becomes an ``sbatch --array`` with these parameters.
@@ -148,22 +149,22 @@ class SlurmPoolExecutor(JobExecutor):
         settings = CoreSettings.check(
             SlurmBackend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-        explicit = dict(
-            partition=partition,
-            walltime=walltime,
-            nodes=nodes,
-            cpus_per_task=cpus_per_task,
-            mem=mem,
-            mem_gb=mem_gb,
-            gpus_per_node=gpus_per_node,
-            account=account,
-            qos=qos,
-            name=name,
-            setup=setup,
-            additional_parameters=additional_parameters,
-            checkpoint_seconds=checkpoint_seconds,
-            steal_seconds=steal_seconds,
-        )
+        explicit = {
+            "partition": partition,
+            "walltime": walltime,
+            "nodes": nodes,
+            "cpus_per_task": cpus_per_task,
+            "mem": mem,
+            "mem_gb": mem_gb,
+            "gpus_per_node": gpus_per_node,
+            "account": account,
+            "qos": qos,
+            "name": name,
+            "setup": setup,
+            "additional_parameters": additional_parameters,
+            "checkpoint_seconds": checkpoint_seconds,
+            "steal_seconds": steal_seconds,
+        }
         # (unknown names listed, submitit's spellings translated)
         given = {**params.changed_from_defaults(explicit, slurm.PARAMETERS), **parameters}
         super().__init__(SlurmBackend(settings.folder, given, max_array_size), settings)
@@ -186,29 +187,29 @@ class OarPoolExecutor(JobExecutor):
 
     def __init__(
         self,
-        max_workers: Optional[int] = None,
+        max_workers: int | None = None,
         *,
-        folder: Optional[str] = None,
-        queue: Optional[str] = None,
-        walltime: Union[None, int, float, str, datetime.timedelta] = None,
+        folder: str | None = None,
+        queue: str | None = None,
+        walltime: int | float | str | datetime.timedelta | None = None,
         nodes: int = 1,
-        cores: Optional[int] = None,
-        gpus_per_node: Optional[int] = None,
-        resources: Optional[str] = None,
-        properties: Optional[str] = None,
-        project: Optional[str] = None,
+        cores: int | None = None,
+        gpus_per_node: int | None = None,
+        resources: str | None = None,
+        properties: str | None = None,
+        project: str | None = None,
         name: str = "oarfutures",
         job_types: Sequence[str] = (),
         setup: Sequence[str] = (),
-        additional_parameters: Optional[Mapping[str, Any]] = None,
+        additional_parameters: Mapping[str, Any] | None = None,
         checkpoint_seconds: int = 90,
         steal_seconds: float = 60,
-        python: Optional[str] = None,
+        python: str | None = None,
         keep_files: bool = False,
-        result_grace: Optional[float] = None,
+        result_grace: float | None = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
-        mem_gb: Optional[float] = None,
+        mem_gb: float | None = None,
         **parameters: Any,
     ) -> None:
         """Submit nothing yet: each ``submit``/``map`` becomes an ``oarsub --array`` with these parameters.
@@ -260,23 +261,23 @@ class OarPoolExecutor(JobExecutor):
         settings = CoreSettings.check(
             OarBackend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-        explicit = dict(
-            queue=queue,
-            walltime=walltime,
-            nodes=nodes,
-            cores=cores,
-            gpus_per_node=gpus_per_node,
-            resources=resources,
-            properties=properties,
-            project=project,
-            name=name,
-            job_types=job_types,
-            setup=setup,
-            additional_parameters=additional_parameters,
-            checkpoint_seconds=checkpoint_seconds,
-            steal_seconds=steal_seconds,
-            mem_gb=mem_gb,
-        )
+        explicit = {
+            "queue": queue,
+            "walltime": walltime,
+            "nodes": nodes,
+            "cores": cores,
+            "gpus_per_node": gpus_per_node,
+            "resources": resources,
+            "properties": properties,
+            "project": project,
+            "name": name,
+            "job_types": job_types,
+            "setup": setup,
+            "additional_parameters": additional_parameters,
+            "checkpoint_seconds": checkpoint_seconds,
+            "steal_seconds": steal_seconds,
+            "mem_gb": mem_gb,
+        }
         # (unknown names listed, submitit's spellings translated)
         given = {**params.changed_from_defaults(explicit, oar.PARAMETERS), **parameters}
         super().__init__(OarBackend(settings.folder, given), settings)
@@ -292,12 +293,12 @@ class LocalPoolExecutor(JobExecutor):
 
     def __init__(
         self,
-        max_workers: Optional[int] = None,
+        max_workers: int | None = None,
         *,
-        folder: Optional[str] = None,
-        python: Optional[str] = None,
+        folder: str | None = None,
+        python: str | None = None,
         keep_files: bool = False,
-        result_grace: Optional[float] = None,
+        result_grace: float | None = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
         **parameters: Any,
@@ -333,7 +334,7 @@ def _wake_poller() -> None:
 
 
 def AutoPoolExecutor(
-    max_workers: Optional[int] = None, *, folder: Optional[str] = None, cluster: Optional[str] = None, **parameters: Any
+    max_workers: int | None = None, *, folder: str | None = None, cluster: str | None = None, **parameters: Any
 ) -> JobExecutor:
     """An executor for the scheduler found here (or ``cluster=``, or ``$OARFUTURES_CLUSTER``).
 

@@ -8,9 +8,10 @@
 Without ``executor=``, an ``AutoPoolExecutor`` is made from the other keywords. Jobs take seconds to start, so
 joblib's automatic batching aims at batches of 10-60 s of work instead of its default fraction of a second.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import joblib
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
@@ -24,7 +25,7 @@ class OarfuturesBackend(AutoBatchingMixin, ParallelBackendBase):
     MAX_IDEAL_BATCH_DURATION = 60
     supports_retrieve_callback = True
 
-    def __init__(self, executor: Optional[JobExecutor] = None, **executor_parameters: Any) -> None:
+    def __init__(self, executor: JobExecutor | None = None, **executor_parameters: Any) -> None:
         super().__init__()
         self._executor = executor
         self._owned = executor is None  # made here, so shut down here
@@ -38,16 +39,18 @@ class OarfuturesBackend(AutoBatchingMixin, ParallelBackendBase):
             self._executor = AutoPoolExecutor(**self._parameters)
         return self._executor
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any) -> int:
+    def configure(
+        self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any
+    ) -> int:
         self.parallel = parallel
         return self.effective_n_jobs(n_jobs)
 
-    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs is None or n_jobs < 0:
             return self.executor._max_workers
         return max(1, n_jobs)
 
-    def submit(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> JobFuture:
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> JobFuture:
         future = self.executor.submit(func)
         if callback is not None:
             future.add_done_callback(callback)

@@ -4,10 +4,11 @@ A batch record names its scheduler ("slurm", "oar", "local"); whoever meets such
 of branching on it. Entries are dotted paths, imported on first use: the command line of a Slurm folder never
 imports OAR's module, and the job side never imports this table at all.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 
 class Scheduler(NamedTuple):
@@ -15,12 +16,12 @@ class Scheduler(NamedTuple):
     executor: str  # "module:Class" of its public executor
 
 
-SCHEDULERS: Dict[str, Scheduler] = {
+SCHEDULERS: dict[str, Scheduler] = {
     "slurm": Scheduler("oarfutures.backends.slurm:SlurmBackend", "oarfutures.executors:SlurmPoolExecutor"),
     "oar": Scheduler("oarfutures.backends.oar:OarBackend", "oarfutures.executors:OarPoolExecutor"),
     "local": Scheduler("oarfutures.backends.local:LocalBackend", "oarfutures.executors:LocalPoolExecutor"),
 }
-NAMES: Tuple[str, ...] = tuple(SCHEDULERS)
+NAMES: tuple[str, ...] = tuple(SCHEDULERS)
 
 
 def _load(dotted: str) -> Any:

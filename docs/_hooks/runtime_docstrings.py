@@ -4,6 +4,7 @@ The entries of the arguments every executor takes are written once (``oarfutures
 put into each constructor's docstring when the module is imported; griffe reads the source, where a marker line
 stands for them, so for those docstrings this takes the imported text instead.
 """
+
 import inspect
 
 import griffe

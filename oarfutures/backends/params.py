@@ -3,13 +3,15 @@
 Values end up in ``#SBATCH``/``#OAR`` lines of a shell script: a newline there would start a new line of shell, so
 every value is checked here and rejected with the parameter's name, never escaped and written.
 """
+
 from __future__ import annotations
 
 import datetime
 import math
 import os
 import re
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable
 
 TOKEN = re.compile(r"[A-Za-z0-9_.:+@%/,=\-\[\]]+")  # always fullmatch: "$" would let a trailing newline through
 OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -22,11 +24,21 @@ FORBIDDEN_IN_FOLDER = re.compile(r"""[\x00-\x1f\x7f"'\\]""")
 Checker = Callable[[str, Any], Any]
 
 #: the parameters with one meaning on every backend (the local one accepts and ignores what it cannot apply)
-GENERIC = ("walltime", "timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "name", "setup")
+GENERIC = (
+    "walltime",
+    "timeout_min",
+    "nodes",
+    "tasks_per_node",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "name",
+    "setup",
+)
 BACKEND_PREFIXES = ("oar_", "slurm_", "local_")
 
 
-def for_backend(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
+def for_backend(values: Mapping[str, Any], backend: str) -> dict[str, Any]:
     """Keep the generic parameters and ``<backend>_`` ones (prefix stripped, overriding the generic one), in
     oarfutures' spelling (submitit's is translated, or refused naming ours: see ``SUBMITIT_SPELLINGS``).
 
@@ -51,7 +63,7 @@ WALLTIME_NAMES = frozenset(("walltime", "timeout_min"))
 
 #: submitit's spellings (its AutoExecutor, SlurmExecutor and the OAR plugin) that mean what an oarfutures
 #: parameter means, per backend, after the prefix is stripped: ``slurm_job_name`` is ``name`` on Slurm
-SUBMITIT_SPELLINGS: Dict[str, Dict[str, str]] = {
+SUBMITIT_SPELLINGS: dict[str, dict[str, str]] = {
     "slurm": {
         "job_name": "name",
         "time": "timeout_min",  # submitit's Slurm time is in minutes
@@ -64,7 +76,7 @@ SUBMITIT_SPELLINGS: Dict[str, Dict[str, str]] = {
 }
 
 #: submitit's spellings that oarfutures does not take, with what to do instead (the error says it)
-SUBMITIT_REFUSED: Dict[str, Dict[str, str]] = {
+SUBMITIT_REFUSED: dict[str, dict[str, str]] = {
     "slurm": {
         "array_parallelism": "use max_workers= (it caps the running calls of the executor, as Slurm's %N)",
         "map_count": "map() sizes the array itself",
@@ -78,16 +90,16 @@ SUBMITIT_REFUSED: Dict[str, Dict[str, str]] = {
 }
 
 #: submitit spellings accepted when false (their default, and oarfutures' behaviour), refused when true
-SUBMITIT_OFF_ONLY: Dict[str, str] = {
+SUBMITIT_OFF_ONLY: dict[str, str] = {
     "stderr_to_stdout": "a job's stderr stays in logs/<job>.err beside its .out; executor.logs(future) and "
     "`oarfutures logs` show both",
 }
 
 
-def respelled(values: Mapping[str, Any], backend: str) -> Dict[str, Any]:
+def respelled(values: Mapping[str, Any], backend: str) -> dict[str, Any]:
     """``values`` with submitit's spellings replaced by oarfutures' own; a refused one is a TypeError saying what
     to use, and giving a parameter under both spellings is one too (which one was meant?)."""
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     for key, value in values.items():
         if key in SUBMITIT_OFF_ONLY:
             if value:
@@ -139,7 +151,7 @@ def check_other_prefixes(values: Iterable[str], backend: str) -> None:
             raise TypeError(f"unknown {EXECUTOR_NAMES[other]} parameter {name!r} in {key!r}; valid ones are: {listed}")
 
 
-def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor keywords the caller changed: an untouched default must not count as given, or
     ``SlurmPoolExecutor(job_name="x")`` would clash with the default ``name``, and ``slurm_name=`` could not
     override it."""
@@ -150,7 +162,7 @@ def _same(value: Any, default: Any) -> bool:
     return value is default or value == default
 
 
-def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> Dict[str, Any]:
+def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> dict[str, Any]:
     """Check every value with its checker; unknown names are a TypeError listing the valid ones."""
     check_names(values, checkers, what)
     return {key: checkers[key](key, value) for key, value in values.items()}
@@ -162,7 +174,7 @@ def check_names(given: Iterable[str], valid: Iterable[str], what: str) -> None:
         raise TypeError(f"unknown {what} {', '.join(map(repr, unknown))}; valid ones are: {', '.join(sorted(valid))}")
 
 
-def token(name: str, value: Any) -> Optional[str]:
+def token(name: str, value: Any) -> str | None:
     """A single word (queue, partition, account, job name, memory size): no spaces, quotes or newlines."""
     if value is None:
         return None
@@ -192,7 +204,7 @@ def _number(name: str, value: Any, what: str) -> float:
     return value
 
 
-def positive_number(name: str, value: Any) -> Optional[float]:
+def positive_number(name: str, value: Any) -> float | None:
     return None if value is None else _number(name, value, "a positive number")
 
 
@@ -205,11 +217,11 @@ def non_negative_number(name: str, value: Any) -> float:
     return value
 
 
-def optional_line(name: str, value: Any) -> Optional[str]:
+def optional_line(name: str, value: Any) -> str | None:
     return None if value is None else line(name, value)
 
 
-def positive_int(name: str, value: Any) -> Optional[int]:
+def positive_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -217,7 +229,7 @@ def positive_int(name: str, value: Any) -> Optional[int]:
     return value
 
 
-def walltime_seconds(name: str, value: Any) -> Optional[int]:
+def walltime_seconds(name: str, value: Any) -> int | None:
     """Seconds from a number of seconds, a timedelta, or "[D-]H:MM:SS" / "MM:SS" text."""
     if value is None:
         return None
@@ -246,14 +258,14 @@ def hms(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def setup_lines(name: str, value: Any) -> Tuple[str, ...]:
+def setup_lines(name: str, value: Any) -> tuple[str, ...]:
     """Shell lines run before the worker (module load, conda activate): shell by design, one line each."""
     if isinstance(value, str):
         value = [value]
     return tuple(line(name, item) for item in _sequence(name, value))
 
 
-def extra_options(name: str, value: Optional[Mapping[Any, Any]]) -> Dict[str, Any]:
+def extra_options(name: str, value: Mapping[Any, Any] | None) -> dict[str, Any]:
     """``additional_parameters``: option name -> value (True for a flag), each kept on its own line.
 
     None and False are refused rather than dropped: "--x=None" was never meant, and silently leaving an option
@@ -263,7 +275,7 @@ def extra_options(name: str, value: Optional[Mapping[Any, Any]]) -> Dict[str, An
         return {}
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping of option names to values, got {type(value).__name__}")
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
             raise ValueError(f"{name} key {key!r} is not an option name: use letters, digits, '-' and '_' only")
@@ -271,7 +283,7 @@ def extra_options(name: str, value: Optional[Mapping[Any, Any]]) -> Dict[str, An
     return result
 
 
-def _option_value(name: str, item: Any) -> Union[bool, str]:
+def _option_value(name: str, item: Any) -> bool | str:
     if item is True:
         return True
     if isinstance(item, (int, float)) and not isinstance(item, bool):
@@ -299,7 +311,7 @@ def reserved_option(
             raise ValueError(f"{name} {key!r} (--{reserved_name}) is not accepted: {advice}")
 
 
-def job_folder(name: str, path: Union[str, "os.PathLike[str]"]) -> str:
+def job_folder(name: str, path: str | os.PathLike[str]) -> str:
     """The absolute job folder, refused if a ``#SBATCH``/``#OAR`` line or a log path cannot hold it.
 
     Spaces and shell characters are fine (the backends quote the folder wherever a shell reads it); control
@@ -322,13 +334,24 @@ def job_folder(name: str, path: Union[str, "os.PathLike[str]"]) -> str:
 #: sbatch options submitit takes as parameters of their own, which Slurm executors take too (one
 #: ``#SBATCH --<option>=<value>`` line each; ``additional_parameters`` holds any other option)
 SBATCH_OPTIONS = (
-    "constraint", "exclude", "gres", "comment", "nodelist", "exclusive", "wckey", "mail_type", "mail_user",
-    "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu",
+    "constraint",
+    "exclude",
+    "gres",
+    "comment",
+    "nodelist",
+    "exclusive",
+    "wckey",
+    "mail_type",
+    "mail_user",
+    "cpus_per_gpu",
+    "gpus_per_task",
+    "mem_per_gpu",
+    "mem_per_cpu",
 )
 SBATCH_VALUE = re.compile(r"[^\s\"'\\\x00-\x1f\x7f]+")  # sbatch splits a directive at blanks and reads quotes
 
 
-def sbatch_value(name: str, value: Any) -> Union[None, bool, str]:
+def sbatch_value(name: str, value: Any) -> bool | str | None:
     """The value of one of ``SBATCH_OPTIONS``: None, "" and False leave it out (submitit's defaults), True is a
     flag (``exclusive=True``), a number or a word its value (``constraint="v100&ib"``, ``nodelist="n[1-4]"``)."""
     if value is None or value is False or value == "":

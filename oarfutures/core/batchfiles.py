@@ -4,6 +4,7 @@ The functions of a batch are pickled once, however many calls it has (a closure 
 once, not once per element); every task's calls go into one file with an offset index, so a map of 100,000
 calls creates three files, not 100,000.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,14 +13,15 @@ import shutil
 import struct
 import sys
 import warnings
-from typing import Any, Callable, List, NamedTuple, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple, Union
 
 import cloudpickle
 
-from oarfutures.protocol import layout
 from oarfutures.errors import RemoteError, RemoteTraceback
+from oarfutures.protocol import layout
 
-Call = Tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
+Call = tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
 
 
 def _write_private(path: str, data: bytes) -> None:
@@ -30,11 +32,12 @@ def _write_private(path: str, data: bytes) -> None:
 
 def _origin(fn: Callable) -> Any:
     """The file a function's code comes from (cloudpickle hides it for code pickled by value)."""
-    code = getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    method = getattr(type(fn), "__call__", None)  # noqa: B004 - its code, for a callable object
+    code = getattr(fn, "__code__", None) or getattr(method, "__code__", None)
     return getattr(code, "co_filename", None)
 
 
-def client_sys_path() -> List[str]:
+def client_sys_path() -> list[str]:
     return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
@@ -122,7 +125,7 @@ class CorruptResultError(Exception):
     """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
 
 
-def read_result(path: str, delivered: str = "") -> Tuple[list, int]:
+def read_result(path: str, delivered: str = "") -> tuple[list, int]:
     """The outcomes of a task's calls, and how many times the task was resubmitted after a checkpoint.
 
     ``delivered`` is where the file is looked for when it is gone from ``path``: another client of the same
@@ -132,7 +135,7 @@ def read_result(path: str, delivered: str = "") -> Tuple[list, int]:
     return outcomes, resubmissions
 
 
-def read_result_and_runner(path: str, delivered: str = "") -> Tuple[list, int, "str | None"]:
+def read_result_and_runner(path: str, delivered: str = "") -> tuple[list, int, str | None]:
     """``read_result``, and the job that ran the task when it was not the task's own (a stealer), else None."""
     for candidate in (path, delivered):
         try:

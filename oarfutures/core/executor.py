@@ -43,6 +43,7 @@ Lock order (outer first; never take an outer lock while holding an inner one):
 No user callback runs under any of them: futures settle on the service thread with no package lock held, and
 ``futures.py`` defers callbacks until a future's own transition lock is released.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,9 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures as cf
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Literal
 
 from oarfutures.backends.base import Backend
 from oarfutures.core import batchfiles, retention
@@ -65,7 +67,7 @@ logger = logging.getLogger("oarfutures")
 SUBMITTED_AHEAD = 1024  # calls dask and joblib keep submitted to a cluster executor (its _max_workers)
 TIDY_WAIT = 30.0  # seconds shutdown(wait=True) waits, after the futures settled, for their files to be tidied
 
-_executors: "weakref.WeakSet[JobExecutor]" = weakref.WeakSet()
+_executors: weakref.WeakSet[JobExecutor] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -108,7 +110,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
         """One array for all calls (``chunksize`` calls per array task), results in input order.
@@ -118,7 +120,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, {})
 
-    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> list[JobFuture]:
         """``map``'s one array, but its futures, in input order, instead of an iterator of results.
 
         Everything is submitted before this returns, and each future carries its array task's ``job_id`` once
@@ -131,17 +133,22 @@ class JobExecutor(BatchSubmitter, cf.Executor):
     map_array = map_futures
 
     def _map(
-        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], timeout: Optional[float], chunksize: int, options: Dict
+        self,
+        fn: Callable[..., Any],
+        iterables: Sequence[Iterable[Any]],
+        timeout: float | None,
+        chunksize: int,
+        options: dict,
     ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         return _results_in_order(self._map_futures(fn, iterables, chunksize, options), deadline)
 
     def _map_futures(
-        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], chunksize: int, options: Dict
-    ) -> List[JobFuture]:
+        self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], chunksize: int, options: dict
+    ) -> list[JobFuture]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        calls: List[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
+        calls: list[batchfiles.Call] = [(0, args, {}) for args in zip(*iterables)]
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
         return self._submit_batch([fn], tasks, options) if tasks else []
 
@@ -154,7 +161,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         """
         self.backend.parameters.update(self.backend.validate(parameters))
 
-    def options(self, **parameters: Any) -> "ExecutorOptions":
+    def options(self, **parameters: Any) -> ExecutorOptions:
         """A view of this executor whose ``submit``/``map`` use these parameters, e.g.
         ``ex.options(cpus_per_task=8).submit(f, x)``; no keyword of ``f`` is reserved."""
         return ExecutorOptions(self, self.backend.validate(parameters))
@@ -169,7 +176,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         """
         if getattr(self._collecting, "calls", None) is not None:
             raise RuntimeError("batch() blocks do not nest")
-        calls: List[Tuple[Callable[..., Any], tuple, dict, Dict[str, Any], JobFuture]] = []
+        calls: list[tuple[Callable[..., Any], tuple, dict, dict[str, Any], JobFuture]] = []
         self._collecting.calls = calls
         try:
             yield
@@ -179,13 +186,13 @@ class JobExecutor(BatchSubmitter, cf.Executor):
             raise
         finally:
             self._collecting.calls = None
-        groups: Dict[str, list] = {}  # one array per distinct set of options
+        groups: dict[str, list] = {}  # one array per distinct set of options
         for call in calls:
             if not call[4].cancelled():
                 groups.setdefault(repr(sorted(call[3].items())), []).append(call)
-        first_error: Optional[BaseException] = None
+        first_error: BaseException | None = None
         for group in groups.values():
-            functions: List[Callable[..., Any]] = []
+            functions: list[Callable[..., Any]] = []
             tasks = []
             for fn, args, kwargs, _, _ in group:
                 if not any(fn is known for known in functions):
@@ -194,7 +201,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
             handed_out = [call[4] for call in group]
             try:
                 self._submit_batch(functions, tasks, group[0][3], handed_out)
-            except BaseException as exc:  # noqa: B036 - the futures were handed out: they must not stay PENDING
+            except BaseException as exc:  # the futures were handed out: they must not stay PENDING
                 for future in handed_out:
                     set_exception(future, exc)
                 first_error = first_error or exc
@@ -217,10 +224,10 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         if wait:
             cf.wait(live)
         self._close_if_idle()
-        if wait and not self._service.on_this_thread():  # (from a callback, the tidying would wait for us)
-            # the futures are settled; their files are tidied right after: wait for that, not forever
-            if not self._closed_event.wait(TIDY_WAIT):
-                logger.warning("oarfutures: %s still tidying %d task(s) at shutdown", self.folder, len(self._tasks))
+        # the futures are settled; their files are tidied right after: wait for that, not forever (and not at all
+        # from a callback, where the tidying would wait for us)
+        if wait and not self._service.on_this_thread() and not self._closed_event.wait(TIDY_WAIT):
+            logger.warning("oarfutures: %s still tidying %d task(s) at shutdown", self.folder, len(self._tasks))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""
@@ -246,7 +253,11 @@ class JobExecutor(BatchSubmitter, cf.Executor):
     def logs(self, future: JobFuture) -> str:
         """stdout and stderr of every job that ran this future's task, in order (resubmissions included)."""
         # a task another job of its array ran (stolen) has logs of its own: that job's are another call's output
-        stolen = [p for p in layout.stolen_log_paths(self.folder, future.task_id) if os.path.exists(p)] if future.task_id else []
+        stolen = (
+            [p for p in layout.stolen_log_paths(self.folder, future.task_id) if os.path.exists(p)]
+            if future.task_id
+            else []
+        )
         job_ids = future.job_ids[:-1] if stolen else future.job_ids
         parts = []
         for path in [p for job_id in dict.fromkeys(job_ids) for p in self.backend.log_paths(job_id)] + stolen:
@@ -255,7 +266,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
                     parts.append(f"==> {path} <==\n{f.read()}")
         return "\n".join(parts)
 
-    def status(self) -> Dict[str, int]:
+    def status(self) -> dict[str, int]:
         """How many calls of this executor are pending (queued) and running now."""
         with self._lock:
             live = [f for task in self._tasks.values() for f in task.futures]
@@ -265,7 +276,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         }
 
 
-def _results_in_order(futures: List[JobFuture], deadline: Optional[float]) -> Iterator[Any]:
+def _results_in_order(futures: list[JobFuture], deadline: float | None) -> Iterator[Any]:
     """Yield results in submission order; on early close, error or timeout, cancel what was not returned."""
     futures.reverse()
     try:
@@ -277,7 +288,7 @@ def _results_in_order(futures: List[JobFuture], deadline: Optional[float]) -> It
             future.cancel()
 
 
-def _result_or_cancel(future: JobFuture, deadline: Optional[float]) -> Any:
+def _result_or_cancel(future: JobFuture, deadline: float | None) -> Any:
     try:
         return future.result(None if deadline is None else deadline - time.monotonic())
     except BaseException:
@@ -288,7 +299,7 @@ def _result_or_cancel(future: JobFuture, deadline: Optional[float]) -> Any:
 class ExecutorOptions:
     """What ``executor.options(...)`` returns: ``submit`` and ``map`` with other parameters, same executor."""
 
-    def __init__(self, executor: JobExecutor, options: Dict[str, Any]) -> None:
+    def __init__(self, executor: JobExecutor, options: dict[str, Any]) -> None:
         """Made by ``executor.options(...)``, which checks the parameters first.
 
         Args:
@@ -303,12 +314,12 @@ class ExecutorOptions:
         return self._executor._submit(fn, args, kwargs, self._options)
 
     def map(
-        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None, chunksize: int = 1
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
     ) -> Iterator[Any]:
         """``executor.map`` with this view's parameters."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._options)
 
-    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[JobFuture]:
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> list[JobFuture]:
         """``executor.map_futures`` with these parameters: one array, its futures in input order."""
         return self._executor._map_futures(fn, iterables, chunksize, self._options)
 

@@ -15,12 +15,14 @@ Two rules keep this deadlock-free (the package's lock order is written in ``exec
   are deferred until the lock is released, in the same thread. A callback may therefore cancel or wait on other
   futures, or ``submit`` more work (joblib and dask do).
 """
+
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable
 
 
 class JobFuture(Future):
@@ -41,19 +43,19 @@ class JobFuture(Future):
         """
         super().__init__()
         self.task_id = task_id
-        self.job_ids: List[str] = []  # every scheduler job that ran this task, resubmissions included
+        self.job_ids: list[str] = []  # every scheduler job that ran this task, resubmissions included
         self.resubmissions = 0  # how many times a checkpoint brought the task back (known once it is done)
         self._transition = threading.RLock()
         self._notified = False
-        self._deferring: Optional[int] = None  # the thread whose callbacks wait for the end of its transition
+        self._deferring: int | None = None  # the thread whose callbacks wait for the end of its transition
         self._deferred = False
         #: set by the executor: takes the call's claim for a cancellation; False when a worker holds it
-        self._claim_for_cancel: Optional[Callable[["JobFuture"], bool]] = None
+        self._claim_for_cancel: Callable[[JobFuture], bool] | None = None
         #: set by the executor: told once the future was cancelled (it then cancels the job)
-        self._on_cancel: Optional[Callable[["JobFuture"], None]] = None
+        self._on_cancel: Callable[[JobFuture], None] | None = None
 
     @property
-    def job_id(self) -> Optional[str]:
+    def job_id(self) -> str | None:
         """The scheduler job currently running this task (None before submission)."""
         return self.job_ids[-1] if self.job_ids else None
 

@@ -8,11 +8,12 @@ its own ``submit``) and gets its future, and then everything gathered goes out a
 service thread. So the number of ``sbatch`` calls follows the scheduler's latency, not the number of calls, and
 ``max_workers`` still caps what runs, since every array goes through the same waves.
 """
+
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 from oarfutures.core import batchfiles
 from oarfutures.core.futures import JobFuture
@@ -21,13 +22,13 @@ from oarfutures.core.futures import JobFuture
 class Gathering:
     """The calls with one set of options submitted while a submission with those options is in flight."""
 
-    def __init__(self, options: Dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         self.pid = os.getpid()  # a forked child inherits it with the service thread's queue: only we submit it
-        self.functions: List[Callable[..., Any]] = []
-        self._function_index: Dict[int, int] = {}  # id() of a function in ``functions`` -> its index
-        self.tasks: List[batchfiles.PickledTask] = []
-        self.futures: List[JobFuture] = []
+        self.functions: list[Callable[..., Any]] = []
+        self._function_index: dict[int, int] = {}  # id() of a function in ``functions`` -> its index
+        self.tasks: list[batchfiles.PickledTask] = []
+        self.futures: list[JobFuture] = []
 
     def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> JobFuture:
         """Pickle the call now (raising TypeError, with nothing added, if it cannot be) and return its future."""
@@ -45,7 +46,7 @@ class Gathering:
         self.futures.append(future)
         return future
 
-    def without_cancelled(self) -> "Gathering":
+    def without_cancelled(self) -> Gathering:
         """The calls whose futures are still pending: a call cancelled while gathered is never submitted."""
         kept = Gathering(self.options)
         kept.pid = self.pid
@@ -60,10 +61,10 @@ class Gatherer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._in_flight: Dict[str, Gathering] = {}  # options key -> calls gathered behind the submission in flight
-        self._outgoing: List[Gathering] = []  # handed over for submission, not registered by the executor yet
+        self._in_flight: dict[str, Gathering] = {}  # options key -> calls gathered behind the submission in flight
+        self._outgoing: list[Gathering] = []  # handed over for submission, not registered by the executor yet
 
-    def gather(self, options: Dict[str, Any], fn: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[JobFuture]:
+    def gather(self, options: dict[str, Any], fn: Callable[..., Any], args: tuple, kwargs: dict) -> JobFuture | None:
         """The future of a gathered call; None when nothing is in flight: the caller submits now (and must call
         ``ended`` after)."""
         key = _key(options)
@@ -74,7 +75,7 @@ class Gatherer:
                 return None
             return gathering.add(fn, args, kwargs)  # pickled under the lock: it cannot miss its submission
 
-    def ended(self, options: Dict[str, Any], window_over: bool = False) -> Optional[Gathering]:
+    def ended(self, options: dict[str, Any], window_over: bool = False) -> Gathering | None:
         """A submission with these options ended (or, ``window_over``, the window after it): what gathered behind
         it, to submit next (in flight from now). With nothing gathered, the window opens, or closes when over."""
         key = _key(options)
@@ -88,7 +89,7 @@ class Gatherer:
                 del self._in_flight[key]
             return None
 
-    def take_all(self) -> List[Gathering]:
+    def take_all(self) -> list[Gathering]:
         """Everything gathered, at interpreter exit: submitted there and then, since no window will close."""
         with self._lock:
             taken = [g for g in self._in_flight.values() if g.futures]
@@ -102,7 +103,7 @@ class Gatherer:
         with self._lock:
             self._outgoing.remove(gathering)
 
-    def pending_futures(self) -> List[JobFuture]:
+    def pending_futures(self) -> list[JobFuture]:
         """Every call not yet registered by the executor: a shutdown or abort must reach these too."""
         with self._lock:
             gatherings = list(self._in_flight.values()) + self._outgoing
@@ -113,5 +114,5 @@ class Gatherer:
             return bool(self._in_flight or self._outgoing)
 
 
-def _key(options: Dict[str, Any]) -> str:
+def _key(options: dict[str, Any]) -> str:
     return repr(sorted(options.items()))

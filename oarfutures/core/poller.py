@@ -16,13 +16,15 @@ resolve, and an idle executor is not kept alive.
 Locks: the poller's lock is the innermost of the package. It guards the set of executors only, and no other
 lock is taken and no executor is called while it is held; executors call ``watch``/``forget`` under their own lock.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 logger = logging.getLogger("oarfutures")
 
@@ -33,7 +35,7 @@ BACKOFF = 1.5
 class Queried(Protocol):
     """What the poller asks of an executor's backend (``backends.base.Backend`` documents each)."""
 
-    query_interval: Tuple[float, float]
+    query_interval: tuple[float, float]
     reports_changes_only: bool
     query_is_cheap: bool
 
@@ -56,7 +58,7 @@ class Tracked(Protocol):
     def poll_files(self, now: float) -> bool:
         """Scan for results and overdue jobs (no blocking work); True if anything was found."""
 
-    def live_job_ids(self) -> List[str]:
+    def live_job_ids(self) -> list[str]:
         """Job ids whose state the scheduler should be asked for."""
 
     def apply_states(self, statuses: Mapping[str, Any], now: float) -> bool:
@@ -65,18 +67,18 @@ class Tracked(Protocol):
     def on_poll_error(self, error: BaseException) -> None:
         """A tick of this executor raised: log it, and fail its futures if it cannot go on."""
 
-    def release_if_idle(self, poller: "Poller") -> None:
+    def release_if_idle(self, poller: Poller) -> None:
         """``poller.forget(self)`` if nothing is left to watch (under the executor's own lock)."""
 
 
 class _Query:
     """One state query in flight for a group of executors, on its own thread."""
 
-    def __init__(self, executors: List[Tracked], ids: Sequence[str], done: threading.Event) -> None:
+    def __init__(self, executors: list[Tracked], ids: Sequence[str], done: threading.Event) -> None:
         self.executors = executors
         self.ids = list(ids)
-        self.statuses: Optional[Mapping[str, Any]] = None
-        self.error: Optional[BaseException] = None
+        self.statuses: Mapping[str, Any] | None = None
+        self.error: BaseException | None = None
         self._done = done
         self.finished = False
         if executors[0].backend.query_is_cheap:  # in memory (the local backend): no thread needed
@@ -87,19 +89,19 @@ class _Query:
     def _run(self) -> None:
         try:
             self.statuses = self.executors[0].backend.query(self.ids)
-        except BaseException as exc:  # noqa: B036 - reported by the poller, never lost
+        except BaseException as exc:  # reported by the poller, never lost
             self.error = exc
         self.finished = True
         self._done.set()
 
 
 class Poller:
-    def __init__(self, executors: Optional[Set[Tracked]] = None) -> None:
-        self._executors: Set[Tracked] = set(executors or ())
+    def __init__(self, executors: set[Tracked] | None = None) -> None:
+        self._executors: set[Tracked] = set(executors or ())
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._schedule: Dict[Tracked, List[float]] = {}  # executor -> [next query time, current interval]
-        self._queries: Dict[object, _Query] = {}  # query group -> the query in flight
+        self._schedule: dict[Tracked, list[float]] = {}  # executor -> [next query time, current interval]
+        self._queries: dict[object, _Query] = {}  # query group -> the query in flight
         self.pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="oarfutures-poller", daemon=True)
         self._thread.start()
@@ -107,7 +109,7 @@ class Poller:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.pid == os.getpid()
 
-    def executors(self) -> Set[Tracked]:
+    def executors(self) -> set[Tracked]:
         with self._lock:
             return set(self._executors)
 
@@ -142,7 +144,7 @@ class Poller:
             self._wakeup.clear()
             try:
                 active = self._tick()
-            except BaseException:  # noqa: B036 - never let the thread die: every future depends on it
+            except BaseException:  # never let the thread die: every future depends on it
                 logger.exception("oarfutures poller tick failed")
                 active = False
             interval = SCAN_INTERVAL[0] if (active or woken) else min(interval * BACKOFF, SCAN_INTERVAL[1])
@@ -163,17 +165,17 @@ class Poller:
     def _guarded(executor: Tracked, step: Any, *args: Any) -> Any:
         try:
             return step(*args)
-        except BaseException as exc:  # noqa: B036 - one executor's trouble stays its own
+        except BaseException as exc:  # one executor's trouble stays its own
             try:
                 executor.on_poll_error(exc)
-            except BaseException:  # noqa: B036
+            except BaseException:
                 logger.exception("oarfutures: handling a poll error failed")
             return False
 
-    def _start_queries(self, executors: Set[Tracked], now: float) -> None:
+    def _start_queries(self, executors: set[Tracked], now: float) -> None:
         """One query per group whose executors are due, unless that group's last query has not answered yet."""
-        groups: Dict[object, List[Tracked]] = {}
-        due: Set[object] = set()
+        groups: dict[object, list[Tracked]] = {}
+        due: set[object] = set()
         with self._lock:
             for executor in executors:
                 group = executor.backend.query_group()
@@ -186,7 +188,7 @@ class Poller:
         for group, members in groups.items():
             if group not in due or group in self._queries:
                 continue
-            ids: List[str] = []
+            ids: list[str] = []
             if not members[0].backend.reports_changes_only:
                 for executor in members:
                     ids += self._guarded(executor, executor.live_job_ids) or []
@@ -212,7 +214,7 @@ class Poller:
                 changed_any |= changed
         return changed_any
 
-    def _reschedule(self, executors: List[Tracked], now: float, changed: bool) -> None:
+    def _reschedule(self, executors: list[Tracked], now: float, changed: bool) -> None:
         """Query again soon after a change; back off while nothing changes."""
         with self._lock:
             for executor in executors:
@@ -222,7 +224,7 @@ class Poller:
                 when[0] = now + when[1]
 
 
-_poller: Optional[Poller] = None
+_poller: Poller | None = None
 _poller_lock = threading.Lock()
 
 

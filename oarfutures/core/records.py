@@ -4,14 +4,16 @@ It is written when the batch is created and again after each submission, through
 new process re-attaches to the folder from these records (``executor.attach()``), and the command line reads
 them to show, cancel and clean jobs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from typing import TYPE_CHECKING
 
 from oarfutures.protocol import layout
 
@@ -23,25 +25,25 @@ if TYPE_CHECKING:
 class BatchRecord:
     batch: str
     backend: str
-    calls: List[int]  # number of calls in each task, in task order
-    job_ids: Dict[int, str] = field(default_factory=dict)  # task index -> latest scheduler job id
+    calls: list[int]  # number of calls in each task, in task order
+    job_ids: dict[int, str] = field(default_factory=dict)  # task index -> latest scheduler job id
     checkpointable: bool = False
     created: float = field(default_factory=time.time)
     complete: bool = False  # every result was delivered to a client and the batch's files are gone
     client: str = field(default_factory=lambda: client_name())  # "<host>:<pid>" of the process that follows it
     #: task index -> "failed" (a call raised or its job died) or "cancelled" (a call was cancelled); tasks whose
     #: calls all returned are absent. Kept because a complete batch's result files are gone: `status` reads it.
-    outcomes: Dict[int, str] = field(default_factory=dict)
+    outcomes: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the user's thread and the executor's threads both change and save a record: one at a time
         self._lock = threading.Lock()
 
-    def set_job_ids(self, job_ids: Dict[int, str]) -> None:
+    def set_job_ids(self, job_ids: dict[int, str]) -> None:
         with self._lock:
             self.job_ids.update(job_ids)
 
-    def note_outcome(self, index: int, futures: Sequence["Future"], job_cancelled: bool = False) -> None:
+    def note_outcome(self, index: int, futures: Sequence[Future], job_cancelled: bool = False) -> None:
         """Remember how a settled task ended: "cancelled" if its job was cancelled (``job_cancelled``: scancel,
         oardel, `oarfutures cancel`, abort) or a call's future was, else "failed" if a call failed."""
         if job_cancelled or any(f.cancelled() for f in futures):
@@ -106,7 +108,7 @@ def load(path: str) -> BatchRecord:
     return BatchRecord(**{key: value for key, value in data.items() if key in known})
 
 
-def load_all(folder: str) -> List[BatchRecord]:
+def load_all(folder: str) -> list[BatchRecord]:
     """Every batch of the folder, oldest first (unreadable records are skipped: a crash mid-write leaves none)."""
     jobs = os.path.join(folder, layout.JOBS)
     found = []

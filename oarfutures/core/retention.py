@@ -12,6 +12,7 @@ oarfutures made itself (named ``<backend>-<date>-<time>-<hex>``) are removed if 
 Folders given with ``folder=`` are never touched: they are the user's. It runs once per process, on a daemon
 thread, so that a constructor never waits for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,10 +22,9 @@ import shutil
 import stat
 import threading
 import time
-from typing import List, Optional
 
-from oarfutures.protocol import layout
 from oarfutures.core import records
+from oarfutures.protocol import layout
 
 logger = logging.getLogger("oarfutures")
 
@@ -37,7 +37,7 @@ _started = False
 _start_lock = threading.Lock()
 
 
-def keep_days() -> Optional[float]:
+def keep_days() -> float | None:
     """Days a finished default folder is kept (None: forever), from ``$OARFUTURES_KEEP_DAYS``."""
     text = os.environ.get(KEEP_DAYS_VARIABLE, "").strip()
     if not text:
@@ -78,7 +78,7 @@ def _clean_quietly(base: str, days: float) -> None:
         logger.info("oarfutures: removed %d finished folder(s) older than %g day(s) from %s", len(removed), days, base)
 
 
-def clean_default_folders(base: str, days: float, now: Optional[float] = None) -> List[str]:
+def clean_default_folders(base: str, days: float, now: float | None = None) -> list[str]:
     """Remove the finished folders of ``base`` that nothing changed in for ``days`` days; return their paths."""
     cutoff = (time.time() if now is None else now) - days * 86400
     try:

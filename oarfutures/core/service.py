@@ -8,12 +8,13 @@ own ``ServiceThread``; the worst a user's callback can do is stall the executor 
 
 The thread starts on demand and ends when it has been idle for a moment, so an idle executor holds no thread.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Any, Callable, Deque, Optional, Tuple
+from typing import Any, Callable
 
 logger = logging.getLogger("oarfutures")
 
@@ -23,9 +24,9 @@ IDLE_SECONDS = 2.0
 class ServiceThread:
     def __init__(self, name: str) -> None:
         self._name = name
-        self._jobs: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._jobs: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def run(self, job: Callable[..., Any], *args: Any) -> None:
         """Run ``job(*args)`` on this thread, after what was handed over before it."""
@@ -51,11 +52,11 @@ class ServiceThread:
                 job, args = self._jobs.popleft()
             try:
                 job(*args)
-            except BaseException:  # noqa: B036 - a callback's SystemExit must not end the executor's service
+            except BaseException:  # a callback's SystemExit must not end the executor's service
                 logger.exception("oarfutures: %s failed in %s", getattr(job, "__name__", job), self._name)
             del job, args  # while idle, hold no task: its futures' results must be freed when the user drops them
 
-    def copy_for_child(self) -> "ServiceThread":
+    def copy_for_child(self) -> ServiceThread:
         """In a forked child: the same queued work, for a thread the child starts on its next ``run``.
 
         No thread may start here: this runs in every child of a fork, including the short-lived ones that

@@ -4,6 +4,7 @@
 without creating it: the public executors build their backend from that path (which checks the scheduler's
 parameters), and ``JobExecutor`` creates the folder last, so that a refused argument leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Type
+from typing import Any
 
 from oarfutures.backends.base import Backend
 
@@ -21,7 +22,7 @@ from oarfutures.backends.base import Backend
 class CoreSettings:
     """What ``JobExecutor`` is built from, each value checked (see ``check``)."""
 
-    max_workers: Optional[int]  # the running cap across every submission; None: the scheduler's
+    max_workers: int | None  # the running cap across every submission; None: the scheduler's
     folder: str  # absolute, not created yet
     default_folder: bool  # made up here (no ``folder=``): old finished ones of the same base may be cleaned
     python: str  # absolute path of the jobs' interpreter
@@ -33,15 +34,15 @@ class CoreSettings:
     @classmethod
     def check(
         cls,
-        backend: Type[Backend],
-        max_workers: Optional[int],
-        folder: Optional[str],
-        python: Optional[str] = None,
+        backend: type[Backend],
+        max_workers: int | None,
+        folder: str | None,
+        python: str | None = None,
         keep_files: bool = False,
-        result_grace: Optional[float] = None,
+        result_grace: float | None = None,
         warn_pickle_bytes: int = 100_000_000,
         max_resubmissions: int = 3,
-    ) -> "CoreSettings":
+    ) -> CoreSettings:
         """Check the arguments for an executor of ``backend`` (its class: the backend is built from the result)."""
         check_max_workers(max_workers)
         return cls(
@@ -56,7 +57,7 @@ class CoreSettings:
         )
 
 
-def folder_path(folder: Optional[str], kind: str) -> str:
+def folder_path(folder: str | None, kind: str) -> str:
     """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
         folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
@@ -68,7 +69,7 @@ def default_base() -> str:
     return os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
 
 
-def interpreter_path(python: Optional[str], must_run_here: bool = False) -> str:
+def interpreter_path(python: str | None, must_run_here: bool = False) -> str:
     """An absolute path for the jobs' interpreter: a bare name is looked up on PATH (not in the job's fresh
     environment), and symlinks are kept, since a venv's bin/python is one. ``must_run_here``: it must be an
     executable file on this machine (the local backend); a cluster's may exist on its nodes only."""
@@ -83,7 +84,7 @@ def interpreter_path(python: Optional[str], must_run_here: bool = False) -> str:
     return path
 
 
-def check_max_workers(max_workers: Optional[int]) -> None:
+def check_max_workers(max_workers: int | None) -> None:
     if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
         raise TypeError(f"max_workers must be a positive int or None, got {max_workers!r}")
     if max_workers is not None and max_workers <= 0:

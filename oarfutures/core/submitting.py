@@ -4,6 +4,7 @@ A batch (one ``map``, one ``batch()`` block, or ``submit`` calls gathered togeth
 once, then its tasks wait in a queue until ``max_workers`` leaves room; each contiguous run of them goes out as one
 array (``backend.submit``). ``attach`` rebuilds the tasks of a folder's unfinished batches after a client died.
 """
+
 from __future__ import annotations
 
 import collections
@@ -13,14 +14,15 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.core import batchfiles, records
 from oarfutures.core.futures import JobFuture, set_exception
 from oarfutures.core.gathering import Gathering
 from oarfutures.core.poller import get_poller
-from oarfutures.core.tasks import Phase, Task, Wave, settle_guarded, remove_file
+from oarfutures.core.tasks import Phase, Task, Wave, remove_file, settle_guarded
 from oarfutures.core.tracking import TaskTracker
 from oarfutures.errors import JobFailedError
 from oarfutures.protocol import layout
@@ -40,10 +42,10 @@ def _refuse_new_work() -> None:
 threading._register_atexit(_refuse_new_work)  # type: ignore[attr-defined]
 
 
-_gathering_executors: "weakref.WeakSet[BatchSubmitter]" = weakref.WeakSet()
+_gathering_executors: weakref.WeakSet[BatchSubmitter] = weakref.WeakSet()
 
 
-def _gather_at_exit(executor: "BatchSubmitter") -> None:
+def _gather_at_exit(executor: BatchSubmitter) -> None:
     """Calls gathered when the interpreter exits go out then, as ``ProcessPoolExecutor`` runs its queued work.
 
     Registered when the first window opens, so it runs before the local backends' drain (hooks run last first).
@@ -67,7 +69,7 @@ def _submit_gathered_at_exit() -> None:
 class BatchSubmitter(TaskTracker):
     """Writes batches and submits their tasks in waves (see the module)."""
 
-    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: Dict[str, Any]) -> JobFuture:
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: dict[str, Any]) -> JobFuture:
         collected = getattr(self._collecting, "calls", None)
         self._check_open()
         if collected is not None:  # inside batch(): submitted with the others when the block ends
@@ -86,7 +88,7 @@ class BatchSubmitter(TaskTracker):
         finally:
             self._submission_ended(options)
 
-    def _submission_ended(self, options: Dict[str, Any], window_over: bool = False) -> None:
+    def _submission_ended(self, options: dict[str, Any], window_over: bool = False) -> None:
         """What was gathered behind a submission goes out next, on the service thread; with nothing gathered, a
         window stays open for the next ``submit`` of a loop, and when it is over the executor may close."""
         window = 0.0 if window_over else self.backend.gather_window()
@@ -115,13 +117,12 @@ class BatchSubmitter(TaskTracker):
             kept = gathering.without_cancelled()
             if kept.futures:
                 self._submit_batch(kept.functions, kept.tasks, kept.options, kept.futures, accepted=True)
-        except BaseException as exc:  # noqa: B036
+        except BaseException as exc:
             for future in gathering.futures:
                 if not future.cancelled():
                     settle_guarded(set_exception, future, exc)
         finally:
             self._gatherer.sent(gathering)
-
 
     # ------------------------------------------------------------------ submission
     def _check_open(self) -> None:
@@ -134,10 +135,10 @@ class BatchSubmitter(TaskTracker):
         self,
         functions: Sequence[Callable[..., Any]],
         tasks: Sequence[batchfiles.Task],
-        options: Dict,
-        futures: Optional[List[JobFuture]] = None,
+        options: dict,
+        futures: list[JobFuture] | None = None,
         accepted: bool = False,
-    ) -> List[JobFuture]:
+    ) -> list[JobFuture]:
         """Write and submit one batch; ``futures``, one per task, are the ones already handed out (batch(),
         gathered calls). ``accepted``: calls gathered before a shutdown, which go out all the same."""
         if not accepted:
@@ -167,7 +168,12 @@ class BatchSubmitter(TaskTracker):
         return [future for task in new for future in task.futures]
 
     def _new_task(
-        self, record: records.BatchRecord, index: int, calls: int, options: Dict, futures: Optional[List[JobFuture]] = None
+        self,
+        record: records.BatchRecord,
+        index: int,
+        calls: int,
+        options: dict,
+        futures: list[JobFuture] | None = None,
     ) -> Task:
         futures = futures or [JobFuture() for _ in range(calls)]
         for future in futures:
@@ -176,7 +182,7 @@ class BatchSubmitter(TaskTracker):
             future._on_cancel = self._on_future_cancelled
         return Task(record.batch, index, futures, options, record, record.checkpointable)
 
-    def _register(self, record: records.BatchRecord, tasks: List[Task], waiting: List[Task]) -> None:
+    def _register(self, record: records.BatchRecord, tasks: list[Task], waiting: list[Task]) -> None:
         """Make the batch's tasks live (lock held); ``waiting`` are the ones still to submit."""
         for task in tasks:
             self._tasks[task.task_id] = task
@@ -187,7 +193,7 @@ class BatchSubmitter(TaskTracker):
             self._watched = True
             get_poller().watch(self)
 
-    def attach(self) -> List[JobFuture]:
+    def attach(self) -> list[JobFuture]:
         """Futures for every call of the folder's unfinished batches, after the client that submitted them died.
 
         Results on disk resolve at once (delivered ones again too, so a map's results are all there, in order);
@@ -195,7 +201,7 @@ class BatchSubmitter(TaskTracker):
         never started) are submitted now, and a local call whose worker died with its client fails. Processes
         take turns on the folder: a second ``attach()`` follows what the first submitted.
         """
-        attached: List[JobFuture] = []
+        attached: list[JobFuture] = []
         with self._folder_lock:
             for record in records.load_all(self.folder):
                 futures = self._attach_batch(record)
@@ -205,13 +211,18 @@ class BatchSubmitter(TaskTracker):
         get_poller().query_soon(self)
         return attached
 
-    def _attach_batch(self, record: records.BatchRecord) -> List[JobFuture]:
+    def _attach_batch(self, record: records.BatchRecord) -> list[JobFuture]:
         with self._lock:
             known = any(t.batch == record.batch for t in self._tasks.values())
         if record.complete or known:
             return []
         if record.backend != self.backend.name:
-            logger.warning("not attaching batch %s: it was submitted to %s, not %s", record.batch, record.backend, self.backend.name)
+            logger.warning(
+                "not attaching batch %s: it was submitted to %s, not %s",
+                record.batch,
+                record.backend,
+                self.backend.name,
+            )
             return []
         if not os.path.exists(layout.functions_path(self.folder, record.batch)):
             return []  # its files were cleaned up: nothing to attach to
@@ -259,14 +270,14 @@ class BatchSubmitter(TaskTracker):
             self._service.run(self._settle_failure, task, JobFailedError(task.task_id, None, "LOST", reason=reason))
         return [future for task in tasks for future in task.futures]
 
-    def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
+    def _submit_waiting(self, raise_for: str | None = None) -> None:
         """Submit queued tasks as arrays, as many as the running cap leaves room for (all when uncapped).
 
         A wave the scheduler refuses fails its futures, or, when it belongs to ``raise_for`` (the batch the
         caller is submitting), is forgotten with its files and the error raised. Futures settle after the
         submission lock is released (their callbacks may submit).
         """
-        refused: List[Tuple[List[Task], BaseException]] = []
+        refused: list[tuple[list[Task], BaseException]] = []
         try:
             with self._submit_lock:
                 while True:
@@ -276,7 +287,7 @@ class BatchSubmitter(TaskTracker):
                         break
                     try:
                         self._submit_wave(wave, limit)
-                    except BaseException as exc:  # noqa: B036 - sorted out below: raised or settled
+                    except BaseException as exc:  # sorted out below: raised or settled
                         if wave[0].batch == raise_for:
                             self._forget_batch(raise_for)
                             raise
@@ -289,7 +300,7 @@ class BatchSubmitter(TaskTracker):
         if self._cancelled:  # cancelled while their wave was being submitted
             self._service.run(self._process_cancellations)
 
-    def _next_wave(self) -> Tuple[List[Task], Optional[int]]:
+    def _next_wave(self) -> tuple[list[Task], int | None]:
         """Take the next contiguous run of waiting tasks of one batch that fits under the cap (lock held).
 
         Returns the tasks and the running cap to give the scheduler for them (Slurm's ``%N``), if any.
@@ -308,7 +319,7 @@ class BatchSubmitter(TaskTracker):
                 limit = free  # the whole run goes, the scheduler keeps it to what is free
             else:
                 room = free
-        wave: List[Task] = []
+        wave: list[Task] = []
         while queue and len(wave) < room:
             task = queue.popleft()
             if task.all_cancelled():
@@ -328,11 +339,13 @@ class BatchSubmitter(TaskTracker):
             task.wave = group
         return wave, limit
 
-    def _submit_wave(self, wave: List[Task], limit: Optional[int]) -> None:
+    def _submit_wave(self, wave: list[Task], limit: int | None) -> None:
         first = wave[0]
         for task in wave:  # calls cancelled before submission, in a task whose other calls go: claim them
             for future in task.withdrawn:
-                layout.claim(layout.claim_path(self.folder, task.batch, task.index, task.futures.index(future)), layout.CANCELLED)
+                layout.claim(
+                    layout.claim_path(self.folder, task.batch, task.index, task.futures.index(future)), layout.CANCELLED
+                )
         submission = BatchSubmission(
             batch=first.batch,
             first=first.index,
@@ -379,4 +392,3 @@ class BatchSubmitter(TaskTracker):
     def _forget_files(self, batch: str) -> None:
         batchfiles.remove_batch_files(self.folder, batch)
         remove_file(layout.record_path(self.folder, batch))
-

@@ -3,6 +3,7 @@ task leaves the table (retired, its batch tidied once every task of it is done).
 
 ``JobExecutor`` is built in layers on this one (see ``executor``). Lock order: see ``executor``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -10,8 +11,9 @@ import enum
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable
 
 import filelock
 
@@ -42,7 +44,7 @@ class Wave:
     With a scheduler cap of its own (Slurm's ``%N``) a wave holds at most ``limit`` slots whatever its size.
     """
 
-    limit: Optional[int]
+    limit: int | None
     unfinished: int
 
     def slots(self) -> int:
@@ -55,22 +57,22 @@ class Task:
 
     batch: str
     index: int
-    futures: List[JobFuture]
-    options: Dict[str, object]
+    futures: list[JobFuture]
+    options: dict[str, object]
     record: records.BatchRecord
     checkpointable: bool = False
-    job_id: Optional[str] = None
+    job_id: str | None = None
     phase: Phase = Phase.WAITING
-    wave: Optional[Wave] = None
+    wave: Wave | None = None
     settling: bool = False  # one path (result, failure, cancellation, abort) has taken it: others keep off
     aborting: bool = False  # taken by abort(): its futures may still be cancelled
-    withdrawn: Set[JobFuture] = field(default_factory=set)  # cancelled before submission
+    withdrawn: set[JobFuture] = field(default_factory=set)  # cancelled before submission
     submitted_at: float = 0.0
-    ended_since: Optional[float] = None  # when the backend first said the job is over (result not seen yet)
-    last_status: Optional[JobStatus] = None
+    ended_since: float | None = None  # when the backend first said the job is over (result not seen yet)
+    last_status: JobStatus | None = None
     running: bool = False
     vanished: bool = False  # the scheduler stopped reporting the job (purged, or never seen)
-    own_job_id: Optional[str] = None  # set when another job of its array stole it: the job it was submitted as ("": none)
+    own_job_id: str | None = None  # set when another job of its array stole it: the job it was submitted as ("": none)
 
     @property
     def task_id(self) -> str:
@@ -98,22 +100,24 @@ class TaskTable:
         self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
         self._folder_lock = filelock.FileLock(layout.lock_path(self.folder))
         self._service = ServiceThread(f"oarfutures-service-{backend.name}")
-        self._tasks: Dict[str, Task] = {}
-        self._waiting: Deque[Deque[Task]] = collections.deque()  # per batch, tasks not submitted yet
-        self._waves: Set[Wave] = set()
-        self._batch_left: Dict[str, int] = {}
-        self._by_job: Dict[str, Task] = {}  # live submitted tasks by their current job id
+        self._tasks: dict[str, Task] = {}
+        self._waiting: collections.deque[collections.deque[Task]] = (
+            collections.deque()
+        )  # per batch, tasks not submitted yet
+        self._waves: set[Wave] = set()
+        self._batch_left: dict[str, int] = {}
+        self._by_job: dict[str, Task] = {}  # live submitted tasks by their current job id
         # the last answer apply_states found nothing left to do with, and the jobs it had then (see there)
-        self._settled_answer: Optional[Tuple[Mapping[str, JobStatus], Dict[str, Task]]] = None
+        self._settled_answer: tuple[Mapping[str, JobStatus], dict[str, Task]] | None = None
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
-        self._cancelled: Set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
-        self._ended: Set[Task] = set()  # tasks whose job is over while their result is not in yet
-        self._failed_ids: Dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
-        self._leftovers: Dict[str, List[str]] = {}  # per batch, the own jobs of stolen tasks: cancelled at its end
+        self._cancelled: set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
+        self._ended: set[Task] = set()  # tasks whose job is over while their result is not in yet
+        self._failed_ids: dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
+        self._leftovers: dict[str, list[str]] = {}  # per batch, the own jobs of stolen tasks: cancelled at its end
         self._watched = False
         self._broken = False  # its folder is gone: every future failed
-        self._finished_batches: List[Tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
+        self._finished_batches: list[tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
         self._shutdown = False
         self._closed = False
         self._closed_event = threading.Event()
@@ -128,7 +132,7 @@ class TaskTable:
         # the parent submits what it gathered; the child's copy must not go out a second time
         self._gatherer = Gatherer()
 
-    def _submit_waiting(self, raise_for: Optional[str] = None) -> None:
+    def _submit_waiting(self, raise_for: str | None = None) -> None:
         """Submit what waits for room under the running cap (``submitting.BatchSubmitter``)."""
         raise NotImplementedError
 
@@ -226,7 +230,7 @@ class TaskTable:
             self.backend.close()
             self._closed_event.set()
 
-    def _log_tail(self, job_id: Optional[str]) -> str:
+    def _log_tail(self, job_id: str | None) -> str:
         parts = []
         for path in self.backend.log_paths(job_id) if job_id else []:
             try:
@@ -256,7 +260,7 @@ def settle_guarded(settle: Callable[[JobFuture, Any], None], future: JobFuture, 
     """Settle one future; whatever its callbacks raise, the next future is still settled."""
     try:
         settle(future, value)
-    except BaseException:  # noqa: B036 - e.g. a callback raising SystemExit
+    except BaseException:  # e.g. a callback raising SystemExit
         logger.exception("oarfutures: a callback of future %s raised", future.task_id)
 
 

@@ -6,19 +6,20 @@ result, running the callbacks, cancelling jobs) to the executor's service thread
 ``future.cancel()`` competes with the worker for the call's claim, and a task whose calls were all cancelled has
 its job cancelled.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import time
-from typing import List, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 from oarfutures.backends.base import JobState, JobStatus
 from oarfutures.core import batchfiles
 from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
 from oarfutures.core.poller import Poller, get_poller
-from oarfutures.core.tasks import Phase, Task, TaskTable, settle_guarded, remove_file
+from oarfutures.core.tasks import Phase, Task, TaskTable, remove_file, settle_guarded
 from oarfutures.errors import JobFailedError
 from oarfutures.protocol import layout
 
@@ -84,7 +85,9 @@ class TaskTracker(TaskTable):
         """The long grace only where a result may be on its way: the job completed, or it was last seen running
         before the scheduler forgot it. A job that failed, or vanished while pending, wrote nothing."""
         status = task.last_status
-        if status is not None and (status.state is JobState.COMPLETED or (task.vanished and status.state is JobState.RUNNING)):
+        if status is not None and (
+            status.state is JobState.COMPLETED or (task.vanished and status.state is JobState.RUNNING)
+        ):
             return self.result_grace
         return min(self.result_grace, FAILED_JOB_GRACE)
 
@@ -97,7 +100,7 @@ class TaskTracker(TaskTable):
             os.replace(source, target)
         self._failed_ids.pop(task_id, None)
 
-    def live_job_ids(self) -> List[str]:
+    def live_job_ids(self) -> list[str]:
         """For the poller: the jobs to ask the scheduler about, so that one query serves every executor."""
         with self._lock:
             submitted = Phase.SUBMITTED  # a local: a global and an attribute lookup less per task
@@ -109,7 +112,11 @@ class TaskTracker(TaskTable):
         with self._lock:
             if self.backend.reports_changes_only:  # only the news: no need to look at every task
                 tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
-            elif self._settled_answer is not None and self._settled_answer[0] is statuses and self._settled_answer[1] == self._by_job:
+            elif (
+                self._settled_answer is not None
+                and self._settled_answer[0] is statuses
+                and self._settled_answer[1] == self._by_job
+            ):
                 # the very answer (the backend gives the same object when the queue did not move) already applied to
                 # these very jobs, none of them missing from it: going over them again would change nothing
                 return False
@@ -117,7 +124,10 @@ class TaskTracker(TaskTable):
                 tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
                 jobs = dict(self._by_job)
         missing = False
-        quiet = (JobState.PENDING, JobState.RUNNING)  # a job still in one of these, with the status it had, needs nothing
+        quiet = (
+            JobState.PENDING,
+            JobState.RUNNING,
+        )  # a job still in one of these, with the status it had, needs nothing
         for task in tasks:
             if task.settling:
                 continue
@@ -164,7 +174,7 @@ class TaskTracker(TaskTable):
         self._save(task.record)
         self._mark_ended(task, None)
 
-    def _mark_ended(self, task: Task, now: Optional[float]) -> None:
+    def _mark_ended(self, task: Task, now: float | None) -> None:
         """Start the result grace period of a job that is over (keeping its first time), or cancel it (None)."""
         with self._lock:
             if now is None:
@@ -217,7 +227,9 @@ class TaskTracker(TaskTable):
             try:
                 outcome = outcomes[position]
             except IndexError:
-                missing = batchfiles.CorruptResultError(f"result file {path} holds {len(outcomes)} outcome(s) for {len(task.futures)} call(s)")
+                missing = batchfiles.CorruptResultError(
+                    f"result file {path} holds {len(outcomes)} outcome(s) for {len(task.futures)} call(s)"
+                )
                 settle_guarded(set_exception, future, missing)
                 continue
             if outcome[0] == "ok":
@@ -236,9 +248,8 @@ class TaskTracker(TaskTable):
         self._forget_stolen_marker(task)
         self._retire(task)
 
-
     # ------------------------------------------------------------------ stolen tasks (see worker.steal)
-    def _note_stolen(self, stolen: List[Tuple[str, str]], delivering: Optional[Task] = None) -> None:
+    def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
         """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
         running, or over without a result, which fails the task naming that job); the own job is left over and
         cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
@@ -269,7 +280,6 @@ class TaskTracker(TaskTable):
         if task.own_job_id is not None and task.job_id:
             remove_file(layout.stolen_marker_path(self.folder, task.batch, task.index, task.job_id))
 
-
     # ------------------------------------------------------------------ stopping everything
     def _stop_all(self, reason: str, cancel_futures: bool) -> None:
         """Cancel every unfinished job; futures not yet started are cancelled (``cancel_futures``) or fail."""
@@ -281,11 +291,11 @@ class TaskTracker(TaskTable):
                 task.settling = task.aborting = True
             self._waiting.clear()
         job_ids = [t.job_id for t in tasks if t.job_id is not None]
-        failure: Optional[BaseException] = None
+        failure: BaseException | None = None
         try:
             if job_ids:
                 self.backend.cancel(job_ids)
-        except BaseException as exc:  # noqa: B036 - the futures must resolve all the same; say why jobs may run
+        except BaseException as exc:  # the futures must resolve all the same; say why jobs may run
             failure, reason = exc, f"{reason}; cancelling the jobs failed, they may still run ({exc})"
         for task in tasks:
             error = JobFailedError(task.task_id, task.job_id, "CANCELLED", reason=reason)
@@ -295,7 +305,6 @@ class TaskTracker(TaskTable):
             self._retire(task, how="aborted" if failure is None else "uncertain")
         if failure is not None:
             raise failure
-
 
     # ------------------------------------------------------------------ cancellation
     def _claim_for_cancel(self, future: JobFuture) -> bool:
@@ -314,7 +323,9 @@ class TaskTracker(TaskTable):
             if task.phase is Phase.WAITING:
                 task.withdrawn.add(future)
                 return True
-            siblings_wanted = any(f is not future and f not in task.withdrawn and not f.cancelled() for f in task.futures)
+            siblings_wanted = any(
+                f is not future and f not in task.withdrawn and not f.cancelled() for f in task.futures
+            )
             call = task.futures.index(future) if len(task.futures) > 1 else None
         paths = []
         if not siblings_wanted:
@@ -326,7 +337,9 @@ class TaskTracker(TaskTable):
                 if layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED:
                     return True
             except OSError as exc:  # the batch's files are gone: no worker can load the call either
-                logger.warning("oarfutures: cannot claim %s for cancel (%s); the task cannot run without its files", path, exc)
+                logger.warning(
+                    "oarfutures: cannot claim %s for cancel (%s); the task cannot run without its files", path, exc
+                )
                 return True
         return False
 
@@ -342,7 +355,7 @@ class TaskTracker(TaskTable):
         """Cancel the jobs of tasks whose every future was cancelled (one backend call). Service thread."""
         with self._lock:
             candidates, self._cancelled = self._cancelled, set()
-            to_cancel: List[str] = []
+            to_cancel: list[str] = []
             for task in candidates:
                 if task.settling or self._tasks.get(task.task_id) is not task:
                     continue
@@ -361,11 +374,10 @@ class TaskTracker(TaskTable):
         self._after_retire()
 
 
-def _no_result_reason(status: Optional[JobStatus], last_seen: Optional[JobStatus]) -> str:
+def _no_result_reason(status: JobStatus | None, last_seen: JobStatus | None) -> str:
     if status is None:
         seen = f" (last seen {last_seen.native_state or last_seen.state.value})" if last_seen else " (never seen)"
         return f"the scheduler no longer knows the job{seen} and no result was written"
     if status.state is JobState.COMPLETED:
         return "the job completed but its worker wrote no result"
     return "no result was written"
-
