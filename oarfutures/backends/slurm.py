@@ -13,41 +13,16 @@ import logging
 import os
 import re
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from oarfutures.backends import commands, params
 from oarfutures.protocol import layout
-from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.backends.base import Backend, BatchSubmission, JobStatus
+from oarfutures.backends import slurm_formats
+from oarfutures.backends.slurm_formats import Answer
 from oarfutures.worker.run import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
-
-STATES = {
-    "PENDING": JobState.PENDING,
-    "REQUEUED": JobState.PENDING,
-    "REQUEUE_HOLD": JobState.PENDING,
-    "REQUEUE_FED": JobState.PENDING,
-    "RESV_DEL_HOLD": JobState.PENDING,
-    "CONFIGURING": JobState.PENDING,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.RUNNING,
-    "STAGE_OUT": JobState.RUNNING,
-    "SIGNALING": JobState.RUNNING,
-    "RESIZING": JobState.RUNNING,
-    "SUSPENDED": JobState.RUNNING,
-    "STOPPED": JobState.RUNNING,
-    "COMPLETED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED,
-    "NODE_FAIL": JobState.FAILED,
-    "OUT_OF_MEMORY": JobState.FAILED,
-    "BOOT_FAIL": JobState.FAILED,
-    "DEADLINE": JobState.FAILED,
-    "PREEMPTED": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
-    "REVOKED": JobState.CANCELLED,
-    "CANCELLED": JobState.CANCELLED,
-    "TIMEOUT": JobState.TIMEOUT,
-}
 
 #: the parameters a SlurmPoolExecutor takes, with their defaults
 PARAMETERS: Dict[str, Any] = {
@@ -204,7 +179,7 @@ class SlurmBackend(Backend):
                 if value == "UNLIMITED":
                     return "unlimited"
                 if value != "NONE":
-                    seconds = _parse_slurm_time(value)
+                    seconds = slurm_formats.parse_slurm_time(value)
                     return "" if seconds is None else str(seconds)
             return "unlimited"
         return ""
@@ -239,7 +214,7 @@ class SlurmBackend(Backend):
         if p["mem_gb"] and not p["mem"]:
             lines.append(f"#SBATCH --mem={int(p['mem_gb'] * 1024)}M")
         if p["walltime"]:
-            lines.append(f"#SBATCH --time={_slurm_time(p['walltime'])}")
+            lines.append(f"#SBATCH --time={slurm_formats.slurm_time(p['walltime'])}")
         for key, option in (("partition", "partition"), ("mem", "mem"), ("account", "account"), ("qos", "qos")):
             if p[key]:
                 lines.append(f"#SBATCH --{option}={p[key]}")
@@ -302,7 +277,7 @@ class SlurmBackend(Backend):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:  # array tasks as ranges (123_[0-99999]): one request per array, not one per task
-            commands.run(["scancel", *_ranges(job_ids)], env=self.environment)
+            commands.run(["scancel", *slurm_formats.ranges(job_ids)], env=self.environment)
 
     def interrupt(self, job_id: str) -> None:
         commands.run(["scancel", "--batch", "--signal=USR2", job_id], env=self.environment)
@@ -315,7 +290,7 @@ class SlurmBackend(Backend):
     #: the last answer (weakly: it lives as long as someone uses it), with the command output it was read from: the
     #: same output gives the same dict object back (the core then knows that nothing moved without looking at each
     #: job). Shared by every SlurmBackend of the process, as their queries are (``query_group``)
-    _last_answer: Optional[Tuple[Tuple[Any, ...], "weakref.ref[_Answer]"]] = None
+    _last_answer: Optional[Tuple[Tuple[Any, ...], "weakref.ref[Answer]"]] = None
 
     def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
         """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
@@ -330,10 +305,11 @@ class SlurmBackend(Backend):
             answer = last[1]()
             if answer is not None:
                 return answer
-        statuses, cut = _statuses(_sacct_rows(out) if accounting else _squeue_rows(out))
+        rows = slurm_formats.sacct_rows(out) if accounting else slurm_formats.squeue_rows(out)
+        statuses, cut = slurm_formats.statuses(rows)
         if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
             logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
-            each_task, _ = _statuses(_squeue_rows(self._squeue(sorted(cut), each_task=True)))
+            each_task, _ = slurm_formats.statuses(slurm_formats.squeue_rows(self._squeue(sorted(cut), each_task=True)))
             return {**each_task, **statuses}
         SlurmBackend._last_answer = (key, weakref.ref(statuses))
         return statuses
@@ -356,130 +332,3 @@ class SlurmBackend(Backend):
             if "Invalid job id specified" not in exc.stderr:
                 raise
             return ""  # squeue fails this way only when every id asked for is unknown (purged after MinJobAge)
-
-
-#: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
-#: gives the core the very objects it saw last time, and costs no object per task
-_STATUS_CACHE: Dict[Tuple[str, Optional[str], str], JobStatus] = {}
-
-
-def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
-    key = (state, exit_code, reason)
-    status = _STATUS_CACHE.get(key)
-    if status is None:
-        word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
-        common = STATES.get(word, JobState.PENDING)
-        status = JobStatus(common, state, exit_code, "" if reason in ("None", "(null)") else reason)
-        if len(_STATUS_CACHE) >= 10_000:  # reasons and exit codes are few; never grow without bound
-            _STATUS_CACHE.clear()
-        _STATUS_CACHE[key] = status
-    return status
-
-
-def _sacct_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
-    for row in out.splitlines():
-        fields = row.split("|")
-        if len(fields) < 3:
-            continue
-        reason = fields[3] if len(fields) > 3 else ""
-        yield fields[0], _status(fields[1], fields[2], reason)
-
-
-def _squeue_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
-    for row in out.splitlines():
-        fields = [field.strip() for field in row.split("|")]
-        if len(fields) >= 4:
-            status = int(fields[3]) if fields[3].isdigit() else None  # a raw wait status: say it as sacct does
-            exit_code = None if status is None else f"{status >> 8}:{status & 0x7F}"
-            yield fields[0], _status(fields[1], exit_code, fields[2])
-
-
-class _Answer(dict):
-    """A query's answer: a plain dict that can be referred to weakly."""
-
-    __slots__ = ("__weakref__",)
-
-
-def _statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:
-    """job id -> status from squeue/sacct rows, and the arrays whose collapsed row was cut short.
-
-    A collapsed row (``12_[4-6,9%2]``) gives its one status to each of its tasks; rows of single jobs or tasks
-    come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
-    """
-    statuses: Dict[str, JobStatus] = _Answer()
-    own = []
-    cut: Set[str] = set()
-    for job, status in rows:
-        if not job.endswith("]") and "_[" not in job:
-            own.append((job, status))
-            continue
-        try:
-            statuses.update(dict.fromkeys(_expand(job), status))
-        except ValueError:
-            cut.add(job.partition("_")[0])
-    statuses.update(own)
-    return statuses, cut
-
-
-def _expand(job: str) -> Iterable[str]:
-    """'12_3' -> ['12_3']; '12_[4-6,9%2]' (pending tasks, collapsed) -> [12_4, 12_5, 12_6, 12_9];
-    '12_[0-198:2]' (every other task) -> 12_0, 12_2, ... 12_198. ValueError if the list was cut short
-    (``12_[0-2,4-5,`` or ``12_[0-2,4...]``)."""
-    array, _, spec = job.partition("_")
-    if not spec.startswith("["):
-        return [job]
-    if not spec.endswith("]") or "..." in spec:
-        raise ValueError(f"task list cut short: {job}")
-    prefix = array + "_"
-    ids: List[str] = []
-    for part in spec[1:-1].split("%")[0].split(","):
-        if not part:
-            continue
-        span, _, step = part.partition(":")
-        low, _, high = span.partition("-")
-        # C-level iteration: a 100,000-task row costs no Python bytecode per task
-        ids += map(prefix.__add__, map(str, range(int(low), int(high or low) + 1, int(step or 1))))
-    return ids
-
-
-#: scancel refuses a range of more tasks ("_parse_single_range: Too many hosts in range `0-99999'"): 0-65535 passes
-MAX_SPAN = 65536
-
-
-def _ranges(job_ids: Sequence[str]) -> List[str]:
-    """['7_0', '7_1', '7_2', '7_5', '9'] -> ['9', '7_[0-2,5]']; spans of at most MAX_SPAN tasks."""
-    tasks: Dict[str, List[int]] = {}
-    plain = []
-    for job_id in job_ids:
-        array, _, task = job_id.partition("_")
-        if task.isdigit():
-            tasks.setdefault(array, []).append(int(task))
-        else:
-            plain.append(job_id)
-    for array, indices in tasks.items():
-        indices.sort()
-        spans, start = [], indices[0]
-        for previous, current in zip(indices, indices[1:] + [None]):
-            if current != previous + 1 or previous - start + 1 >= MAX_SPAN:
-                spans.append(f"{start}-{previous}" if previous != start else str(start))
-                start = current
-        plain.append(f"{array}_[{','.join(spans)}]")
-    return plain
-
-
-def _parse_slurm_time(text: str) -> Optional[int]:
-    """Seconds of a Slurm time: "MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS"; None if unreadable."""
-    found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not found:
-        return None
-    days, a, b, c = (int(g) if g else None for g in found.groups())
-    if days is not None:  # D-HH[:MM[:SS]]
-        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    if c is not None:
-        return a * 3600 + b * 60 + c
-    return a * 60 + (b or 0)
-
-
-def _slurm_time(seconds: int) -> str:
-    minutes = -(-seconds // 60)  # Slurm counts whole minutes
-    return f"{minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00"

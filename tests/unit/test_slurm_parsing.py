@@ -7,7 +7,8 @@ import pytest
 
 from oarfutures.backends import commands
 from oarfutures.backends.base import JobState
-from oarfutures.backends.slurm import SlurmBackend, _expand, _ranges, _statuses
+from oarfutures.backends import slurm_formats
+from oarfutures.backends.slurm import SlurmBackend
 
 SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,exit_code:"
 
@@ -142,7 +143,7 @@ def test_long_task_list_is_read_whole(backend):
 
 
 def test_a_task_list_cut_short_is_asked_again_task_by_task(backend):
-    each = "".join(f"{job_id}|PENDING|BeginTime|0\n" for job_id in _expand(LONG))  # what squeue -r prints
+    each = "".join(f"{job_id}|PENDING|BeginTime|0\n" for job_id in slurm_formats.expand(LONG))  # what squeue -r prints
     b = backend([LONG_CUT + "7_1|FAILED|NonZeroExitCode|256\n", each])
     statuses = b.query(["16_0", "7_1"])
     assert len(b.fake.calls) == 2
@@ -183,15 +184,15 @@ def test_sacct_collapsed_pending_and_own_rows(backend):
 
 
 def test_expand():
-    assert _expand("12_3") == ["12_3"] and _expand("12") == ["12"]
-    assert _expand("12_[4-6,9%2]") == ["12_4", "12_5", "12_6", "12_9"]
-    assert _expand("12_[0-6:3]") == ["12_0", "12_3", "12_6"]
-    assert _expand("12_[7]") == ["12_7"]
-    assert len(_expand("5_[0-99999]")) == 100_000
+    assert slurm_formats.expand("12_3") == ["12_3"] and slurm_formats.expand("12") == ["12"]
+    assert slurm_formats.expand("12_[4-6,9%2]") == ["12_4", "12_5", "12_6", "12_9"]
+    assert slurm_formats.expand("12_[0-6:3]") == ["12_0", "12_3", "12_6"]
+    assert slurm_formats.expand("12_[7]") == ["12_7"]
+    assert len(slurm_formats.expand("5_[0-99999]")) == 100_000
     for cut in ("12_[0-2,4-5,", "12_[0-2,4...]"):
         with pytest.raises(ValueError):
-            _expand(cut)
-    statuses, cut = _statuses([("12_[0-2,4-5,", None), ("13_1", None)])
+            slurm_formats.expand(cut)
+    statuses, cut = slurm_formats.statuses([("12_[0-2,4-5,", None), ("13_1", None)])
     assert statuses == {"13_1": None} and cut == {"12"}
 
 
@@ -207,10 +208,10 @@ def test_the_same_output_gives_the_same_answer_object(backend):
 
 
 def test_cancel_ranges_stay_within_what_scancel_parses():
-    assert sorted(_ranges(["7_0", "7_1", "7_2", "7_5", "9"])) == ["7_[0-2,5]", "9"]
+    assert sorted(slurm_formats.ranges(["7_0", "7_1", "7_2", "7_5", "9"])) == ["7_[0-2,5]", "9"]
     # scancel 5_[0-99999] fails: "_parse_single_range: Too many hosts in range `0-99999'" (0-65535 passes)
-    assert _ranges([f"5_{i}" for i in range(100_000)]) == ["5_[0-65535,65536-99999]"]
-    assert _ranges([f"5_{i}" for i in range(65_536)]) == ["5_[0-65535]"]
+    assert slurm_formats.ranges([f"5_{i}" for i in range(100_000)]) == ["5_[0-65535,65536-99999]"]
+    assert slurm_formats.ranges([f"5_{i}" for i in range(65_536)]) == ["5_[0-65535]"]
 
 
 def test_the_kept_answer_does_not_outlive_its_users(backend):

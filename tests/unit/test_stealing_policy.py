@@ -9,7 +9,8 @@ from oarfutures.protocol import layout
 from oarfutures.worker import run as worker
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
-from oarfutures.backends.slurm import SlurmBackend, _parse_slurm_time
+from oarfutures.backends.slurm import SlurmBackend
+from oarfutures.backends.slurm_formats import parse_slurm_time
 
 
 def submission(folder, checkpointable=False, count=5):
@@ -40,7 +41,7 @@ def test_no_stealing_when_disabled_checkpointable_or_multi_task(tmp_path, parame
 
 
 def test_slurm_partition_times_are_read_as_seconds():
-    assert [_parse_slurm_time(t) for t in ("30", "10:00", "1:00:00", "2-00", "1-02:03:04")] == [1800, 600, 3600, 172800, 93784]
+    assert [parse_slurm_time(t) for t in ("30", "10:00", "1:00:00", "2-00", "1-02:03:04")] == [1800, 600, 3600, 172800, 93784]
 
 
 def run_script(script, folder, index, env=None):
