@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 
 class Scheduler(NamedTuple):
-    backend: str  # "module:Class" of its ``backends.base.Backend``
+    backend: str  # "module:Class" of its ``backends.base.Backend``, which also says if it answers here
     executor: str  # "module:Class" of its public executor
 
 
@@ -22,6 +22,9 @@ SCHEDULERS: dict[str, Scheduler] = {
     "local": Scheduler("oarfutures.backends.local:LocalBackend", "oarfutures.executors:LocalPoolExecutor"),
 }
 NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+#: the schedulers ``AutoPoolExecutor`` tries, in this order (``Backend.answers_here``), before the local one: OAR
+#: first, as a Grid'5000 front-end may also carry Slurm's clients
+DETECTION_ORDER: tuple[str, ...] = ("oar", "slurm")
 
 
 def _load(dotted: str) -> Any:
@@ -32,6 +35,11 @@ def _load(dotted: str) -> Any:
 def backend_class(name: str) -> Any:
     """The backend class of scheduler ``name``; KeyError for a name this version does not know."""
     return _load(SCHEDULERS[name].backend)
+
+
+def executor_name(name: str) -> str:
+    """The public executor's class name of scheduler ``name``, for messages (nothing is imported)."""
+    return SCHEDULERS[name].executor.rpartition(":")[2]
 
 
 def executor_class(name: str) -> Any:

@@ -13,6 +13,7 @@ import pytest
 from conftest import require_command
 import tasks
 from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, auto
+from oarfutures.backends import commands
 
 HANGS = "#!/bin/sh\nexec /bin/sleep 60\n"
 FAILS = "#!/bin/sh\necho 'slurm_ping error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
@@ -36,7 +37,7 @@ def test_slurm_clients_without_an_answering_controller_fall_back_to_local_quickl
     fake_slurm, folder, monkeypatch, caplog, script
 ):
     fake_slurm(script)
-    monkeypatch.setattr(auto, "DETECTION_TIMEOUT", 1.0)
+    monkeypatch.setattr(commands, "PROBE_TIMEOUT", 1.0)
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="oarfutures"):
         executor = AutoPoolExecutor(folder=folder)
@@ -48,7 +49,7 @@ def test_slurm_clients_without_an_answering_controller_fall_back_to_local_quickl
 
 def test_detection_waits_a_few_seconds_at_most():
     """A Slurm client hangs about 60 s when its controller is down: detection must give up long before."""
-    assert 1 <= auto.DETECTION_TIMEOUT <= 10
+    assert 1 <= commands.PROBE_TIMEOUT <= 10
 
 
 @pytest.mark.slurm

@@ -122,6 +122,18 @@ class Backend(abc.ABC):
     #: after a submission, how long further ``submit`` calls wait to go out together in one array: a scheduler
     #: command costs tens of milliseconds and loads the controller, a few milliseconds of waiting do not matter
     gather_seconds: float = 0.005
+    #: the checker of each parameter the backend takes, by oarfutures' name (see ``params``)
+    CHECKERS: Mapping[str, Any] = {}
+    #: submitit's names of this backend's parameters (its prefix stripped) -> oarfutures' names
+    SUBMITIT_SPELLINGS: Mapping[str, str] = {}
+    #: submitit's parameters oarfutures does not take on this backend -> what to use instead (the error says it)
+    SUBMITIT_REFUSED: Mapping[str, str] = {}
+
+    @classmethod
+    def answers_here(cls) -> bool:
+        """Whether this scheduler takes jobs from this process on this machine: ``AutoPoolExecutor`` picks the
+        first that does (see ``registry.DETECTION_ORDER``), so it must be quick and log why it says no."""
+        return False
 
     def can_gather(self, options: Mapping[str, Any]) -> bool:
         """Whether separate calls with these options (the parameters included) may go out as one array."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import time
 from typing import Callable, Dict, Optional, Sequence
@@ -86,3 +87,20 @@ def run(
 def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> Dict[str, str]:
     """This process's environment without the variables a surrounding job set (nested submission)."""
     return {k: v for k, v in os.environ.items() if k in keep or not k.startswith(tuple(prefixes))}
+
+
+#: seconds a scheduler has to answer ``probe``: a Slurm client whose controller is down hangs about a minute
+PROBE_TIMEOUT = 5.0
+
+
+def probe(scheduler: str, installed: Sequence[str], question: Sequence[str]) -> Optional[str]:
+    """What ``question`` printed, if every command in ``installed`` is on PATH and the controller answered within
+    ``PROBE_TIMEOUT``; None otherwise. A login node keeps its client commands when the controller is down or was
+    never configured, so being installed is not enough; a scheduler passed over is logged with why."""
+    if not all(shutil.which(name) for name in installed):
+        return None
+    try:
+        return run(question, retry=False, timeout=PROBE_TIMEOUT)
+    except SchedulerCommandError as exc:
+        logger.warning("%s is installed but does not answer (%s): trying the next backend", scheduler, exc)
+        return None

@@ -167,6 +167,17 @@ class OarBackend(Backend):
     name = "oar"
     throttles = False  # OAR arrays have no running cap: the core submits in waves
     query_interval = (2.0, 10.0)  # each oarstat costs ~0.2 s or more on the server
+    CHECKERS = CHECKERS
+    SUBMITIT_SPELLINGS = {"n": "name", "gpu": "gpus_per_node"}
+    SUBMITIT_REFUSED = {"max_num_timeout": "use max_resubmissions= (an executor option)"}
+
+    @classmethod
+    def answers_here(cls) -> bool:
+        """OAR's clients are installed and ``oarstat`` answers; never for root or oar, whose jobs OAR refuses."""
+        if getpass.getuser() in ("root", "oar"):
+            return False
+        question = ["oarstat", "-s", "-j", "1"]  # -j 0 reads as no id: exit 255
+        return commands.probe("oar", ("oarsub", "oarstat", "oardel"), question) is not None
 
     def __init__(self, folder: str, parameters: Mapping[str, Any]) -> None:
         self.folder = params.job_folder("folder", folder)

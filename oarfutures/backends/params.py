@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
 
+from oarfutures import registry
+
 TOKEN = re.compile(r"[A-Za-z0-9_.:+@%/,=\-\[\]]+")  # always fullmatch: "$" would let a trailing newline through
 OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 FORBIDDEN_IN_LINE = ("\n", "\r", "\x00")
@@ -40,7 +42,7 @@ BACKEND_PREFIXES = ("oar_", "slurm_", "local_")
 
 def for_backend(values: Mapping[str, Any], backend: str) -> dict[str, Any]:
     """Keep the generic parameters and ``<backend>_`` ones (prefix stripped, overriding the generic one), in
-    oarfutures' spelling (submitit's is translated, or refused naming ours: see ``SUBMITIT_SPELLINGS``).
+    oarfutures' spelling (submitit's is translated, or refused naming ours: see ``Backend.SUBMITIT_SPELLINGS``).
 
     The other schedulers' prefixed parameters only apply there, but their names are checked all the same: a typo
     in ``oar_queu`` must not pass silently because this script happens to run on Slurm today.
@@ -61,34 +63,6 @@ def for_backend(values: Mapping[str, Any], backend: str) -> dict[str, Any]:
 #: the two ways of giving a walltime (``timeout_min`` in minutes, as submitit does)
 WALLTIME_NAMES = frozenset(("walltime", "timeout_min"))
 
-#: submitit's spellings (its AutoExecutor, SlurmExecutor and the OAR plugin) that mean what an oarfutures
-#: parameter means, per backend, after the prefix is stripped: ``slurm_job_name`` is ``name`` on Slurm
-SUBMITIT_SPELLINGS: dict[str, dict[str, str]] = {
-    "slurm": {
-        "job_name": "name",
-        "time": "timeout_min",  # submitit's Slurm time is in minutes
-        "ntasks_per_node": "tasks_per_node",
-        "num_gpus": "gpus_per_node",
-        "signal_delay_s": "checkpoint_seconds",
-    },
-    "oar": {"n": "name", "gpu": "gpus_per_node"},
-    "local": {},
-}
-
-#: submitit's spellings that oarfutures does not take, with what to do instead (the error says it)
-SUBMITIT_REFUSED: dict[str, dict[str, str]] = {
-    "slurm": {
-        "array_parallelism": "use max_workers= (it caps the running calls of the executor, as Slurm's %N)",
-        "map_count": "map() sizes the array itself",
-        "dependency": "oarfutures chains the parts of a split array itself; wait on the futures instead",
-        "srun_args": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
-        "use_srun": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
-        "max_num_timeout": "use max_resubmissions= (an executor option)",
-    },
-    "oar": {"max_num_timeout": "use max_resubmissions= (an executor option)"},
-    "local": {},
-}
-
 #: submitit spellings accepted when false (their default, and oarfutures' behaviour), refused when true
 SUBMITIT_OFF_ONLY: dict[str, str] = {
     "stderr_to_stdout": "a job's stderr stays in logs/<job>.err beside its .out; executor.logs(future) and "
@@ -99,40 +73,27 @@ SUBMITIT_OFF_ONLY: dict[str, str] = {
 def respelled(values: Mapping[str, Any], backend: str) -> dict[str, Any]:
     """``values`` with submitit's spellings replaced by oarfutures' own; a refused one is a TypeError saying what
     to use, and giving a parameter under both spellings is one too (which one was meant?)."""
+    cls = registry.backend_class(backend)
     result: dict[str, Any] = {}
     for key, value in values.items():
         if key in SUBMITIT_OFF_ONLY:
             if value:
                 raise TypeError(f"{key}={value!r} is not supported: {SUBMITIT_OFF_ONLY[key]}")
             continue
-        advice = SUBMITIT_REFUSED.get(backend, {}).get(key)
+        advice = cls.SUBMITIT_REFUSED.get(key)
         if advice is not None:
             raise TypeError(f"{key} (a submitit parameter) is not accepted by oarfutures: {advice}")
-        target = SUBMITIT_SPELLINGS.get(backend, {}).get(key, key)
+        target = cls.SUBMITIT_SPELLINGS.get(key, key)
         if target != key and target in values:
             raise TypeError(f"{key} is submitit's spelling of {target}: give one of them, not both")
         result[target] = value
     return result
 
 
-#: where each backend keeps its table of checkers (imported only to check a name prefixed for that backend)
-CHECKER_TABLES = {
-    "slurm": ("oarfutures.backends.slurm", "CHECKERS"),
-    "oar": ("oarfutures.backends.oar", "CHECKERS"),
-    "local": ("oarfutures.backends.local", "LocalBackend.CHECKERS"),
-}
-EXECUTOR_NAMES = {"slurm": "SlurmPoolExecutor", "oar": "OarPoolExecutor", "local": "LocalPoolExecutor"}
-
-
 def parameter_names(backend: str) -> Iterable[str]:
     """Every parameter name a backend takes: its checkers' and submitit's spellings of them."""
-    import importlib
-
-    module, attribute = CHECKER_TABLES[backend]
-    table: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        table = getattr(table, part)
-    return set(table) | set(GENERIC) | set(SUBMITIT_SPELLINGS[backend]) | set(SUBMITIT_OFF_ONLY)
+    cls = registry.backend_class(backend)
+    return set(cls.CHECKERS) | set(GENERIC) | set(cls.SUBMITIT_SPELLINGS) | set(SUBMITIT_OFF_ONLY)
 
 
 def check_other_prefixes(values: Iterable[str], backend: str) -> None:
@@ -142,13 +103,14 @@ def check_other_prefixes(values: Iterable[str], backend: str) -> None:
         if other is None or other == backend:
             continue
         name = key[len(other) + 1 :]
-        advice = SUBMITIT_REFUSED[other].get(name)
+        advice = registry.backend_class(other).SUBMITIT_REFUSED.get(name)
         if advice is not None:
             raise TypeError(f"{key} (a submitit parameter) is not accepted by oarfutures: {advice}")
         valid = parameter_names(other)
         if name not in valid:
             listed = ", ".join(sorted(valid))
-            raise TypeError(f"unknown {EXECUTOR_NAMES[other]} parameter {name!r} in {key!r}; valid ones are: {listed}")
+            executor = registry.executor_name(other)
+            raise TypeError(f"unknown {executor} parameter {name!r} in {key!r}; valid ones are: {listed}")
 
 
 def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

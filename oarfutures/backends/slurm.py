@@ -132,6 +132,31 @@ class SlurmBackend(Backend):
     name = "slurm"
     throttles = True
     query_interval = (1.0, 5.0)
+    CHECKERS = CHECKERS
+    SUBMITIT_SPELLINGS = {
+        "job_name": "name",
+        "time": "timeout_min",  # submitit's Slurm time is in minutes
+        "ntasks_per_node": "tasks_per_node",
+        "num_gpus": "gpus_per_node",
+        "signal_delay_s": "checkpoint_seconds",
+    }
+    SUBMITIT_REFUSED = {
+        "array_parallelism": "use max_workers= (it caps the running calls of the executor, as Slurm's %N)",
+        "map_count": "map() sizes the array itself",
+        "dependency": "oarfutures chains the parts of a split array itself; wait on the futures instead",
+        "srun_args": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
+        "use_srun": "oarfutures starts the worker itself (srun only launches the ranks of tasks_per_node > 1)",
+        "max_num_timeout": "use max_resubmissions= (an executor option)",
+    }
+
+    @classmethod
+    def answers_here(cls) -> bool:
+        """Slurm's clients are installed and ``scontrol ping`` says the controller is up."""
+        out = commands.probe("slurm", ("sbatch", "squeue", "scancel", "scontrol"), ["scontrol", "ping"])
+        if out is not None and "is UP" not in out:  # "Slurmctld(primary) at host is UP"
+            logger.warning("slurm is installed but its controller is not up (%s): trying the next backend", out.strip())
+            return False
+        return out is not None
 
     def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: Optional[int] = None) -> None:
         self.folder = params.job_folder("folder", folder)
