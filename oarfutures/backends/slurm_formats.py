@@ -141,10 +141,11 @@ def ranges(job_ids: Sequence[str]) -> List[str]:
     for array, indices in tasks.items():
         indices.sort()
         spans, start = [], indices[0]
-        for previous, current in zip(indices, indices[1:] + [None]):
+        for previous, current in zip(indices, indices[1:]):
             if current != previous + 1 or previous - start + 1 >= MAX_SPAN:
                 spans.append(f"{start}-{previous}" if previous != start else str(start))
                 start = current
+        spans.append(f"{start}-{indices[-1]}" if indices[-1] != start else str(start))
         plain.append(f"{array}_[{','.join(spans)}]")
     return plain
 
@@ -154,12 +155,13 @@ def parse_slurm_time(text: str) -> Optional[int]:
     found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not found:
         return None
-    days, a, b, c = (int(g) if g else None for g in found.groups())
-    if days is not None:  # D-HH[:MM[:SS]]
-        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    if c is not None:
+    days, first, second, third = found.groups()
+    a, b, c = int(first), int(second or 0), int(third or 0)
+    if days:  # D-HH[:MM[:SS]]
+        return int(days) * 86400 + a * 3600 + b * 60 + c
+    if third:  # HH:MM:SS
         return a * 3600 + b * 60 + c
-    return a * 60 + (b or 0)
+    return a * 60 + b  # MM[:SS]
 
 
 def slurm_time(seconds: int) -> str:

@@ -41,7 +41,8 @@ def test_no_stealing_when_disabled_checkpointable_or_multi_task(tmp_path, parame
 
 
 def test_slurm_partition_times_are_read_as_seconds():
-    assert [parse_slurm_time(t) for t in ("30", "10:00", "1:00:00", "2-00", "1-02:03:04")] == [1800, 600, 3600, 172800, 93784]
+    forms = ("30", "10:00", "1:30", "1:00:00", "2-00", "2-01:30", "1-02:03:04")
+    assert [parse_slurm_time(t) for t in forms] == [1800, 600, 90, 3600, 172800, 178200, 93784]
 
 
 def run_script(script, folder, index, env=None):
