@@ -130,9 +130,7 @@ def text_table(rows: list) -> str:
     lines = []
     for number, line in enumerate(table):
         lines.append(
-            "  ".join(
-                c.ljust(w) if i < 2 or i in (3, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
-            )
+            "  ".join(c.ljust(w) if i < 2 or i in (3, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
         )
         if number == 0:
             lines.append("-" * len(lines[0]))

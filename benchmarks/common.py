@@ -29,7 +29,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -57,7 +58,7 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def machine(python: Optional[str] = None) -> Dict[str, Any]:
+def machine(python: str | None = None) -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     python = python or job_python()
@@ -76,7 +77,7 @@ def machine(python: Optional[str] = None) -> Dict[str, Any]:
     }
 
 
-def code_version(python: str) -> Dict[str, Any]:
+def code_version(python: str) -> dict[str, Any]:
     """Which oarfutures is measured: the repository's commit and edits, and the copy the job python imports."""
     import hashlib
 
@@ -114,14 +115,14 @@ def refresh_install(python: str) -> str:
     return "refreshed" if done.returncode == 0 else f"pip failed: {_tail(done.stderr, 3)}"
 
 
-def _out(command: Sequence[str], timeout: float = 30, cwd: Optional[str] = None) -> str:
+def _out(command: Sequence[str], timeout: float = 30, cwd: str | None = None) -> str:
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
 
-def slurm_config() -> Dict[str, str]:
+def slurm_config() -> dict[str, str]:
     """The Slurm settings that change what the benchmarks mean (others may restart Slurm with other ones)."""
     text = _out(["scontrol", "show", "config"])
     keys = ("MaxArraySize", "AccountingStorageType", "MinJobAge", "MaxJobCount", "SchedulerParameters")
@@ -133,7 +134,7 @@ def slurm_config() -> Dict[str, str]:
     return found
 
 
-def slurm_brief(config: Dict[str, str]) -> str:
+def slurm_brief(config: dict[str, str]) -> str:
     """'MaxArraySize 100001, no accounting (squeue)': the two settings others' test runs flip."""
     if not config:
         return "Slurm config unknown"
@@ -142,13 +143,13 @@ def slurm_brief(config: Dict[str, str]) -> str:
     return f"MaxArraySize {config.get('MaxArraySize', '?')}, {mode}"
 
 
-def slurm_queue() -> Dict[str, int]:
+def slurm_queue() -> dict[str, int]:
     """Jobs (array tasks expanded) pending/running on Slurm now, everyone's: how busy the shared cluster is."""
     lines = _out(["squeue", "-h", "-r", "-t", "PENDING,RUNNING,COMPLETING", "-o", "%T"]).split()
     return dict(collections.Counter(lines))
 
 
-def wait_for_quiet(queue: Callable[[], Dict[str, int]], busy: Sequence[str], limit: float = 90) -> Dict[str, Any]:
+def wait_for_quiet(queue: Callable[[], dict[str, int]], busy: Sequence[str], limit: float = 90) -> dict[str, Any]:
     """Wait (up to ``limit`` s) until nobody's jobs wait in the queue, so a contender does not start behind someone
     else's array; return what the queue held when we started and how long we waited."""
     t0 = time.monotonic()
@@ -159,7 +160,7 @@ def wait_for_quiet(queue: Callable[[], Dict[str, int]], busy: Sequence[str], lim
         time.sleep(2)
 
 
-def slurm_room() -> Dict[str, int]:
+def slurm_room() -> dict[str, int]:
     """How many more tasks slurmctld accepts: MaxJobCount minus every task record it holds (ended ones included,
     for MinJobAge). A submission beyond it makes ``sbatch`` wait and retry, for everyone on the cluster."""
     config = slurm_config()
@@ -171,7 +172,7 @@ def slurm_room() -> Dict[str, int]:
     return {"max_job_count": limit, "records": held, "room": limit - held}
 
 
-def oar_queue() -> Dict[str, int]:
+def oar_queue() -> dict[str, int]:
     lines = _out(["oarstat"]).splitlines()[2:]
     return dict(collections.Counter(line.split()[1] for line in lines if len(line.split()) > 1))
 
@@ -194,7 +195,7 @@ def make_wrappers(folder: str, commands: Iterable[str]) -> str:
     return folder
 
 
-def count_calls(path: str) -> Dict[str, int]:
+def count_calls(path: str) -> dict[str, int]:
     try:
         with open(path) as f:
             return dict(collections.Counter(line.strip() for line in f if line.strip()))
@@ -203,7 +204,7 @@ def count_calls(path: str) -> Dict[str, int]:
 
 
 # ---------------------------------------------------------------------- child processes
-def scratch(name: str, user: Optional[str] = None) -> str:
+def scratch(name: str, user: str | None = None) -> str:
     """A fresh scratch folder (owned by ``user`` when given, mode 0700 then: OAR jobs run in it)."""
     os.makedirs(SCRATCH, exist_ok=True)
     os.chmod(SCRATCH, 0o755)
@@ -224,15 +225,15 @@ _BOOT = (
 
 def run_child(
     module: str,
-    args: Dict[str, Any],
+    args: dict[str, Any],
     *,
     folder: str,
-    wrappers: Optional[str] = None,
-    user: Optional[str] = None,
+    wrappers: str | None = None,
+    user: str | None = None,
     timeout: float = 600,
-    python: Optional[str] = None,
-    calls: Optional[str] = None,
-) -> Dict[str, Any]:
+    python: str | None = None,
+    calls: str | None = None,
+) -> dict[str, Any]:
     """Run ``benchmarks.<module>`` as a child in ``folder``; return what it wrote (or an ``error`` entry).
 
     With ``calls`` (a file name), the wrappers log every scheduler command the child and its jobs run there.
@@ -254,15 +255,15 @@ def run_child(
 
 def _run_child_once(
     module: str,
-    args: Dict[str, Any],
+    args: dict[str, Any],
     *,
     folder: str,
-    wrappers: Optional[str],
-    user: Optional[str],
+    wrappers: str | None,
+    user: str | None,
     timeout: float,
-    python: Optional[str],
-    calls: Optional[str],
-) -> Dict[str, Any]:
+    python: str | None,
+    calls: str | None,
+) -> dict[str, Any]:
     python = python or job_python()
     if calls:
         open(calls, "w").close()
@@ -304,7 +305,7 @@ def _run_child_once(
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         return {"error": f"child {module} timed out after {timeout:.0f} s", "stderr": _tail(exc.stderr)}
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     try:
         with open(out_path) as f:
             result = json.load(f)
@@ -324,7 +325,7 @@ def _tail(text: Any, lines: int = 25) -> str:
     return "\n".join((text or "").splitlines()[-lines:])
 
 
-def child_main(measure: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
+def child_main(measure: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Entry point of a child: ``--child ARGS.json OUT.json``; ``measure(args)`` returns a JSON-able dict."""
     if len(sys.argv) != 4 or sys.argv[1] != "--child":
         sys.exit(f"{sys.argv[0]}: run the benchmarks with `python -m benchmarks` (this module is a child of it)")
@@ -343,7 +344,7 @@ def child_main(measure: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------- statistics
-def median(values: Sequence[float]) -> Optional[float]:
+def median(values: Sequence[float]) -> float | None:
     values = sorted(v for v in values if v is not None)
     if not values:
         return None
@@ -351,7 +352,7 @@ def median(values: Sequence[float]) -> Optional[float]:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def percentile(values: Sequence[float], q: float) -> Optional[float]:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100): with few samples p99 is simply the maximum."""
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -360,7 +361,7 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
     return values[rank - 1]
 
 
-def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
@@ -374,9 +375,9 @@ def row(
     unit: str = "",
     runs: Any = 1,
     load: Any = None,
-    ratio_: Optional[float] = "auto",
+    ratio_: float | None = "auto",
     note: str = "",
-) -> Dict[str, Any]:  # type: ignore[assignment]
+) -> dict[str, Any]:  # type: ignore[assignment]
     """One line of the summary table: oarfutures' median against one baseline's median."""
     if ratio_ == "auto":
         ratio_ = ratio(ours, base) if isinstance(ours, (int, float)) and isinstance(base, (int, float)) else None
@@ -395,7 +396,7 @@ def row(
     }
 
 
-def load_range(*results: Dict[str, Any]) -> str:
+def load_range(*results: dict[str, Any]) -> str:
     values = [r.get(k) for r in results for k in ("load_start", "load_end") if isinstance(r.get(k), (int, float))]
     if not values:
         return "?"
@@ -403,7 +404,7 @@ def load_range(*results: Dict[str, Any]) -> str:
     return f"{low:.1f}" if abs(high - low) < 0.05 else f"{low:.1f}-{high:.1f}"
 
 
-def save(name: str, record: Dict[str, Any]) -> str:
+def save(name: str, record: dict[str, Any]) -> str:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}.json")
     with open(path, "w") as f:
@@ -448,7 +449,7 @@ def release_memory() -> None:
         pass
 
 
-def cpu_window(thread: Any, seconds: float) -> List[float]:
+def cpu_window(thread: Any, seconds: float) -> list[float]:
     """[thread CPU s, process CPU s, wall s] over ``seconds`` while the calling thread sleeps."""
     t0, p0, w0 = thread_cpu(thread) if thread else 0.0, time.process_time(), time.perf_counter()
     time.sleep(seconds)
@@ -464,7 +465,7 @@ class TickCounter:
         self.poller, self.ticks, self.tick_seconds = poller, 0, 0.0
         self._orig = poller._tick
 
-    def __enter__(self) -> "TickCounter":
+    def __enter__(self) -> TickCounter:
         orig = self._orig
 
         def counted():
@@ -494,7 +495,7 @@ class StateQueries:
         self.count = 0
         self._class, self._query = backend_class, backend_class.__dict__["query"]
 
-    def __enter__(self) -> "StateQueries":
+    def __enter__(self) -> StateQueries:
         def counted(backend: Any, job_ids: Any) -> Any:
             self.count += 1
             return self._query(backend, job_ids)
@@ -507,7 +508,7 @@ class StateQueries:
         return False
 
 
-def folder_bytes(folder: str) -> List[int]:
+def folder_bytes(folder: str) -> list[int]:
     total, files = 0, 0
     for root, _dirs, names in os.walk(folder):
         for name in names:
@@ -531,7 +532,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def _stat(pid: int) -> Optional[List[str]]:
+def _stat(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()  # fields from the state on (the name may hold spaces)
@@ -539,11 +540,11 @@ def _stat(pid: int) -> Optional[List[str]]:
         return None
 
 
-def unreaped_descendants() -> List[Dict[str, Any]]:
+def unreaped_descendants() -> list[dict[str, Any]]:
     """Descendants of this process not yet waited for (alive or zombie), each with the CPU seconds /proc gives it
     (its own plus its waited-for children's): what ``RUSAGE_CHILDREN`` does not count yet."""
-    parents: Dict[int, int] = {}
-    stats: Dict[int, List[str]] = {}
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat(int(entry))
@@ -567,7 +568,7 @@ def unreaped_descendants() -> List[Dict[str, Any]]:
     return found
 
 
-def tree_cpu() -> Dict[str, float]:
+def tree_cpu() -> dict[str, float]:
     """CPU seconds (user + system) of this process, its waited-for descendants and its unreaped ones."""
     import resource
 

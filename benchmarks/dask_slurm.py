@@ -79,7 +79,12 @@ def run(ctx) -> dict:
     name = f"bench-dask-{os.getpid()}"
     print(f"  {NAME}: {n} dask tasks on Slurm, max_workers={MAX_WORKERS} (load {common.load():.1f})", flush=True)
     res = ctx.run_child(
-        NAME, {"n": n, "python": ctx.python, "name": name}, folder=folder, wrappers=ctx.wrappers, calls=calls, timeout=900
+        NAME,
+        {"n": n, "python": ctx.python, "name": name},
+        folder=folder,
+        wrappers=ctx.wrappers,
+        calls=calls,
+        timeout=900,
     )
     res["scheduler_calls"] = common.count_calls(calls)
     subprocess.run(["scancel", "-n", name], capture_output=True)  # leftovers of a failed run only
@@ -94,8 +99,12 @@ def rows(res: dict, n: int) -> list:
     load = common.load_range(res)
     sbatch = res["scheduler_calls"].get("sbatch", 0)
     out = [
-        common.row(case, "sbatch calls", sbatch, "one per task", n, runs=1, load=load, note=f"wall {res['wall_seconds']:.1f} s"),
-        common.row(case, "most calls running at once", res["most_at_once"], "max_workers", MAX_WORKERS, runs=1, load=load),
+        common.row(
+            case, "sbatch calls", sbatch, "one per task", n, runs=1, load=load, note=f"wall {res['wall_seconds']:.1f} s"
+        ),
+        common.row(
+            case, "most calls running at once", res["most_at_once"], "max_workers", MAX_WORKERS, runs=1, load=load
+        ),
     ]
     out[0]["target"] = f"≤{SBATCH_TARGET} calls {'met' if sbatch <= SBATCH_TARGET else 'missed'}"
     out[1]["target"] = f"≤{MAX_WORKERS} {'met' if res['most_at_once'] <= MAX_WORKERS else 'missed'}"
@@ -106,4 +115,3 @@ def rows(res: dict, n: int) -> list:
 
 if __name__ == "__main__":
     common.child_main(measure)
-

@@ -58,9 +58,11 @@ def work(x):
 
 
 def sizes(quick: bool) -> dict:
-    return {"map": 100, "submit": 100, "dask": 50, "joblib": 50} if quick else {
-        "map": 400, "submit": 400, "dask": 200, "joblib": 200
-    }
+    return (
+        {"map": 100, "submit": 100, "dask": 50, "joblib": 50}
+        if quick
+        else {"map": 400, "submit": 400, "dask": 200, "joblib": 200}
+    )
 
 
 def describe(scenario: str, n: int) -> str:
@@ -107,7 +109,7 @@ def measure(args: dict) -> dict:
 
         out["versions"] = {"joblib": joblib.__version__, "loky (joblib's)": loky.__version__}
         if side == "oarfutures":
-            import oarfutures.joblib_backend  # noqa: F401  registers backend "oarfutures"
+            import oarfutures.joblib_backend  # registers the joblib backend "oarfutures"
     if side == "oarfutures":
         import oarfutures
 
@@ -197,8 +199,10 @@ def run(ctx) -> dict:
         for i, scenario in enumerate(SCENARIOS):
             for side in SIDES if (r + i) % 2 == 0 else SIDES[::-1]:
                 folder = common.scratch(f"{NAME}-{scenario}-{side}")
-                print(f"  {NAME} {r + 1}/{repeats}: {scenario} {side} N={n[scenario]} (load {common.load():.1f})",
-                      flush=True)
+                print(
+                    f"  {NAME} {r + 1}/{repeats}: {scenario} {side} N={n[scenario]} (load {common.load():.1f})",
+                    flush=True,
+                )
                 res = ctx.run_child(
                     NAME,
                     {"scenario": scenario, "side": side, "n": n[scenario], "python": ctx.python},
@@ -210,12 +214,22 @@ def run(ctx) -> dict:
                 if "error" in res:
                     print(f"    error: {res['error']}\n{res.get('stderr', '')}", flush=True)
                 else:
-                    print(f"    wall {res['wall_seconds']:.2f} s, CPU {res['cpu_seconds']:.2f} s"
-                          f"{'' if res.get('ok') else ', WRONG RESULTS'}", flush=True)
+                    print(
+                        f"    wall {res['wall_seconds']:.2f} s, CPU {res['cpu_seconds']:.2f} s"
+                        f"{'' if res.get('ok') else ', WRONG RESULTS'}",
+                        flush=True,
+                    )
                 runs.append(res)
                 ctx.cleanup(folder)
-    return {"name": NAME, "calls": n, "sleep_seconds": SLEEP, "max_workers": WORKERS, "repeats": repeats,
-            "runs": runs, "rows": rows(runs, n)}
+    return {
+        "name": NAME,
+        "calls": n,
+        "sleep_seconds": SLEEP,
+        "max_workers": WORKERS,
+        "repeats": repeats,
+        "runs": runs,
+        "rows": rows(runs, n),
+    }
 
 
 def _s(value) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List
 
 from benchmarks import common
 
@@ -155,7 +154,7 @@ def latency(folder: str, plt) -> str:
     return path
 
 
-def draw_all(folder: str) -> List[str]:
+def draw_all(folder: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -114,7 +114,9 @@ def run(ctx) -> dict:
     runs = []
     sides = tuple(x for x in os.environ.get("OARF_BENCH_SLURM_SIDES", ",".join(SIDES)).split(",") if x in SIDES)
     for r in range(repeats):
-        order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate, so no contender always runs on the busiest minute
+        order = (
+            sides[r % len(sides) :] + sides[: r % len(sides)]
+        )  # rotate, so no contender always runs on the busiest minute
         for side in order:
             folder = common.scratch(f"{NAME}-{side}")
             name = f"bench-{side[:5]}-{os.getpid()}-{r}"
@@ -184,14 +186,30 @@ def rows(runs: list, n: int) -> list:
     if by["nosteal"] and by["oarfutures"]:
         out.insert(
             1,
-            common.row(case, "submit -> all done, stealing vs steal_seconds=0 [s]", wall["oarfutures"], "steal_seconds=0",
-                       wall["nosteal"], unit="s", runs=len(by["oarfutures"]), load=common.load_range(*every("nosteal"))),
+            common.row(
+                case,
+                "submit -> all done, stealing vs steal_seconds=0 [s]",
+                wall["oarfutures"],
+                "steal_seconds=0",
+                wall["nosteal"],
+                unit="s",
+                runs=len(by["oarfutures"]),
+                load=common.load_range(*every("nosteal")),
+            ),
         )
     if by["nosteal-1s"] and by["oarfutures-1s"]:
         out.insert(
             2,
-            common.row(case, "1 s calls: submit -> all done [s]", wall["oarfutures-1s"], "steal_seconds=0", wall["nosteal-1s"],
-                       unit="s", runs=len(by["oarfutures-1s"]), load=common.load_range(*by["oarfutures-1s"], *by["nosteal-1s"])),
+            common.row(
+                case,
+                "1 s calls: submit -> all done [s]",
+                wall["oarfutures-1s"],
+                "steal_seconds=0",
+                wall["nosteal-1s"],
+                unit="s",
+                runs=len(by["oarfutures-1s"]),
+                load=common.load_range(*by["oarfutures-1s"], *by["nosteal-1s"]),
+            ),
         )
     queues = "; ".join(f"{r['side']}: {r.get('slurm_queue')}" for r in runs)
     configs = sorted({common.slurm_brief(r.get("slurm_config") or {}) for r in runs})

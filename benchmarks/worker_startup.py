@@ -5,8 +5,9 @@ function of this child, pickled by value by cloudpickle as a user's script funct
 cloudpickle to load it), and ``operator.neg``, pickled by reference as any function of an importable module is
 (plain ``pickle`` loads it: no cloudpickle in the worker). Each worker run also reports whether it imported
 cloudpickle (``-X importtime``, once per case). All commands run with the job interpreter, alternately, 30 times
-each (10 with ``--quick``), from the same folder; the result and claim files are removed between runs. ``/usr/bin/python3 -c pass`` is timed too: the venv's own
-start-up overhead (its ``site`` with ``.pth`` files). ``python -m benchmarks.profiling worker`` lists the imports.
+each (10 with ``--quick``), from the same folder; the result and claim files are removed between runs.
+``/usr/bin/python3 -c pass`` is timed too: the venv's own start-up overhead (its ``site`` with ``.pth`` files).
+``python -m benchmarks.profiling worker`` lists the imports.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def rows(res: dict) -> list:
                 unit="s",
                 runs=res["runs"],
                 load=load,
-                note=note or f"{cloudpickle}; /usr/bin/python3 -c pass (no venv): {t['/usr/bin/python3 -c pass'] * 1000:.0f} ms",
+                note=note
+                or f"{cloudpickle}; /usr/bin/python3 -c pass (no venv): {t['/usr/bin/python3 -c pass'] * 1000:.0f} ms",
             )
         )
     return rows

@@ -3,6 +3,7 @@
 Resources are given once with generic names; scheduler-specific ones are prefixed and ignored elsewhere.
 Force a backend with OARFUTURES_CLUSTER=oar|slurm|local.
 """
+
 import sys
 import tempfile
 

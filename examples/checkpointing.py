@@ -3,6 +3,7 @@
 Runs on the local backend (where `interrupt` sends the checkpoint signal itself) and unchanged on Slurm or OAR:
 OARFUTURES_CLUSTER=slurm python examples/checkpointing.py
 """
+
 import os
 import sys
 import tempfile

@@ -1,4 +1,5 @@
 """The Grid'5000 page's "other features": concurrent jobs, submissions from a ThreadPoolExecutor, and asyncio."""
+
 import asyncio
 import sys
 import tempfile

@@ -2,6 +2,7 @@
 
 Give dask tasks of seconds of work (chunk your data accordingly): each one pays a job's start-up.
 """
+
 import sys
 import tempfile
 

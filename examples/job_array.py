@@ -1,4 +1,5 @@
 """The Grid'5000 page's job array: four additions as one array (one sbatch/oarsub for all of them)."""
+
 import sys
 import tempfile
 

@@ -1,4 +1,5 @@
 """joblib's Parallel through oarfutures: one changed line (the parallel_config)."""
+
 import sys
 import tempfile
 

@@ -3,6 +3,7 @@
 Runs on this machine (LocalPoolExecutor). On a cluster front-end, swap in
 ``OarPoolExecutor(queue="default", walltime="0:10:0")`` or ``SlurmPoolExecutor(partition=..., walltime=...)``.
 """
+
 import tempfile
 from concurrent.futures import as_completed
 

@@ -1,5 +1,6 @@
 """Shared fixtures. Cluster tests are marked ``slurm``/``oar`` and need the clusters that ``tests/run-all.sh``
 starts; with ``CI=true`` a cluster that is not there fails those tests instead of skipping them."""
+
 import contextlib
 import os
 import pathlib
@@ -13,7 +14,6 @@ import time
 import pytest
 
 from oarfutures import LocalPoolExecutor
-
 
 #: every backend, each cluster marked so that tests/run-all.sh runs it in that cluster's phase
 BACKENDS = [

@@ -1,4 +1,5 @@
 """Functions the tests run in workers (importable there: the client's sys.path travels with the task)."""
+
 import os
 import signal
 import time
@@ -104,7 +105,9 @@ class Counter(Checkpointable):
 
     def __call__(self, target, step_seconds):
         self.run_starts.append(self.count)
-        started = os.path.join(os.environ["OARFUTURES_JOB_FOLDER"], "logs", os.environ["OARFUTURES_TASK_ID"] + ".started")
+        started = os.path.join(
+            os.environ["OARFUTURES_JOB_FOLDER"], "logs", os.environ["OARFUTURES_TASK_ID"] + ".started"
+        )
         open(started, "a").close()  # lets a test wait until the call is really running
         while self.count < target:
             time.sleep(step_seconds)
@@ -315,7 +318,7 @@ def allreduce(timeout=60):
                 time.sleep(0.2)
         with peer:
             peer.settimeout(timeout)
-            peer.sendall(struct.pack("!qq", env.rank, 10 ** env.rank))
+            peer.sendall(struct.pack("!qq", env.rank, 10**env.rank))
             (total,) = struct.unpack("!q", _receive(peer, 8))
     return env.rank, env.local_rank, env.world_size, env.node, env.master_addr, env.master_port, total
 

@@ -3,14 +3,16 @@
 dask and joblib submit one call at a time: on Slurm each ``submit`` is an array of one, so a cap that only
 became ``%N`` on each array would cap nothing for them.
 """
+
 import itertools
 import os
 
 import pytest
 
+from oarfutures import LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+
 import tasks
 from conftest import BACKENDS
-from oarfutures import LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 
 EXECUTORS = {"local": LocalPoolExecutor, "slurm": SlurmPoolExecutor, "oar": OarPoolExecutor}
 
@@ -22,7 +24,9 @@ def most_at_once(folder):
         with open(os.path.join(folder, name)) as f:
             start, end = map(float, f.read().split())
         intervals.append((start, end))
-    events = sorted(itertools.chain(((s, 1) for s, _ in intervals), ((e, -1) for _, e in intervals)), key=lambda x: (x[0], x[1]))
+    events = sorted(
+        itertools.chain(((s, 1) for s, _ in intervals), ((e, -1) for _, e in intervals)), key=lambda x: (x[0], x[1])
+    )
     running = most = 0
     for _, step in events:
         running += step

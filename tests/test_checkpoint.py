@@ -1,4 +1,5 @@
 """Checkpointing: an interrupted Checkpointable resumes from its saved state, and the same future resolves."""
+
 import os
 import subprocess
 import sys
@@ -6,10 +7,11 @@ import time
 
 import pytest
 
-import tasks
-from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends.base import BatchSubmission
+
+import tasks
+from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 
 
 @pytest.fixture(params=BACKENDS)
@@ -97,7 +99,8 @@ def test_an_interrupt_before_the_worker_is_ready_still_resumes_the_checkpointabl
 def test_a_plain_function_interrupted_before_its_worker_is_ready_still_fails(folder):
     with LocalPoolExecutor(4, folder=folder) as executor:
         for future in submit_early_interrupted(executor, tasks.count_slowly):
-            with pytest.raises(JobFailedError):  # the signal is not lost on the way to a function that cannot checkpoint
+            # the signal is not lost on the way to a function that cannot checkpoint
+            with pytest.raises(JobFailedError):
                 future.result(timeout=120)
 
 
@@ -134,7 +137,7 @@ def test_checkpoint_returning_none_gives_up_with_job_failed_error(make_executor)
 def test_the_resubmission_bound_is_enforced(folder):
     executor = LocalPoolExecutor(1, folder=folder, max_resubmissions=1)
     future = executor.submit(tasks.Counter(), 400, 0.1)
-    for run in range(2):
+    for _run in range(2):
         wait_until_started(executor, future)
         os.remove(os.path.join(folder, "logs", future.task_id + ".started"))
         time.sleep(0.5)

@@ -1,4 +1,5 @@
 """``python -m oarfutures`` run as a subprocess against folders that real runs filled (local, Slurm, OAR)."""
+
 import json
 import os
 import pickle
@@ -9,9 +10,10 @@ import time
 
 import pytest
 
+from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
+
 import tasks
 from conftest import require_command, wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 
 
 def cli(*args, stdin=None, check=True):
@@ -357,7 +359,10 @@ def test_slurm_status_asks_slurm_once_for_all_the_tasks(slurm_one_at_a_time, fol
         (shims / name).chmod(0o755)
     done = subprocess.run(
         [sys.executable, "-m", "oarfutures", "status", folder, "--json"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"},
     )
     assert sorted(t["state"] for t in json.loads(done.stdout)["tasks"]) == ["pending"] * 3 + ["running"]
     queries = [line for line in calls.read_text().splitlines() if not line.startswith("scontrol show config")]

@@ -8,6 +8,7 @@ failing test never leaves a worker blocked).
 
 Every function submitted below is module-level: the worker imports this module to unpickle it.
 """
+
 from __future__ import annotations
 
 import gc
@@ -20,8 +21,9 @@ from concurrent import futures as cf
 
 import pytest
 
-from conftest import run_client
 from oarfutures import JobFuture, LocalPoolExecutor
+
+from conftest import run_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -354,9 +356,7 @@ def test_wait_first_exception_some_already_complete(executor, gates):
     future1 = executor.submit(divmod, 21, 0)
     future2 = executor.submit(wait_gate, gate)
     try:
-        done, not_done = cf.wait(
-            [success, cancelled, notified, future1, future2], return_when=cf.FIRST_EXCEPTION
-        )
+        done, not_done = cf.wait([success, cancelled, notified, future1, future2], return_when=cf.FIRST_EXCEPTION)
         assert done == {success, notified, future1}
         assert not_done == {cancelled, future2}
         assert isinstance(future1.exception(), ZeroDivisionError)

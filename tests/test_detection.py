@@ -4,16 +4,18 @@ A Slurm controller that is down cannot be produced on demand on a shared test ma
 Slurm clients first on PATH: one that hangs as a real client does for about a minute, one that fails. The real
 schedulers are then checked to be picked where they run.
 """
+
 import getpass
 import logging
 import time
 
 import pytest
 
-from conftest import require_command
-import tasks
 from oarfutures import AutoPoolExecutor, LocalPoolExecutor, OarPoolExecutor, auto
 from oarfutures.backends import commands
+
+import tasks
+from conftest import require_command
 
 HANGS = "#!/bin/sh\nexec /bin/sleep 60\n"
 FAILS = "#!/bin/sh\necho 'slurm_ping error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
@@ -23,12 +25,14 @@ SLURM_CLIENTS = ("sbatch", "squeue", "scancel", "scontrol")
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
     """A PATH holding only fake Slurm clients, all answering with the given script."""
+
     def install(script):
         for name in SLURM_CLIENTS:
             path = tmp_path / name
             path.write_text(script)
             path.chmod(0o755)
         monkeypatch.setenv("PATH", str(tmp_path))
+
     return install
 
 
@@ -72,4 +76,3 @@ def test_the_running_oar_is_picked_by_a_normal_user(folder):
         future = executor.submit(tasks.array_position, 0)
         job_id, index = future.result(timeout=300)
     assert (job_id, index) == (future.job_id, "1")  # it ran as an OAR job
-

@@ -3,12 +3,14 @@
 The ```python blocks of each page under docs/ run in order as one script (a page reads as one session), in a
 fresh folder, on the local backend. A block preceded by ``<!-- run: slurm -->`` or ``<!-- run: oar -->`` needs
 that cluster: it runs alone, in the phase of run-all.sh that has it. ``<!-- not-run: why -->`` is for code that is
-not oarfutures' (the submitit side of the migration guide) and must say why. A ```bash block preceded by ``<!-- run: shell -->`` runs after the page's python blocks, in the
-same folder, with this interpreter's ``oarfutures`` command first on PATH. A block that only includes a file of
+not oarfutures' (the submitit side of the migration guide) and must say why. A ```bash block preceded by
+``<!-- run: shell -->`` runs after the page's python blocks, in the same folder, with this interpreter's
+``oarfutures`` command first on PATH. A block that only includes a file of
 examples/ (``--8<-- "examples/x.py"``) is run by test_examples.py.
 
 The mkdocs hook that renders the scheduler lines is checked here too, against the backends' own rendering.
 """
+
 import importlib.util
 import os
 import re
@@ -42,12 +44,14 @@ def blocks(text):
         indent, start = match.group("indent"), i
         body, i = [], i + 1
         while i < len(lines) and lines[i].strip() != "```":
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         i += 1
         previous = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         mark = MARK.match(previous)
-        found.append((match.group("lang"), mark and (mark.group("kind"), mark.group("what")), "\n".join(body), start + 1))
+        found.append(
+            (match.group("lang"), mark and (mark.group("kind"), mark.group("what")), "\n".join(body), start + 1)
+        )
     return found
 
 
@@ -76,7 +80,9 @@ def run_script(code, tmp_path, cluster):
     script = tmp_path / "example.py"
     script.write_text(code)
     env = {**os.environ, "OARFUTURES_CLUSTER": cluster, "OARFUTURES_FOLDER": str(tmp_path / "folders")}
-    return subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=str(tmp_path), capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def page_script(page, kind):
@@ -88,21 +94,40 @@ LOCAL_PAGES = [page for page in pages() if python_blocks(page, None)]
 
 def shell_blocks(page):
     """The page's ```bash blocks marked ``<!-- run: shell -->``: they run after its python blocks, in their folder."""
-    return [(line, code) for lang, mark, code, line in blocks(read(page)) if lang in ("bash", "sh") and mark == ("run", "shell")]
+    return [
+        (line, code)
+        for lang, mark, code, line in blocks(read(page))
+        if lang in ("bash", "sh") and mark == ("run", "shell")
+    ]
 
 
 @pytest.mark.parametrize("page", LOCAL_PAGES)
 def test_the_examples_of_each_page_run_on_the_local_backend(page, tmp_path):
     done = run_script(page_script(page, None), tmp_path, "local")
     assert done.returncode == 0, f"{page}: its examples failed\n{done.stdout}\n{done.stderr}"
-    env = {**os.environ, "OARFUTURES_CLUSTER": "local", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "OARFUTURES_CLUSTER": "local",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    }
     for line, code in shell_blocks(page):  # the commands the page shows, with this interpreter's oarfutures
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", code],
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert done.returncode == 0, f"{page}, line {line}: the shell block failed\n{done.stdout}\n{done.stderr}"
 
 
 def cluster_blocks(kind):
-    return [pytest.param(page, line, code, id=f"{page}:{line}") for page in pages() for line, code in python_blocks(page, kind)]
+    return [
+        pytest.param(page, line, code, id=f"{page}:{line}")
+        for page in pages()
+        for line, code in python_blocks(page, kind)
+    ]
 
 
 @pytest.mark.slurm
@@ -123,15 +148,17 @@ def test_the_oar_examples_run_on_oar(page, line, code, tmp_path):
 
 def test_every_mark_is_known_and_every_skip_says_why():
     for page in pages():
-        for lang, mark, code, line in blocks(read(page)):
+        for _lang, mark, _code, line in blocks(read(page)):
             if mark:
                 kind, what = mark
-                assert kind == "not-run" and len(what) > 10 or what in ("slurm", "oar", "shell"), f"{page}:{line}: {mark}"
+                assert (kind == "not-run" and len(what) > 10) or what in ("slurm", "oar", "shell"), (
+                    f"{page}:{line}: {mark}"
+                )
 
 
 def test_included_examples_exist():
     for page in pages():
-        for lang, mark, code, line in blocks(read(page)):
+        for _lang, _mark, code, line in blocks(read(page)):
             for include in filter(None, (INCLUDE.match(x) for x in code.splitlines())):
                 assert os.path.isfile(os.path.join(ROOT, include.group("path"))), f"{page}:{line}: {include.group(0)}"
 
@@ -168,7 +195,7 @@ def test_every_marker_of_the_pages_renders_and_an_unknown_one_fails():
 #: a distinctive line of each code example of the Grid'5000 "Submitit" page (shared/reference); the migration
 #: guide must show each in a submitit block followed by the oarfutures version, which runs
 SEED_EXAMPLES = {
-    "basic usage": 'job_addition = executor.submit(add, 5, 7)  # will compute add(5, 7)',
+    "basic usage": "job_addition = executor.submit(add, 5, 7)  # will compute add(5, 7)",
     "parameters": 'executor.update_parameters(slurm_partition="cpu_devel", oar_queue="default")',
     "OarExecutor parameters": 'executor.update_parameters(walltime="0:0:5", queue="default")',
     "OAR example": 'oar_additional_parameters={"t": "besteffort"})',
@@ -183,9 +210,11 @@ SEED_EXAMPLES = {
 @pytest.mark.parametrize("example", sorted(SEED_EXAMPLES))
 def test_the_migration_guide_shows_each_seed_example_next_to_running_oarfutures_code(example):
     found = blocks(read("migrating.md"))
-    for i, (lang, mark, code, line) in enumerate(found):
+    for i, (_lang, mark, code, line) in enumerate(found):
         if mark == ("not-run", "submitit code, shown for comparison") and SEED_EXAMPLES[example] in code:
             following = found[i + 1] if i + 1 < len(found) else None
-            assert following and following[0] == "python" and not following[1], f"line {line}: no oarfutures block after it"
+            assert following and following[0] == "python" and not following[1], (
+                f"line {line}: no oarfutures block after it"
+            )
             return
     pytest.fail(f"the seed page's {example} example ({SEED_EXAMPLES[example]!r}) is not in docs/migrating.md")

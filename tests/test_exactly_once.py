@@ -4,6 +4,7 @@ Each call leaves one file per run (``tasks.note_run``), so a call that ran twice
 cancelled, shows on disk. On the local backend a job's ``logs/<job id>.out`` is created when its worker starts:
 a cancelled queued job must not even start a worker.
 """
+
 import os
 import random
 import sys
@@ -13,10 +14,11 @@ from concurrent.futures import wait
 
 import pytest
 
-import tasks
-from conftest import wait_for
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.protocol import layout
+
+import tasks
+from conftest import wait_for
 
 
 def futures_of(results):
@@ -142,11 +144,18 @@ def test_cancel_racing_a_draining_array_cancels_only_calls_that_never_run(folder
     futures = futures_of(results)
     order = futures[:]
     random.shuffle(order)
-    wait_for(lambda: sum(tasks.runs_of(runs, i) for i in range(40)) >= 3, timeout=30, what="the array to drain", interval=0.01)
+    wait_for(
+        lambda: sum(tasks.runs_of(runs, i) for i in range(40)) >= 3,
+        timeout=30,
+        what="the array to drain",
+        interval=0.01,
+    )
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)
     try:
-        cancellers = [threading.Thread(target=lambda part: [f.cancel() for f in part], args=(order[k::2],)) for k in range(2)]
+        cancellers = [
+            threading.Thread(target=lambda part: [f.cancel() for f in part], args=(order[k::2],)) for k in range(2)
+        ]
         for thread in cancellers:
             thread.start()
         for thread in cancellers:
@@ -154,7 +163,7 @@ def test_cancel_racing_a_draining_array_cancels_only_calls_that_never_run(folder
     finally:
         sys.setswitchinterval(switch)
     assert not any(thread.is_alive() for thread in cancellers), "cancel() hung"
-    done, not_done = wait(futures, timeout=60)
+    _done, not_done = wait(futures, timeout=60)
     assert not not_done
     executor.shutdown(wait=True)
     assert any(f.cancelled() for f in futures) and not all(f.cancelled() for f in futures)

@@ -1,4 +1,5 @@
 """Every example runs, on the local backend (and the cluster-independent ones on Slurm too)."""
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ SCRIPTS = sorted(name for name in os.listdir(EXAMPLES) if name.endswith(".py"))
 
 def run_example(name, folder, cluster):
     env = {**os.environ, "OARFUTURES_CLUSTER": cluster}
-    return subprocess.run([sys.executable, os.path.join(EXAMPLES, name), folder], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name), folder], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

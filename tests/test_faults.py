@@ -3,6 +3,7 @@
 Each test runs on Slurm (as root) and on OAR (as alice, in the OAR phase of tests/run-all.sh). Transient
 controller errors are produced by wrappers placed first on PATH that answer with Slurm's real error text.
 """
+
 import json
 import os
 import signal
@@ -12,6 +13,10 @@ import textwrap
 import time
 
 import pytest
+
+from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
+from oarfutures.backends.commands import SchedulerCommandError
+from oarfutures.worker.run import dump_outcomes
 
 import tasks
 from conftest import (
@@ -23,9 +28,6 @@ from conftest import (
     run_client,
     wait_for,
 )
-from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
-from oarfutures.backends.commands import SchedulerCommandError
-from oarfutures.worker.run import dump_outcomes
 
 CLUSTERS = BACKENDS[1:]
 SUBMIT = SUBMIT_COMMAND
@@ -58,7 +60,9 @@ def flaky(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
     def install(command, fails, lost=False):
-        real = subprocess.run(["bash", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin command -v {command}"], capture_output=True, text=True).stdout.strip()
+        real = subprocess.run(
+            ["bash", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin command -v {command}"], capture_output=True, text=True
+        ).stdout.strip()
         counter = bin_dir / f"{command}.calls"
         script = bin_dir / command
         script.write_text(
@@ -88,7 +92,11 @@ def kill_from_outside(cluster, job_id):
 
 
 def test_a_job_killed_from_outside_while_pending_fails_its_future(cluster, folder):
-    held = {"begin": "now+3600"} if cluster == "slurm" else {"r": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 6 * 3600))}
+    held = (
+        {"begin": "now+3600"}
+        if cluster == "slurm"
+        else {"r": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 6 * 3600))}
+    )
     with make(cluster, folder, additional_parameters=held) as executor:
         future = executor.submit(tasks.square, 3)
         time.sleep(1)
@@ -110,7 +118,9 @@ def test_a_job_killed_from_outside_while_running_fails_its_future(cluster, folde
 
 # 2. the worker dies ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "function, args", [(tasks.kill_self, ()), (tasks.exit_hard, (3,)), (tasks.segfault, ())], ids=["sigkill", "os_exit_3", "segfault"]
+    "function, args",
+    [(tasks.kill_self, ()), (tasks.exit_hard, (3,)), (tasks.segfault, ())],
+    ids=["sigkill", "os_exit_3", "segfault"],
 )
 def test_a_worker_that_dies_fails_its_future_with_state_and_log_tail(cluster, folder, function, args):
     with make(cluster, folder) as executor:
@@ -186,7 +196,9 @@ def test_a_corrupted_result_file_fails_only_its_future(cluster, folder):
 
 def scheduler_says_ended(cluster, job_id):
     if cluster == "slurm":
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+        ).stdout
         return out.strip() in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
     out = subprocess.run(["oarstat", "-s", "-j", job_id], capture_output=True, text=True).stdout
     return out.strip().endswith(("Terminated", "Error"))
@@ -207,7 +219,7 @@ def test_a_result_that_appears_after_the_job_ended_is_used_within_the_grace_peri
 def test_a_result_that_never_appears_fails_after_the_grace_period(cluster, folder):
     with make(cluster, folder, result_grace=2) as executor:
         future = executor.submit(tasks.exit_hard, 0)
-        with pytest.raises(JobFailedError, match="wrote no result|no result"):
+        with pytest.raises(JobFailedError, match=r"wrote no result|no result"):
             future.result(timeout=120)
 
 
@@ -220,7 +232,11 @@ def test_every_future_resolves_when_slurmctld_restarts_mid_map(folder):
         time.sleep(2)
         pid = int(open("/run/slurmctld.pid").read())
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 30, "slurmctld to stop")
+        wait_for(
+            lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+            30,
+            "slurmctld to stop",
+        )
         time.sleep(3)  # the poller meets a dead controller meanwhile
         subprocess.run(["/usr/sbin/slurmctld"], check=True)
         assert list(results) == list(range(20))
@@ -255,13 +271,18 @@ def test_every_future_resolves_when_almighty_restarts_mid_map(alice_home):
         import json
         import tasks
         from oarfutures import OarPoolExecutor
-        with OarPoolExecutor(folder={str(home / 'jobs')!r}, walltime="0:10:00") as ex:
+        with OarPoolExecutor(folder={str(home / "jobs")!r}, walltime="0:10:00") as ex:
             results = ex.map(tasks.sleep_and_return, [4] * 10, range(10))
             print("submitted", flush=True)
             print(json.dumps(list(results)), flush=True)
         """,
     )
-    client = subprocess.Popen(["runuser", "-u", "alice", "--", sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        ["runuser", "-u", "alice", "--", sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert client.stdout.readline().strip() == "submitted"
     time.sleep(2)
     restart_almighty()
@@ -277,7 +298,9 @@ def restart_almighty():
     pgid = os.getpgid(pid)
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + 5
-    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+    while (
+        time.time() < deadline and os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    ):
         time.sleep(0.1)
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -286,4 +309,8 @@ def restart_almighty():
     os.remove(pidfile)
     time.sleep(2)  # the poller meets a dead server meanwhile
     subprocess.run(["/usr/sbin/oar-server"], check=True)
-    wait_for(lambda: ":6666 " in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout, 30, "Almighty to listen")
+    wait_for(
+        lambda: ":6666 " in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout,
+        30,
+        "Almighty to listen",
+    )

@@ -5,18 +5,20 @@ milliseconds after) are gathered into the next array. Every gathered call is pic
 once, goes out even if the executor is shut down or the interpreter exits meanwhile, and never runs if it was
 cancelled before it went out.
 """
+
 import os
 import threading
 import time
 
 import pytest
+from test_exactly_once import assert_ran_once_or_never
+
+from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
+from oarfutures.backends.local import LocalBackend
+from oarfutures.core import records
 
 import tasks
 from conftest import require_command, run_client, wait_for
-from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
-from oarfutures.core import records
-from oarfutures.backends.local import LocalBackend
-from test_exactly_once import assert_ran_once_or_never
 
 
 def batches(folder):
@@ -42,7 +44,7 @@ def test_an_unpicklable_call_in_a_burst_fails_its_own_submit_and_no_other(local)
     with pytest.raises(TypeError, match="cannot pickle the arguments"):
         local.submit(tasks.size_of, threading.Lock())
     with pytest.raises(TypeError, match="cannot pickle the function"):
-        local.submit(lambda lock=threading.Lock(): lock)
+        local.submit(lambda lock=threading.Lock(): lock)  # noqa: B008 - unpicklable on purpose
     then = [local.submit(tasks.square, n) for n in range(20, 40)]
     assert [f.result(timeout=60) for f in first + then] == [n * n for n in range(40)]
 
@@ -79,7 +81,7 @@ def test_calls_gathered_when_the_interpreter_exits_still_run(tmp_path):
         from oarfutures import LocalPoolExecutor
         from oarfutures.backends.local import LocalBackend
         LocalBackend.gather_seconds = 30  # no window closes before the exit: the exit must send the calls
-        executor = LocalPoolExecutor(2, folder={str(tmp_path / 'jobs')!r})
+        executor = LocalPoolExecutor(2, folder={str(tmp_path / "jobs")!r})
         for n in range(30):
             executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}")
         """,
@@ -112,7 +114,7 @@ def test_a_forked_child_never_submits_the_calls_its_parent_gathered(tmp_path):
         from oarfutures import LocalPoolExecutor
         from oarfutures.backends.local import LocalBackend
         LocalBackend.gather_seconds = 1.0  # the calls after the first are still gathered at the fork
-        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / "jobs")!r})
         futures = [executor.submit(tasks.note_run, {str(runs)!r}, f"c{{n}}", 0.2) for n in range(5)]
         pid = os.fork()
         if pid == 0:  # the child uses the executor: its service thread runs what it copied

@@ -4,6 +4,7 @@ Every value that reaches a ``#SBATCH``/``#OAR`` line, an ``oarsub`` argument or 
 the parameter's name before anything is written or submitted, or quoted where a shell reads it. The rendering
 tests need no cluster; the ones marked ``slurm``/``oar`` submit to the real schedulers.
 """
+
 import math
 import os
 import subprocess
@@ -11,11 +12,12 @@ import sys
 
 import pytest
 
-import tasks
-from conftest import require_command
 from oarfutures import OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends import params
 from oarfutures.backends.base import BatchSubmission
+
+import tasks
+from conftest import require_command
 
 EXECUTORS = [SlurmPoolExecutor, OarPoolExecutor]
 
@@ -37,12 +39,15 @@ def nothing_written(folder):
     return not os.path.exists(folder) or os.listdir(os.path.join(folder, "jobs")) == []
 
 
-@pytest.mark.parametrize("executor, parameters, named", [
-    (SlurmPoolExecutor, {"partition": "cpu\n"}, "partition"),
-    (SlurmPoolExecutor, {"name": "job\n"}, "name"),
-    (OarPoolExecutor, {"queue": "default\n"}, "queue"),
-    (OarPoolExecutor, {"job_types": ["besteffort\n"]}, "job_types"),
-])
+@pytest.mark.parametrize(
+    "executor, parameters, named",
+    [
+        (SlurmPoolExecutor, {"partition": "cpu\n"}, "partition"),
+        (SlurmPoolExecutor, {"name": "job\n"}, "name"),
+        (OarPoolExecutor, {"queue": "default\n"}, "queue"),
+        (OarPoolExecutor, {"job_types": ["besteffort\n"]}, "job_types"),
+    ],
+)
 def test_a_single_word_with_a_trailing_newline_is_refused(folder, executor, parameters, named):
     with pytest.raises(ValueError, match=named):
         executor(folder=folder, **parameters)
@@ -72,12 +77,15 @@ def test_slurm_flags_render_bare_numbers_as_text_and_one_letter_keys_as_short_op
         assert line in script
 
 
-@pytest.mark.parametrize("executor, parameters, named", [
-    (SlurmPoolExecutor, {"setup": b"module load python"}, "setup"),
-    (OarPoolExecutor, {"setup": b"module load python"}, "setup"),
-    (OarPoolExecutor, {"job_types": b"besteffort"}, "job_types"),
-    (OarPoolExecutor, {"properties": b"host='a'"}, "properties"),
-])
+@pytest.mark.parametrize(
+    "executor, parameters, named",
+    [
+        (SlurmPoolExecutor, {"setup": b"module load python"}, "setup"),
+        (OarPoolExecutor, {"setup": b"module load python"}, "setup"),
+        (OarPoolExecutor, {"job_types": b"besteffort"}, "job_types"),
+        (OarPoolExecutor, {"properties": b"host='a'"}, "properties"),
+    ],
+)
 def test_bytes_are_refused_rather_than_rendered_byte_by_byte(folder, executor, parameters, named):
     with pytest.raises(TypeError, match=named):
         executor(folder=folder, **parameters)
@@ -93,37 +101,43 @@ def test_nan_and_infinite_numbers_are_refused_naming_the_parameter(folder, execu
     executor_.shutdown()
 
 
-@pytest.mark.parametrize("executor, key, advice", [
-    (SlurmPoolExecutor, "output", "folder="),
-    (SlurmPoolExecutor, "o", "folder="),
-    (SlurmPoolExecutor, "outp", "folder="),  # sbatch's getopt_long reads it as --output
-    (SlurmPoolExecutor, "array", "map()"),
-    (SlurmPoolExecutor, "job_name", "name="),
-    (SlurmPoolExecutor, "time", "walltime="),
-    (SlurmPoolExecutor, "signal", "checkpoint_seconds="),
-    (SlurmPoolExecutor, "wrap", "batch script"),
-    (SlurmPoolExecutor, "W", "block"),
-    (OarPoolExecutor, "O", "folder="),
-    (OarPoolExecutor, "stdout", "folder="),
-    (OarPoolExecutor, "STDERR", "folder="),  # Getopt::Long ignores the case of long options
-    (OarPoolExecutor, "l", "resources="),
-    (OarPoolExecutor, "d", "folder="),
-    (OarPoolExecutor, "array_param_file", "map()"),
-    (OarPoolExecutor, "S", "command line"),
-])
+@pytest.mark.parametrize(
+    "executor, key, advice",
+    [
+        (SlurmPoolExecutor, "output", "folder="),
+        (SlurmPoolExecutor, "o", "folder="),
+        (SlurmPoolExecutor, "outp", "folder="),  # sbatch's getopt_long reads it as --output
+        (SlurmPoolExecutor, "array", "map()"),
+        (SlurmPoolExecutor, "job_name", "name="),
+        (SlurmPoolExecutor, "time", "walltime="),
+        (SlurmPoolExecutor, "signal", "checkpoint_seconds="),
+        (SlurmPoolExecutor, "wrap", "batch script"),
+        (SlurmPoolExecutor, "W", "block"),
+        (OarPoolExecutor, "O", "folder="),
+        (OarPoolExecutor, "stdout", "folder="),
+        (OarPoolExecutor, "STDERR", "folder="),  # Getopt::Long ignores the case of long options
+        (OarPoolExecutor, "l", "resources="),
+        (OarPoolExecutor, "d", "folder="),
+        (OarPoolExecutor, "array_param_file", "map()"),
+        (OarPoolExecutor, "S", "command line"),
+    ],
+)
 def test_options_the_package_sets_itself_are_refused_with_what_to_use_instead(folder, executor, key, advice):
     with pytest.raises(ValueError, match=rf"additional_parameters '{key}' .*not accepted.*{advice}"):
         executor(folder=folder, additional_parameters={key: "x"})
     assert nothing_written(folder)
 
 
-@pytest.mark.parametrize("executor, key", [
-    (SlurmPoolExecutor, "gpus"),  # an option of its own, although a prefix of --gpus-per-node
-    (SlurmPoolExecutor, "ntasks"),
-    (SlurmPoolExecutor, "constraint"),
-    (OarPoolExecutor, "t"),  # the Grid'5000 example: additional_parameters={"t": "besteffort"}
-    (OarPoolExecutor, "reservation"),
-])
+@pytest.mark.parametrize(
+    "executor, key",
+    [
+        (SlurmPoolExecutor, "gpus"),  # an option of its own, although a prefix of --gpus-per-node
+        (SlurmPoolExecutor, "ntasks"),
+        (SlurmPoolExecutor, "constraint"),
+        (OarPoolExecutor, "t"),  # the Grid'5000 example: additional_parameters={"t": "besteffort"}
+        (OarPoolExecutor, "reservation"),
+    ],
+)
 def test_options_the_package_does_not_set_are_accepted(folder, executor, key):
     executor(folder=folder, additional_parameters={key: "1"}).shutdown()
 
@@ -199,7 +213,11 @@ def test_oar_submission_works_without_pwd_in_the_environment(tmp_path):
     environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}
     done = subprocess.run(
         [sys.executable, "-c", SUBMIT_WITHOUT_PWD, str(tmp_path / "jobs")],
-        capture_output=True, text=True, timeout=180, env=environment, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=environment,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "42"

@@ -1,13 +1,15 @@
 """joblib, dask, asyncio and progress bars through oarfutures executors."""
+
 import asyncio
 import sys
 
 import pytest
 
-import tasks
-from conftest import require_command
 from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
 from oarfutures.progress import track
+
+import tasks
+from conftest import require_command
 
 BACKENDS = [pytest.param("local", id="local"), pytest.param("slurm", id="slurm", marks=pytest.mark.slurm)]
 
@@ -50,7 +52,9 @@ def test_dask_compute_with_the_executor_as_scheduler(executor):
 def test_run_in_executor_and_wrap_future(executor):
     async def main():
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(loop.run_in_executor(executor, tasks.square, 3), asyncio.wrap_future(executor.submit(tasks.add, 1, 1)))
+        return await asyncio.gather(
+            loop.run_in_executor(executor, tasks.square, 3), asyncio.wrap_future(executor.submit(tasks.add, 1, 1))
+        )
 
     assert asyncio.run(main()) == [9, 2]
 

@@ -3,14 +3,16 @@
 A controller that takes its time to answer is common on shared clusters; a hung ``squeue`` is what a real Slurm
 cannot produce on demand, so the state query commands are replaced by ones that sleep (``sbatch`` stays real).
 """
+
 import os
 import time
 
 import pytest
 
+from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
+
 import tasks
 from conftest import require_command
-from oarfutures import LocalPoolExecutor, SlurmPoolExecutor
 
 pytestmark = pytest.mark.slurm
 

@@ -4,6 +4,7 @@ The generic ``concurrent.futures`` contract (submit, map, wait, as_completed, ca
 tests/test_cpython_conformance.py, joblib, dask and asyncio in tests/test_integrations.py; this file holds what is
 oarfutures' own: job arrays, remote errors, dead workers, reattaching, the folder's files, parameters and batches.
 """
+
 import asyncio
 import os
 import pickle
@@ -16,9 +17,10 @@ from concurrent.futures import Future, wait
 
 import pytest
 
+from oarfutures import AutoPoolExecutor, JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
+
 import tasks
 from conftest import run_client, wait_for
-from oarfutures import AutoPoolExecutor, JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
 
 
 def test_map_futures_returns_one_array_of_futures_with_their_job_ids_in_input_order(local, folder):
@@ -28,7 +30,7 @@ def test_map_futures_returns_one_array_of_futures_with_their_job_ids_in_input_or
     batches = {f.task_id.rpartition("_")[0] for f in futures}
     assert len(batches) == 1 and [f.task_id[-2:] for f in futures] == ["_0", "_0", "_1"]  # one array, 2 calls a task
     assert [f.result(timeout=60) for f in futures] == [11, 22, 33]
-    assert local.map_array(tasks.square, [4]) [0].result(timeout=60) == 16  # submitit's name for it
+    assert local.map_array(tasks.square, [4])[0].result(timeout=60) == 16  # submitit's name for it
     with pytest.raises(ValueError, match="chunksize"):
         local.options(cpus_per_task=2).map_futures(tasks.square, [1], chunksize=0)
 
@@ -64,7 +66,7 @@ def test_remote_traceback_shows_source_lines_of_functions_defined_in_main(tmp_pa
         def fails():
             raise KeyError("from main")
 
-        with LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r}) as ex:
+        with LocalPoolExecutor(1, folder={str(tmp_path / "jobs")!r}) as ex:
             try:
                 ex.submit(fails).result(timeout=30)
             except KeyError as exc:
@@ -269,7 +271,7 @@ def test_the_interpreter_given_by_name_is_found_on_path_and_made_absolute(folder
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     launcher = bin_dir / "oarfutures-test-python"
-    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     launcher.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     executor = LocalPoolExecutor(1, folder=folder, python="oarfutures-test-python")
@@ -404,7 +406,10 @@ def test_the_local_backend_accepts_generic_parameters_and_ignores_scheduler_ones
 def test_options_override_parameters_for_one_call_without_reserving_keywords(folder):
     with LocalPoolExecutor(1, folder=folder) as executor:
         view = executor.options(cpus_per_task=2)
-        assert view.submit(tasks.echo_kwargs, options=1, cpus_per_task=3).result(timeout=30) == ((), {"options": 1, "cpus_per_task": 3})
+        assert view.submit(tasks.echo_kwargs, options=1, cpus_per_task=3).result(timeout=30) == (
+            (),
+            {"options": 1, "cpus_per_task": 3},
+        )
         assert list(view.map(tasks.square, [2, 3])) == [4, 9]
         with pytest.raises(TypeError, match="unknown LocalPoolExecutor parameter"):
             executor.options(partition="x")

@@ -5,16 +5,18 @@ Both "nodes" are this machine, so ``hostname`` is the same on both: ranks tell n
 name (``JobEnvironment().node``). The cleanup tests look for the call's processes on both nodes by what their
 command lines carry (the job folder, a marker given to the call), and by the pids the ranks recorded.
 """
+
 import os
 import secrets
 import subprocess
 
 import pytest
 
-import tasks
-from conftest import require_command, wait_for
 from oarfutures import AutoPoolExecutor, JobFailedError
 from oarfutures.backends.commands import SchedulerCommandError
+
+import tasks
+from conftest import require_command, wait_for
 
 pytestmark = pytest.mark.multinode
 
@@ -82,7 +84,7 @@ def processes_of(folder, marker):
                 command = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if (marker in command or folder in command and "--rank" in command) and _alive(name):
+        if (marker in command or (folder in command and "--rank" in command)) and _alive(name):
             found.append((int(name), command))
     return found
 
@@ -191,7 +193,7 @@ def test_mem_gb_on_oar_lands_only_where_memnode_allows_and_says_why_when_nothing
         refused = r"mem_gb=64 asks for resources with memnode >= 65536 \(MB\): none matches"
         with pytest.raises(SchedulerCommandError, match=refused):
             executor.options(mem_gb=64).submit(tasks.oar_nodes)
-    without = dict(mem_gb=1, oar_memory_property="nosuchmemory")
+    without = {"mem_gb": 1, "oar_memory_property": "nosuchmemory"}
     with AutoPoolExecutor(folder=folder, cluster="oar", timeout_min=5, **without) as executor:
         with pytest.raises(SchedulerCommandError, match="this OAR cluster has no resource property 'nosuchmemory'"):
             executor.submit(tasks.oar_nodes)

@@ -1,12 +1,13 @@
 """Multi-task jobs: nodes x tasks_per_node copies of one call; the future gets every rank's result."""
+
 import os
 
 import pytest
 
-import tasks
-from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 from oarfutures import AutoPoolExecutor, JobFailedError
 
+import tasks
+from conftest import BACKENDS, SUBMIT_COMMAND, require_command
 
 
 @pytest.fixture(params=BACKENDS)

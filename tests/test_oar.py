@@ -1,4 +1,5 @@
 """OarPoolExecutor against the real OAR 2.5 that tests/run-all.sh starts (run as alice: OAR refuses root)."""
+
 import json
 import os
 import re
@@ -9,10 +10,11 @@ import time
 
 import pytest
 
-import tasks
-from conftest import require_command, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor
 from oarfutures.backends.commands import SchedulerCommandError
+
+import tasks
+from conftest import require_command, wait_for
 
 pytestmark = pytest.mark.oar
 
@@ -31,7 +33,10 @@ def oar(folder):
 def oarstat(*job_ids):
     """``oarstat -f -J`` of these jobs: {job id: record}; jobs OAR does not know are left out."""
     out = subprocess.run(
-        ["oarstat", "-f", "-J", *[a for job_id in job_ids for a in ("-j", job_id)]], capture_output=True, text=True, check=True
+        ["oarstat", "-f", "-J", *[a for job_id in job_ids for a in ("-j", job_id)]],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out) if out.strip() else {}
 
@@ -62,7 +67,9 @@ def scripts(folder):
 
 def max_overlap(intervals):
     """The largest number of (start, end) intervals open at the same instant."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     most = current = 0
     for _, step in edges:
         current += step

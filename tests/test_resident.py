@@ -3,16 +3,18 @@
 What users rely on from one-shot workers must hold: each call's output in its own logs, its own task id, a call
 that kills its process failing alone, workers that leave when idle and die with their client.
 """
+
 import os
 import threading
 
 import pytest
+from test_robustness import alive
+
+from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures.backends import local
 
 import tasks
 from conftest import wait_for
-from oarfutures import JobFailedError, LocalPoolExecutor
-from oarfutures.backends import local
-from test_robustness import alive
 
 
 def test_calls_are_served_by_at_most_max_workers_resident_processes(folder):

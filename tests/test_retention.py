@@ -1,15 +1,17 @@
 """The default folders (one new folder per executor made without folder=) do not grow forever: finished ones
 that nothing changed in for OARFUTURES_KEEP_DAYS days are removed when a new executor starts."""
+
 import os
 import threading
 import time
 
 import pytest
 
-from conftest import wait_for
 from oarfutures import LocalPoolExecutor
-from oarfutures.protocol import layout
 from oarfutures.core import records, retention
+from oarfutures.protocol import layout
+
+from conftest import wait_for
 
 DAY = 86400
 

@@ -2,6 +2,7 @@
 
 No future is ever lost: it resolves with a result or an error, and one executor's trouble stays its own.
 """
+
 import gc
 import os
 import shutil
@@ -13,12 +14,13 @@ from concurrent.futures import TimeoutError
 
 import pytest
 
-import tasks
-from conftest import client_script, run_client, wait_for
 from oarfutures import JobFailedError, LocalPoolExecutor
-from oarfutures.protocol import layout
 from oarfutures.core import records
 from oarfutures.core.batchfiles import CorruptResultError
+from oarfutures.protocol import layout
+
+import tasks
+from conftest import client_script, run_client, wait_for
 
 
 def alive(pid):
@@ -60,7 +62,7 @@ def test_local_workers_die_with_their_client(tmp_path):
         import time
         import tasks
         from oarfutures import LocalPoolExecutor
-        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / "jobs")!r})
         executor.submit(tasks.touch_and_sleep, {str(marker)!r}, 30)
         time.sleep(60)
         """,
@@ -109,7 +111,10 @@ def test_a_result_file_short_of_outcomes_fails_only_the_calls_it_lacks(local):
 def test_a_batch_group_that_cannot_be_pickled_fails_its_futures_and_the_other_group_runs(local):
     with pytest.raises(TypeError, match="cannot pickle"):
         with local.batch():
-            bad = [local.options(name="a").submit(tasks.size_of, threading.Lock()), local.options(name="a").submit(tasks.square, 2)]
+            bad = [
+                local.options(name="a").submit(tasks.size_of, threading.Lock()),
+                local.options(name="a").submit(tasks.square, 2),
+            ]
             good = [local.submit(tasks.square, 3), local.submit(tasks.square, 4)]
     for future in bad:
         assert future.done() and isinstance(future.exception(timeout=0), TypeError)
@@ -147,7 +152,7 @@ def test_records_of_one_batch_saved_from_many_threads_stay_readable(folder):
         try:
             for i in range(100):
                 (shared if i % 2 else own).save(folder)
-        except BaseException as exc:  # noqa: B036
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=save_many, args=(n,)) for n in range(8)]
@@ -185,7 +190,7 @@ def test_a_forked_child_can_use_the_executor_it_inherited_or_a_new_one(tmp_path)
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: what we test
         import tasks
         from oarfutures import LocalPoolExecutor
-        executor = LocalPoolExecutor(1, folder={str(tmp_path / 'jobs')!r})
+        executor = LocalPoolExecutor(1, folder={str(tmp_path / "jobs")!r})
         assert executor.submit(tasks.square, 2).result(timeout=30) == 4
         pid = os.fork()
         if pid == 0:
@@ -193,14 +198,15 @@ def test_a_forked_child_can_use_the_executor_it_inherited_or_a_new_one(tmp_path)
             faulthandler.dump_traceback_later(15, exit=True)  # a hang fails with the threads' stacks
             try:
                 inherited = executor.submit(tasks.square, 3).result(timeout=10)
-                new = LocalPoolExecutor(1, folder={str(tmp_path / 'child')!r})
+                new = LocalPoolExecutor(1, folder={str(tmp_path / "child")!r})
                 print("child", inherited, new.submit(tasks.square, 4).result(timeout=10), flush=True)
                 os._exit(0)
             except BaseException:
                 traceback.print_exc()
                 os._exit(1)
         _, status = os.waitpid(pid, 0)
-        print("parent", os.waitstatus_to_exitcode(status), executor.submit(tasks.square, 5).result(timeout=30), flush=True)
+        last = executor.submit(tasks.square, 5).result(timeout=30)
+        print("parent", os.waitstatus_to_exitcode(status), last, flush=True)
         """,
         timeout=45,
     )
@@ -297,8 +303,8 @@ def test_callbacks_cancelling_each_other_from_two_threads_do_not_deadlock(folder
         for _ in range(50):
             one = executor.submit(tasks.square, 1)
             two = executor.submit(tasks.square, 2)
-            one.add_done_callback(lambda _: two.cancel())
-            two.add_done_callback(lambda _: one.cancel())
+            one.add_done_callback(lambda _, other=two: other.cancel())
+            two.add_done_callback(lambda _, other=one: other.cancel())
             threads = [threading.Thread(target=f.cancel, daemon=True) for f in (one, two)]
             for thread in threads:
                 thread.start()

@@ -1,4 +1,5 @@
 """SlurmPoolExecutor against the real Slurm that tests/run-all.sh starts (both accounting modes)."""
+
 import os
 import re
 import subprocess
@@ -9,10 +10,11 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-import tasks
-from conftest import counting_state_queries, require_command, wait_for
 from oarfutures import JobFailedError, SlurmPoolExecutor
 from oarfutures.backends.slurm import SlurmBackend
+
+import tasks
+from conftest import counting_state_queries, require_command, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -29,7 +31,9 @@ def slurm(folder):
 
 
 def squeue_states(job_id):
-    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True
+    )
     return dict(line.split() for line in out.stdout.splitlines())
 
 
@@ -80,7 +84,9 @@ def test_max_workers_caps_running_tasks_in_squeue(folder):
         results = executor.map(tasks.sleep_and_return, [3] * 6, range(6))
         most, deadline = 0, time.time() + 120
         while time.time() < deadline:
-            out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["squeue", "-h", "-r", "-n", name, "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True
+            ).stdout
             most = max(most, len(out.split()))
             if not subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout.strip():
                 break  # the whole array is over
@@ -187,12 +193,14 @@ def test_submission_by_a_normal_user(alice_home):
             f"""
             import getpass
             from oarfutures import SlurmPoolExecutor
-            with SlurmPoolExecutor(folder={str(home / 'jobs')!r}) as ex:
+            with SlurmPoolExecutor(folder={str(home / "jobs")!r}) as ex:
                 print(ex.submit(getpass.getuser).result(timeout=120))
             """
         )
     )
-    done = subprocess.run(["runuser", "-u", "alice", "--", sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        ["runuser", "-u", "alice", "--", sys.executable, str(script)], capture_output=True, text=True, timeout=180
+    )
     assert done.stdout.strip() == "alice", done.stderr
 
 

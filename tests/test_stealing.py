@@ -6,6 +6,7 @@ steals them. A stolen task is still its own call: its job id, logs and result sa
 while pending never runs; a task that cannot fit the walltime is left to its own job; the leftover jobs are
 cancelled; checkpointable and multi-task arrays are never stolen from.
 """
+
 import os
 import random
 import subprocess
@@ -16,9 +17,10 @@ from concurrent.futures import wait
 
 import pytest
 
+from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
+
 import tasks
 from conftest import require_command, wait_for
-from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
 
 CLUSTERS = [pytest.param("slurm", marks=pytest.mark.slurm), pytest.param("oar", marks=pytest.mark.oar)]
 TIMEOUT = {"slurm": 120, "oar": 400}  # OAR's first jobs may wait minutes for its scheduler under load
@@ -52,12 +54,16 @@ def live_jobs(cluster, job_ids):
     """The jobs among ``job_ids`` still pending or running, per the scheduler."""
     if cluster == "slurm":
         arrays = sorted({j.split("_")[0] for j in job_ids})
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True, text=True
+        ).stdout
         states = dict(line.split() for line in out.splitlines())
         return [j for j in job_ids if states.get(j) in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
     import json
 
-    out = subprocess.run(["oarstat", "-J", *[a for j in job_ids for a in ("-j", j)]], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["oarstat", "-J", *[a for j in job_ids for a in ("-j", j)]], capture_output=True, text=True
+    ).stdout
     jobs = json.loads(out) if out.strip() else {}
     return [j for j, job in jobs.items() if job["state"] not in ("Terminated", "Error")]
 
@@ -69,13 +75,18 @@ def cancelled_unstarted(cluster, job_ids):
 
     if cluster == "slurm":
         arrays = sorted({j.split("_")[0] for j in job_ids})
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True, text=True
+        ).stdout
         states = dict(line.split() for line in out.splitlines())
         return [j for j in job_ids if j not in states]
-    out = subprocess.run(["oarstat", "-f", "-J", *[a for j in job_ids for a in ("-j", j)]], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["oarstat", "-f", "-J", *[a for j in job_ids for a in ("-j", j)]], capture_output=True, text=True
+    ).stdout
     jobs = json.loads(out) if out.strip() else {}
     return [
-        j for j, job in jobs.items()
+        j
+        for j, job in jobs.items()
         if any(e.get("type") == "FRAG_JOB_REQUEST" for e in job.get("events") or []) and not job.get("startTime")
     ]
 
@@ -102,7 +113,9 @@ def test_a_stolen_call_names_the_job_that_ran_it_and_keeps_its_logs_and_result(c
         logs = executor.logs(future)
         assert f"out: call {number}" in logs and f"err: call {number}" in logs
         assert f"call {number}" not in executor.logs(futures[futures.index(future) - 1]) or future is futures[0]
-        cli = subprocess.run([sys.executable, "-m", "oarfutures", "logs", folder, future.task_id], capture_output=True, text=True)
+        cli = subprocess.run(
+            [sys.executable, "-m", "oarfutures", "logs", folder, future.task_id], capture_output=True, text=True
+        )
         assert cli.returncode == 0, cli.stderr
         assert f"out: call {number}" in cli.stdout and f"err: call {number}" in cli.stdout
     # the stealer's own logs hold its own call, not the stolen ones
@@ -122,7 +135,9 @@ def test_leftover_tasks_are_cancelled_once_every_call_has_a_result(cluster, fold
     assert len(leftovers) >= 5
     wait_for(lambda: not live_jobs(cluster, leftovers), timeout=90, what="the leftover jobs to be gone")
     never_started = cancelled_unstarted(cluster, leftovers)
-    assert len(never_started) >= len(leftovers) // 2, f"only {never_started} of {leftovers} were cancelled before they started"
+    assert len(never_started) >= len(leftovers) // 2, (
+        f"only {never_started} of {leftovers} were cancelled before they started"
+    )
 
 
 def test_calls_cancelled_while_stealers_drain_the_array_never_run(cluster, folder, tmp_path):
@@ -165,7 +180,9 @@ def test_a_call_that_would_not_fit_in_the_walltime_is_left_to_its_own_task(clust
 
 def test_a_stealer_killed_mid_call_fails_that_call_naming_it(cluster, folder):
     with at_a_time(cluster, folder) as executor:
-        quick, slow = array_of(executor, lambda ex: [ex.submit(tasks.square, 3), ex.submit(tasks.sleep_and_return, 300, "slow")])
+        quick, slow = array_of(
+            executor, lambda ex: [ex.submit(tasks.square, 3), ex.submit(tasks.sleep_and_return, 300, "slow")]
+        )
         assert quick.result(timeout=TIMEOUT[cluster]) == 9
         stealer = quick.job_id
         wait_for(lambda: slow.job_id == stealer, timeout=60, what="the client to follow the stealer for the slow call")
@@ -176,7 +193,10 @@ def test_a_stealer_killed_mid_call_fails_that_call_naming_it(cluster, folder):
         assert isinstance(error, JobFailedError), error
         assert error.job_id == stealer and error.task_id == slow.task_id
         assert time.monotonic() - killed < 45  # seconds after the scheduler says so, not the own task's turn
-    assert not live_jobs(cluster, [slow.job_ids[0]]) or wait_for(lambda: not live_jobs(cluster, [slow.job_ids[0]]), timeout=10) is None
+    assert (
+        not live_jobs(cluster, [slow.job_ids[0]])
+        or wait_for(lambda: not live_jobs(cluster, [slow.job_ids[0]]), timeout=10) is None
+    )
 
 
 def test_checkpointable_arrays_are_not_stolen_from(cluster, folder):

@@ -3,6 +3,7 @@
 This is what found the lock-order inversion between the executor and the poller: reading the code did not. A hang
 shows as futures still pending at the deadline, with every thread's stack printed.
 """
+
 import faulthandler
 import random
 import sys
@@ -12,8 +13,9 @@ from concurrent.futures import CancelledError, wait
 
 import pytest
 
-import tasks
 from oarfutures import LocalPoolExecutor
+
+import tasks
 
 EXECUTORS = 4
 THREADS_PER_EXECUTOR = 3
@@ -55,7 +57,7 @@ def _work(executor, seed, futures, errors):
 
             chained.add_done_callback(submit_more)
             futures.append(chained)
-    except BaseException as exc:  # noqa: B036 - reported by the test
+    except BaseException as exc:  # reported by the test
         errors.append(exc)
 
 

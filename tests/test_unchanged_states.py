@@ -1,6 +1,7 @@
 """apply_states skips what did not move (the Slurm backend shares one JobStatus per distinct state and gives the
 same answer object back when its command printed the same), and still does everything a change needs. No cluster:
 a fake backend, and answers applied by hand (the poller's first query would come after 1,000 s)."""
+
 import itertools
 import time
 

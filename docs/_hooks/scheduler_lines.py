@@ -8,17 +8,19 @@ A hand-written table would drift the day a parameter changed; this one cannot. A
 Nothing is submitted and no scheduler command runs: stealing is switched off in the rendering (with it, Slurm's
 script would ask ``scontrol`` for the partition's walltime), so the output does not depend on the machine.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 FOLDER = "/home/me/jobs"
 PYTHON = "/home/me/venv/bin/python"
 BATCH = "20261201-120000-0a1b2c3d"
 
 #: rows of the generic table: the parameters as AutoPoolExecutor / update_parameters() take them
-GENERIC_ROWS: List[Dict[str, Any]] = [
+GENERIC_ROWS: list[dict[str, Any]] = [
     {"walltime": "1:30:00"},
     {"timeout_min": 90},
     {"nodes": 2},
@@ -29,7 +31,7 @@ GENERIC_ROWS: List[Dict[str, Any]] = [
     {"name": "train"},
     {"setup": ["module load python/3.11"]},
 ]
-SLURM_ROWS: List[Dict[str, Any]] = [
+SLURM_ROWS: list[dict[str, Any]] = [
     {"slurm_partition": "gpu"},
     {"slurm_mem": "4G"},
     {"slurm_account": "myproject"},
@@ -39,7 +41,7 @@ SLURM_ROWS: List[Dict[str, Any]] = [
     {"slurm_additional_parameters": {"exclusive": True}},
     {"slurm_additional_parameters": {"C": "v100"}},
 ]
-OAR_ROWS: List[Dict[str, Any]] = [
+OAR_ROWS: list[dict[str, Any]] = [
     {"oar_queue": "production"},
     {"oar_cores": 4},
     {"oar_resources": "/cluster=1/nodes=2"},
@@ -51,17 +53,26 @@ OAR_ROWS: List[Dict[str, Any]] = [
     {"oar_checkpoint_seconds": 300},
 ]
 #: whole scripts: (backend, parameters, checkpointable)
-SCRIPTS: Dict[str, Tuple[str, Dict[str, Any], bool]] = {
+SCRIPTS: dict[str, tuple[str, dict[str, Any], bool]] = {
     # the Grid'5000 page's OAR example: production queue, 2 minutes, one GPU, besteffort
-    "oar-seed": ("oar", {"oar_queue": "production", "oar_walltime": "0:2:0", "nodes": 1, "gpus_per_node": 1,
-                         "oar_additional_parameters": {"t": "besteffort"}}, False),
+    "oar-seed": (
+        "oar",
+        {
+            "oar_queue": "production",
+            "oar_walltime": "0:2:0",
+            "nodes": 1,
+            "gpus_per_node": 1,
+            "oar_additional_parameters": {"t": "besteffort"},
+        },
+        False,
+    ),
     "slurm-basic": ("slurm", {"slurm_partition": "cpu", "walltime": "1:00:00", "mem_gb": 4, "cpus_per_task": 2}, False),
     "slurm-checkpoint": ("slurm", {"walltime": "2:00:00"}, True),
     "oar-checkpoint": ("oar", {"walltime": "2:00:00"}, True),
 }
 
 
-def render(backend: str, parameters: Dict[str, Any], checkpointable: bool = False, count: int = 1) -> List[str]:
+def render(backend: str, parameters: dict[str, Any], checkpointable: bool = False, count: int = 1) -> list[str]:
     """The job script's lines for a batch of ``count`` tasks with these (generic or prefixed) parameters."""
     from oarfutures.backends.base import BatchSubmission
     from oarfutures.backends.oar import OarBackend
@@ -75,7 +86,7 @@ def render(backend: str, parameters: Dict[str, Any], checkpointable: bool = Fals
     return text.splitlines()
 
 
-def added_lines(backend: str, parameters: Dict[str, Any], checkpointable: bool = False) -> Optional[List[str]]:
+def added_lines(backend: str, parameters: dict[str, Any], checkpointable: bool = False) -> list[str] | None:
     """What these parameters change in the script: its lines that the default script lacks (None: refused)."""
     # checkpoint_seconds only shows in the script of a Checkpointable call: compare two of those
     checkpointable = checkpointable or any(key.endswith("checkpoint_seconds") for key in parameters)
@@ -89,7 +100,7 @@ def added_lines(backend: str, parameters: Dict[str, Any], checkpointable: bool =
     return directives or added
 
 
-def _cell(lines: Optional[Sequence[str]]) -> str:
+def _cell(lines: Sequence[str] | None) -> str:
     if lines is None:
         return "refused (not a parameter there)"
     if not lines:
@@ -97,16 +108,19 @@ def _cell(lines: Optional[Sequence[str]]) -> str:
     return "<br>".join(f"`{line.replace('|', '&#124;')}`" for line in lines)
 
 
-def _call(parameters: Dict[str, Any]) -> str:
+def _call(parameters: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in parameters.items())
 
 
-def table(rows: Sequence[Dict[str, Any]]) -> str:
+def table(rows: Sequence[dict[str, Any]]) -> str:
     out = ["| parameter | Slurm: the job script gets | OAR: the job script gets |", "|---|---|---|"]
     for parameters in rows:
         note = " (a `Checkpointable` call)" if any(k.endswith("checkpoint_seconds") for k in parameters) else ""
-        out.append(f"| `{_call(parameters)}`{note} | {_cell(added_lines('slurm', parameters))} | {_cell(added_lines('oar', parameters))} |")
-    out.append(f"| a `Checkpointable` call | {_cell(added_lines('slurm', {}, True))} | {_cell(added_lines('oar', {}, True))} |")
+        slurm, oar = _cell(added_lines("slurm", parameters)), _cell(added_lines("oar", parameters))
+        out.append(f"| `{_call(parameters)}`{note} | {slurm} | {oar} |")
+    out.append(
+        f"| a `Checkpointable` call | {_cell(added_lines('slurm', {}, True))} | {_cell(added_lines('oar', {}, True))} |"
+    )
     return "\n".join(out)
 
 
@@ -125,7 +139,7 @@ MARKER = re.compile(r"<!-- scheduler-(lines|script|defaults): ([\w-]+) -->")
 
 
 def replace_markers(markdown: str) -> str:
-    def one(match: "re.Match[str]") -> str:
+    def one(match: re.Match[str]) -> str:
         kind, name = match.groups()
         if kind == "lines" and name in TABLES:
             return table(TABLES[name])

@@ -3,6 +3,7 @@
 A name added to ``oarfutures.__all__`` without a docstring, or a constructor parameter that its ``__init__``
 docstring does not explain, fails here before it leaves a hole in the documentation site.
 """
+
 import dataclasses
 import inspect
 import re
@@ -39,7 +40,7 @@ def section_entries(doc, section):
         return set()
     lines = [line for line in doc.split(section, 1)[1].splitlines() if line.strip()]
     indent = len(lines[0]) - len(lines[0].lstrip()) if lines else 0
-    return {m.group(1) for line in lines if (m := re.match(r" {%d}\**(\w+):" % indent, line))}
+    return {m.group(1) for line in lines if (m := re.match(rf" {{{indent}}}\**(\w+):", line))}
 
 
 def documented_parameters(doc):

@@ -1,4 +1,5 @@
 """The OAR job script, rendered without submitting anything: needs no cluster (runs in the root phase too)."""
+
 import sys
 
 from oarfutures import OarPoolExecutor
@@ -22,10 +23,15 @@ def test_grid5000_example_parameters_render_the_expected_oar_lines(folder):
     finally:
         executor.shutdown()
     lines = script.splitlines()
-    for line in ("#OAR -l /nodes=1/gpu=1,walltime=0:02:00", "#OAR -q production", "#OAR -t besteffort", "#OAR --array 3"):
+    for line in (
+        "#OAR -l /nodes=1/gpu=1,walltime=0:02:00",
+        "#OAR -q production",
+        "#OAR -t besteffort",
+        "#OAR --array 3",
+    ):
         assert line in lines, script
     # one line of each, no default core count added next to the GPU
-    assert [l for l in lines if l.startswith(("#OAR -l", "#OAR -q", "#OAR -t"))] == [
+    assert [line for line in lines if line.startswith(("#OAR -l", "#OAR -q", "#OAR -t"))] == [
         "#OAR -l /nodes=1/gpu=1,walltime=0:02:00",
         "#OAR -q production",
         "#OAR -t besteffort",

@@ -4,6 +4,7 @@ Checked without a cluster and without running a call: the scripts are what sbatc
 backend does with parameters when calls run is in tests/test_local.py, detection on the real machine in
 tests/test_detection.py.
 """
+
 import os
 import re
 
@@ -58,9 +59,9 @@ def test_prefixed_parameters_apply_on_their_scheduler_and_override_the_generic_o
 
 
 def test_unknown_parameters_are_rejected_with_the_valid_ones(folder):
-    with pytest.raises(TypeError, match="unknown SlurmPoolExecutor parameter 'partitoin'.*partition"):
+    with pytest.raises(TypeError, match=r"unknown SlurmPoolExecutor parameter 'partitoin'.*partition"):
         SlurmPoolExecutor(folder=folder).update_parameters(partitoin="cpu")
-    with pytest.raises(TypeError, match="unknown OarPoolExecutor parameter 'queu'.*queue"):
+    with pytest.raises(TypeError, match=r"unknown OarPoolExecutor parameter 'queu'.*queue"):
         AutoPoolExecutor(folder=folder, cluster="oar", oar_queu="default")
 
 
@@ -159,30 +160,39 @@ def test_submitit_spellings_oarfutures_does_not_take_are_refused_naming_its_own(
 
 @pytest.mark.parametrize("cluster", ["slurm", "local"])
 def test_a_typo_in_a_parameter_for_the_other_scheduler_is_refused(folder, cluster):
-    with pytest.raises(TypeError, match="unknown OarPoolExecutor parameter 'queu' in 'oar_queu'; valid ones are:.*queue"):
+    with pytest.raises(
+        TypeError, match=r"unknown OarPoolExecutor parameter 'queu' in 'oar_queu'; valid ones are:.*queue"
+    ):
         AutoPoolExecutor(folder=folder, cluster=cluster, oar_queu="default")
     with pytest.raises(TypeError, match="unknown SlurmPoolExecutor parameter 'partitoin' in 'slurm_partitoin'"):
         AutoPoolExecutor(folder=folder, cluster="oar" if cluster == "slurm" else cluster, slurm_partitoin="cpu")
 
 
-@pytest.mark.parametrize("executor, typo, valid", [
-    (SlurmPoolExecutor, "partitoin", "partition"),
-    (OarPoolExecutor, "queu", "queue"),
-    (LocalPoolExecutor, "mem", "mem_gb"),
-])
+@pytest.mark.parametrize(
+    "executor, typo, valid",
+    [
+        (SlurmPoolExecutor, "partitoin", "partition"),
+        (OarPoolExecutor, "queu", "queue"),
+        (LocalPoolExecutor, "mem", "mem_gb"),
+    ],
+)
 def test_a_constructor_typo_lists_the_valid_names(folder, executor, typo, valid):
     with pytest.raises(TypeError, match=f"unknown {executor.__name__} parameter '{typo}'; valid ones are: .*{valid}"):
         executor(folder=folder, **{typo: "x"})
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SlurmPoolExecutor(partition="a b"),
-    lambda: OarPoolExecutor(oar_queu="default"),
-    lambda: LocalPoolExecutor(result_grace=-1),
-    lambda: LocalPoolExecutor(python="/no/such/python"),
-    lambda: AutoPoolExecutor(cluster="local", slurm_partitoin="cpu"),
-    lambda: AutoPoolExecutor(cluster="slurm", mem_gb=-1),
-], ids=["slurm-value", "oar-other-prefix", "local-grace", "local-python", "auto-typo", "auto-value"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SlurmPoolExecutor(partition="a b"),
+        lambda: OarPoolExecutor(oar_queu="default"),
+        lambda: LocalPoolExecutor(result_grace=-1),
+        lambda: LocalPoolExecutor(python="/no/such/python"),
+        lambda: AutoPoolExecutor(cluster="local", slurm_partitoin="cpu"),
+        lambda: AutoPoolExecutor(cluster="slurm", mem_gb=-1),
+    ],
+    ids=["slurm-value", "oar-other-prefix", "local-grace", "local-python", "auto-typo", "auto-value"],
+)
 def test_an_invalid_argument_at_construction_leaves_no_folder_behind(tmp_path, monkeypatch, make):
     monkeypatch.setenv("OARFUTURES_FOLDER", str(tmp_path / "default"))
     with pytest.raises((TypeError, ValueError)):

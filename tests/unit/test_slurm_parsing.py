@@ -3,6 +3,7 @@
 The outputs below were printed by the real Slurm 22.05 of tests/clusters/slurm (squeue with SLURM_BITSTR_LEN=0,
 as the backend runs it; sacct rows from tests/clusters/slurm/FACTS.md section c).
 """
+
 import pytest
 
 from oarfutures.backends import commands
@@ -162,8 +163,12 @@ def test_every_id_unknown_is_an_empty_answer(backend):
 
 def test_split_arrays_are_asked_in_one_call(backend):
     # MaxArraySize split one batch into arrays 40 (tasks 0-999) and 41 (the next 500), both pending
-    b = backend(["41_[0-499]|PENDING|Dependency|0\n40_[2-999%4]|PENDING|JobArrayTaskLimit|0\n40_0|RUNNING|None|0\n"
-                 "40_1|COMPLETED|None|0\n"])
+    b = backend(
+        [
+            "41_[0-499]|PENDING|Dependency|0\n40_[2-999%4]|PENDING|JobArrayTaskLimit|0\n40_0|RUNNING|None|0\n"
+            "40_1|COMPLETED|None|0\n"
+        ]
+    )
     statuses = b.query([f"40_{i}" for i in range(1000)] + [f"41_{i}" for i in range(500)])
     assert len(b.fake.calls) == 1 and b.fake.calls[0][0][5] == "40,41"
     assert len(statuses) == 1500 and statuses["41_499"].reason == "Dependency"
@@ -197,7 +202,9 @@ def test_expand():
 
 
 def test_the_same_output_gives_the_same_answer_object(backend):
-    moved = SQUEUE.replace("25_[2-3%2]|PENDING|JobArrayTaskLimit|0", "25_[3%2]|PENDING|JobArrayTaskLimit|0\n25_2|RUNNING|None|0")
+    moved = SQUEUE.replace(
+        "25_[2-3%2]|PENDING|JobArrayTaskLimit|0", "25_[3%2]|PENDING|JobArrayTaskLimit|0\n25_2|RUNNING|None|0"
+    )
     b = backend([SQUEUE, SQUEUE, moved, moved])
     first, again = b.query(["25_0"]), b.query(["25_0"])
     assert again is first  # the core then skips every job at once

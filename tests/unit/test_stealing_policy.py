@@ -1,16 +1,17 @@
 """Stealing without a cluster: the parameter, the job scripts, the walltime figures, the worker's policy."""
+
 import os
 import subprocess
 import time
 
 import pytest
 
-from oarfutures.protocol import layout
-from oarfutures.worker import run as worker
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend
 from oarfutures.backends.slurm_formats import parse_slurm_time
+from oarfutures.protocol import layout
+from oarfutures.worker import run as worker
 
 
 def submission(folder, checkpointable=False, count=5):
@@ -28,15 +29,22 @@ def test_steal_seconds_is_validated_like_the_other_parameters(tmp_path, value):
 def test_scripts_let_the_array_steal_with_its_range_and_walltime(tmp_path):
     slurm = SlurmBackend(str(tmp_path), {"walltime": 90})  # Slurm counts whole minutes: 120 s
     script = slurm.render_script(submission(str(tmp_path)), 0, 5)
-    assert "OARFUTURES_STEAL_SECONDS=60 OARFUTURES_WALLTIME=120 OARFUTURES_ARRAY_FIRST=0 OARFUTURES_ARRAY_COUNT=5" in script
+    assert (
+        "OARFUTURES_STEAL_SECONDS=60 OARFUTURES_WALLTIME=120 OARFUTURES_ARRAY_FIRST=0 OARFUTURES_ARRAY_COUNT=5"
+        in script
+    )
     oar, _ = OarBackend(str(tmp_path), {"steal_seconds": 5}).render_script(submission(str(tmp_path)))
     assert "OARFUTURES_STEAL_SECONDS=5 OARFUTURES_WALLTIME=${OAR_JOB_WALLTIME_SECONDS:-}" in oar
 
 
-@pytest.mark.parametrize("parameters, checkpointable", [({"steal_seconds": 0}, False), ({}, True), ({"tasks_per_node": 2}, False)])
+@pytest.mark.parametrize(
+    "parameters, checkpointable", [({"steal_seconds": 0}, False), ({}, True), ({"tasks_per_node": 2}, False)]
+)
 def test_no_stealing_when_disabled_checkpointable_or_multi_task(tmp_path, parameters, checkpointable):
     sub = submission(str(tmp_path), checkpointable)
-    assert "OARFUTURES_STEAL_SECONDS" not in SlurmBackend(str(tmp_path), {"walltime": 60, **parameters}).render_script(sub, 0, 5)
+    assert "OARFUTURES_STEAL_SECONDS" not in SlurmBackend(str(tmp_path), {"walltime": 60, **parameters}).render_script(
+        sub, 0, 5
+    )
     assert "OARFUTURES_STEAL_SECONDS" not in OarBackend(str(tmp_path), parameters).render_script(sub)[0]
 
 
@@ -47,7 +55,12 @@ def test_slurm_partition_times_are_read_as_seconds():
 
 def run_script(script, folder, index, env=None):
     body = script.split("\n", 1)[1].replace("exec /usr/bin/python3", "echo ran; exit 7; exec /usr/bin/python3")
-    return subprocess.run(["bash", "-c", body], capture_output=True, text=True, env={**os.environ, "SLURM_ARRAY_TASK_ID": str(index), **(env or {})})
+    return subprocess.run(
+        ["bash", "-c", body],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": str(index), **(env or {})},
+    )
 
 
 def test_a_claimed_task_exits_in_its_script_unless_it_resumes_a_checkpoint(tmp_path):
@@ -68,8 +81,14 @@ class Ran:
 
 
 def policy(**values):
-    env = {"OARFUTURES_STEAL_SECONDS": "60", "OARFUTURES_WALLTIME": "100", "OARFUTURES_JOB_START": str(time.time()),
-           "OARFUTURES_ARRAY_FIRST": "0", "OARFUTURES_ARRAY_COUNT": "4", **values}
+    env = {
+        "OARFUTURES_STEAL_SECONDS": "60",
+        "OARFUTURES_WALLTIME": "100",
+        "OARFUTURES_JOB_START": str(time.time()),
+        "OARFUTURES_ARRAY_FIRST": "0",
+        "OARFUTURES_ARRAY_COUNT": "4",
+        **values,
+    }
     return worker.StealPolicy.from_environment(env)
 
 
