@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
@@ -43,7 +45,9 @@ _CORE_ARGUMENTS_DOC = """\
             max_resubmissions: How many times a ``Checkpointable`` call may come back before its future fails
                 with ``JobFailedError``, so that a call that always gets preempted cannot loop forever.
 """
-_CORE_ARGUMENTS_MARK = "            (" + ", ".join(CORE_ARGUMENTS) + ": see CORE_ARGUMENTS)\n"
+#: the line a constructor's docstring has in their place, at whatever indent the docstring has (Python 3.13
+#: strips a docstring's common indent when it compiles it, older ones keep it)
+_CORE_ARGUMENTS_MARK = re.compile(r"^( *)\(" + ", ".join(CORE_ARGUMENTS) + r": see CORE_ARGUMENTS\)\n", re.MULTILINE)
 
 E = TypeVar("E", bound=type)
 
@@ -55,8 +59,8 @@ def _with_core_arguments(backend: type[Backend]) -> Callable[[E], E]:
     def document(cls: E) -> E:
         init = cls.__init__  # type: ignore[misc]
         if init.__doc__:  # (none under python -OO)
-            entries = _CORE_ARGUMENTS_DOC.format(grace=backend.result_grace)
-            init.__doc__ = init.__doc__.replace(_CORE_ARGUMENTS_MARK, entries)
+            entries = textwrap.dedent(_CORE_ARGUMENTS_DOC.format(grace=backend.result_grace))
+            init.__doc__ = _CORE_ARGUMENTS_MARK.sub(lambda mark: textwrap.indent(entries, mark[1]), init.__doc__)
         return cls
 
     return document
