@@ -17,12 +17,13 @@ import shutil
 from typing import Any, Optional, Sequence
 
 from oarfutures.backends import commands
+from oarfutures.protocol import variables
 from oarfutures.core.executor import JobExecutor
 
 logger = logging.getLogger("oarfutures")
 
 #: forces the backend for scripts that must not change: oar, slurm or local
-CLUSTER_VARIABLE = "OARFUTURES_CLUSTER"
+CLUSTER_VARIABLE = variables.CLUSTER
 CLUSTERS = ("oar", "slurm", "local")
 EXECUTOR_OPTIONS = ("python", "keep_files", "result_grace", "warn_pickle_bytes", "max_resubmissions")
 #: seconds a scheduler has to answer during detection (an oarstat takes ~0.3 s, a Slurm ping a few ms)

@@ -17,7 +17,7 @@ import tasks
 from conftest import BACKENDS, SUBMIT_COMMAND, require_command, wait_for
 from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends.commands import SchedulerCommandError
-from oarfutures.worker.run import dump_outcomes
+from oarfutures.protocol.results import dump_result
 
 CLUSTERS = BACKENDS[1:]
 SUBMIT = SUBMIT_COMMAND
@@ -194,7 +194,7 @@ def test_a_result_that_appears_after_the_job_ended_is_used_within_the_grace_peri
         time.sleep(1)
         path = os.path.join(folder, "results", future.task_id + ".pkl")
         with open(path + ".tmp", "wb") as f:
-            f.write(dump_outcomes([("ok", "late but here")]))
+            f.write(dump_result([("ok", "late but here")]))
         os.replace(path + ".tmp", path)
         assert future.result(timeout=60) == "late but here"
 

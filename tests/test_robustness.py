@@ -19,7 +19,7 @@ from conftest import wait_for
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.protocol import layout
 from oarfutures.core import records
-from oarfutures.core.batchfiles import CorruptResultError
+from oarfutures.protocol.results import CorruptResultError
 
 
 def alive(pid):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from oarfutures.protocol import layout
-from oarfutures.worker import run as worker
+from oarfutures.worker import stealing
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend, _parse_slurm_time
@@ -68,7 +68,7 @@ class Ran:
 def policy(**values):
     env = {"OARFUTURES_STEAL_SECONDS": "60", "OARFUTURES_WALLTIME": "100", "OARFUTURES_JOB_START": str(time.time()),
            "OARFUTURES_ARRAY_FIRST": "0", "OARFUTURES_ARRAY_COUNT": "4", **values}
-    return worker.StealPolicy.from_environment(env)
+    return stealing.StealPolicy.from_environment(env)
 
 
 def test_the_policy_steals_only_what_fits_the_walltime_and_never_when_it_is_unknown():
@@ -82,5 +82,5 @@ def test_the_policy_steals_only_what_fits_the_walltime_and_never_when_it_is_unkn
 
 def test_the_policy_is_removed_from_the_environment_calls_inherit():
     env = {"OARFUTURES_STEAL_SECONDS": "60", "OARFUTURES_WALLTIME": "100"}
-    worker.StealPolicy.from_environment(env)
+    stealing.StealPolicy.from_environment(env)
     assert env == {}

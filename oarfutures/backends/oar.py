@@ -25,7 +25,8 @@ from oarfutures.protocol import layout
 from oarfutures.core import retention
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.worker.run import EARLY_SIGNAL_TRAP
+from oarfutures.protocol import variables
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, EARLY_SIGNAL_TRAP, RESUBMIT
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
 
@@ -187,8 +188,9 @@ class OarBackend(Backend):
         for option, value in options:
             lines.append(f"#OAR {option}" + (f" {value}" if value is not None else ""))
             arguments += [option] + ([value] if value is not None else [])
-        if submission.checkpointable:  # the signal before the walltime, and resubmission on exit 99
-            for option, value in (("-t", "idempotent"), ("--checkpoint", str(p["checkpoint_seconds"])), ("--signal", "12")):
+        if submission.checkpointable:  # the signal before the walltime, and resubmission on exit 99 (RESUBMIT)
+            checkpoint, number = str(p["checkpoint_seconds"]), str(int(CHECKPOINT_SIGNAL))
+            for option, value in (("-t", "idempotent"), ("--checkpoint", checkpoint), ("--signal", number)):
                 lines.append(f"#OAR {option} {value}")
                 arguments += [option, value]
         lines.append(f"#OAR --array {submission.count}")
@@ -201,14 +203,17 @@ class OarBackend(Backend):
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])
-        lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
+        lines.append(f'export {variables.JOB_ID}="$OAR_JOB_ID"')
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
-            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=oar")
+            lines.append(
+                f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']} "
+                f"{variables.LAUNCHER}=oar"
+            )
         if submission.checkpointable:
             # OAR resubmits an exit 99 only if stop_time - start_time > 60, in whole seconds, and the start_time it
             # records can be up to 2 s after the job really started (oar_meta_sched sets it from its own clock,
             # which runs ahead when it is called often): 65 s of the worker's time is more than 60 of OAR's
-            lines.append(f"export OARFUTURES_MIN_RUNTIME={MIN_RUNTIME}")
+            lines.append(f"export {variables.MIN_RUNTIME}={MIN_RUNTIME}")
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
         return "\n".join(lines) + "\n", arguments
 
@@ -224,7 +229,7 @@ class OarBackend(Backend):
             # OAR 2.5 leaves every subjob but the first of a reserved array in toAckReservation until it kills them
             raise ValueError("an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()")
         text, arguments = self.render_script(submission)
-        script = layout.script_path(submission.folder, f"{submission.batch}-{submission.first}")
+        script = layout.script_path(submission.folder, submission.batch, submission.first)
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -325,7 +330,7 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
     if state in RUNNING_STATES:
         return JobStatus(JobState.RUNNING, state)
     if state == "Terminated":
-        if exit_code == "99":  # OAR writes its resubmission and this state together: it will not resubmit now
+        if exit_code == str(RESUBMIT):  # OAR writes its resubmission and this state together: it will not resubmit now
             reason = _not_resubmitted(job, reason)
         common = JobState.COMPLETED if job.get("exit_code") == 0 else JobState.FAILED
         return JobStatus(common, state, exit_code, reason)

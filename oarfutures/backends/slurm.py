@@ -21,7 +21,8 @@ from oarfutures.protocol import layout
 from oarfutures.core import retention
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.core.executor import JobExecutor, check_max_workers, folder_path
-from oarfutures.worker.run import EARLY_SIGNAL_TRAP
+from oarfutures.protocol import variables
+from oarfutures.protocol.signals import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
 
@@ -258,12 +259,16 @@ class SlurmBackend(Backend):
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])
-        lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+        lines.append(f'export {variables.JOB_ID}="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"')
         if world_size > 1:  # the worker launches the ranks with srun and gathers their results
-            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=srun")
+            lines.append(
+                f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']} "
+                f"{variables.LAUNCHER}=srun"
+            )
         if submission.checkpointable:
             # the array task's own id: the task whose SLURM_JOB_ID is the array's id would requeue every task
-            lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+            requeue = "scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+            lines.append(f'export {variables.REQUEUE_COMMAND}="{requeue}"')
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
         return "\n".join(lines) + "\n"
 
@@ -274,7 +279,7 @@ class SlurmBackend(Backend):
         try:
             for first in range(submission.first, submission.first + submission.count, step):
                 count = min(step, submission.first + submission.count - first)
-                script = layout.script_path(submission.folder, f"{submission.batch}-{first}")
+                script = layout.script_path(submission.folder, submission.batch, first)
                 with open(script, "w") as f:
                     f.write(self.render_script(submission, first, count))
                 command = ["sbatch", "--parsable"]

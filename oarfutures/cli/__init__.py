@@ -876,7 +876,7 @@ def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool)
     prefixes = (batch + ".", batch + "_")
     paths = []
     # results/ranks/<task>/<rank>.pkl: what the ranks of a multi-task job left (a launcher that was killed)
-    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED, os.path.join(layout.RESULTS, "ranks")):
+    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED, layout.RANKS):
         directory = os.path.join(folder, sub)
         try:
             with os.scandir(directory) as entries:

@@ -51,7 +51,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 import filelock
 
 from oarfutures.core import batchfiles, records
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, variables
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.errors import JobFailedError
 from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
@@ -179,7 +179,7 @@ def folder_path(folder: Optional[str], kind: str) -> str:
 
 def default_base() -> str:
     """Where executors without ``folder=`` make their folders."""
-    return os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
+    return os.environ.get(variables.FOLDER) or os.path.join(os.path.expanduser("~"), ".oarfutures")
 
 
 def resolve_folder(folder: Optional[str], kind: str) -> str:

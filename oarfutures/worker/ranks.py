@@ -18,7 +18,6 @@ No rank outlives its call, on any node:
   started on another node would otherwise run on. On Slurm, ``scancel`` ends the steps on every node itself.
 """
 import os
-import pickle
 import re
 import shlex
 import signal
@@ -29,14 +28,8 @@ import threading
 import time
 import zlib
 
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, results, variables
 
-ENVIRONMENT = (
-    "OARFUTURES_RANK", "OARFUTURES_LOCAL_RANK", "OARFUTURES_WORLD_SIZE", "OARFUTURES_MASTER_ADDR",
-    "OARFUTURES_MASTER_PORT", "OARFUTURES_NODE",
-)
-#: set for ranks that must end when their launcher does (see watch_launcher)
-WATCH_VARIABLE = "OARFUTURES_WATCH_LAUNCHER"
 #: variables a rank on another node gets from the launcher (oarsh starts it with a fresh login environment);
 #: every OARFUTURES_* variable goes too
 REMOTE_VARIABLES = (
@@ -49,20 +42,16 @@ STOP_GRACE = 20.0
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 
 
-def rank_path(folder, batch, index, rank):
-    return os.path.join(folder, layout.RESULTS, "ranks", layout.task_id(batch, index), f"{rank}.pkl")
-
-
 def launch(folder, batch, index, world_size, tasks_per_node, launcher):
     """Start every rank, wait for them, and return the task's outcomes (one: the list of rank results)."""
-    os.makedirs(os.path.dirname(rank_path(folder, batch, index, 0)), mode=0o700, exist_ok=True)
+    os.makedirs(layout.ranks_folder(folder, batch, index), mode=0o700, exist_ok=True)
     command = [sys.executable, "-u", "-m", "oarfutures.worker", folder, batch, str(index), "--rank"]
     port = 20000 + zlib.crc32(layout.task_id(batch, index).encode()) % 20000
     if launcher == "srun":
         hosts = subprocess.run(
             ["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")], capture_output=True, text=True
         ).stdout.split() or [socket.gethostname()]
-        env = {**os.environ, "OARFUTURES_MASTER_ADDR": hosts[0], "OARFUTURES_MASTER_PORT": str(port)}
+        env = {**os.environ, variables.MASTER_ADDR: hosts[0], variables.MASTER_PORT: str(port)}
         # block distribution: ranks 0..k-1 on the first node (the master address), and so on; one rank that exits
         # non-zero (its call raised, or it died) makes srun end the others on every node
         srun = ["srun", f"--ntasks={world_size}", f"--ntasks-per-node={tasks_per_node}", "--distribution=block",
@@ -82,13 +71,13 @@ def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar)
         for rank in range(world_size):
             host = hosts[min(rank // tasks_per_node, len(hosts) - 1)]
             env = {
-                "OARFUTURES_RANK": str(rank),
-                "OARFUTURES_LOCAL_RANK": str(rank % tasks_per_node),
-                "OARFUTURES_WORLD_SIZE": str(world_size),
-                "OARFUTURES_MASTER_ADDR": hosts[0],
-                "OARFUTURES_MASTER_PORT": str(port),
-                "OARFUTURES_NODE": host,
-                WATCH_VARIABLE: "1",
+                variables.RANK: str(rank),
+                variables.LOCAL_RANK: str(rank % tasks_per_node),
+                variables.WORLD_SIZE: str(world_size),
+                variables.MASTER_ADDR: hosts[0],
+                variables.MASTER_PORT: str(port),
+                variables.NODE: host,
+                variables.WATCH_LAUNCHER: "1",
             }
             if host == here:  # its own session: its process group holds what it starts, and nothing else
                 env = {**os.environ, **env}
@@ -104,7 +93,7 @@ def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar)
 
 def _remote_command(folder, command, rank_env):
     """The shell command ``oarsh`` runs on another node (it lands in $HOME, with a login environment)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("OARFUTURES_") or k in REMOTE_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k.startswith(variables.PREFIX) or k in REMOTE_VARIABLES}
     env.update(rank_env)
     assignments = [f"{k}={v}" for k, v in sorted(env.items()) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
     return f"cd {shlex.quote(folder)} && exec env {shlex.join(assignments)} {shlex.join(command)}"
@@ -173,48 +162,45 @@ def _this_host(hosts):
 
 
 def gather(folder, batch, index, world_size, codes):
-    """One outcome for the task: ("ok", [rank results]) or the first failing rank's error.
+    """One outcome for the task: the list of the ranks' values, or the first failing rank's error.
 
     A rank that raised wins over ranks without a result (those the launcher stopped because of it)."""
-    from oarfutures.worker.run import error_outcome
-
     outcomes = {}
     for rank in range(world_size):
-        path = rank_path(folder, batch, index, rank)
+        path = layout.rank_path(folder, batch, index, rank)
         try:
-            with open(path, "rb") as f:
-                (outcomes[rank],) = pickle.load(f)["outcomes"]
+            (outcomes[rank],) = results.read_result(path).outcomes
             os.remove(path)
-        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError):
+        except (OSError, ValueError, results.CorruptResultError):
             pass
     try:
-        os.rmdir(os.path.dirname(rank_path(folder, batch, index, 0)))
+        os.rmdir(layout.ranks_folder(folder, batch, index))
     except OSError:
         pass
     for rank, outcome in sorted(outcomes.items()):
-        if outcome[0] != "ok":
-            return outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome[4]}",)
+        if not outcome.ok:
+            return results.Raised(outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome.traceback}",))
     missing = [rank for rank in range(world_size) if rank not in outcomes]
     if missing:
         from oarfutures.errors import JobFailedError
 
         reason = f"rank {missing[0]} of {world_size} ended without a result (launcher exit statuses {codes})"
-        job_id = os.environ.get("OARFUTURES_JOB_ID")
-        return error_outcome(JobFailedError(layout.task_id(batch, index), job_id, "FAILED", reason=reason))
-    return ("ok", [outcomes[rank][1] for rank in range(world_size)])
+        job_id = os.environ.get(variables.JOB_ID)
+        return results.raised(JobFailedError(layout.task_id(batch, index), job_id, "FAILED", reason=reason))
+    return results.returned([outcomes[rank].value for rank in range(world_size)])
 
 
 def rank_environment():
     """In a rank process: its rank from the launcher, or from srun's variables."""
-    if "OARFUTURES_RANK" not in os.environ and "SLURM_PROCID" in os.environ:
-        os.environ["OARFUTURES_RANK"] = os.environ["SLURM_PROCID"]
-        os.environ["OARFUTURES_LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-        os.environ["OARFUTURES_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
-        os.environ["OARFUTURES_NODE"] = os.environ.get("SLURMD_NODENAME", socket.gethostname())
+    if variables.RANK not in os.environ and "SLURM_PROCID" in os.environ:
+        os.environ[variables.RANK] = os.environ["SLURM_PROCID"]
+        os.environ[variables.LOCAL_RANK] = os.environ.get("SLURM_LOCALID", "0")
+        os.environ[variables.WORLD_SIZE] = os.environ.get("SLURM_NTASKS", "1")
+        os.environ[variables.NODE] = os.environ.get("SLURMD_NODENAME", socket.gethostname())
     _own_process_group()
-    if os.environ.pop(WATCH_VARIABLE, "") == "1":
+    if os.environ.pop(variables.WATCH_LAUNCHER, "") == "1":
         watch_launcher()
-    return int(os.environ["OARFUTURES_RANK"])
+    return int(os.environ[variables.RANK])
 
 
 def _own_process_group():
