@@ -254,7 +254,7 @@ class LocalBackend(Backend):
 
     def _run(self, resident: "_Resident", job: "_Job") -> int:
         """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
-        environment = {**job.variables, variables.JOB_ID: job.job_id, variables.LAUNCHER: "local"}
+        environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
         request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": environment}
         request["logs"] = self._own_logs(job.job_id)
         resident.listening = False

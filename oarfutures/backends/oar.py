@@ -29,6 +29,15 @@ from oarfutures.protocol import variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, EARLY_SIGNAL_TRAP, RESUBMIT
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
+#: the job script's line that lets the worker start a multi-task job's ranks (``worker.ranks``): the job's nodes
+#: (``$OAR_NODEFILE`` has one line per core; on one line: the variable travels on oarsh's command line), OAR's
+#: remote shell, and what a rank on another node must get of OAR's own variables (oarsh starts it with a fresh
+#: login environment)
+RANK_PLACEMENT = (
+    f'export {variables.NODES}="$(uniq "$OAR_NODEFILE" | tr "\\n" " ")" {variables.REMOTE_SHELL}=oarsh '
+    f'{variables.REMOTE_VARIABLES}="OAR_JOB_ID OAR_JOBID OAR_ARRAY_ID OAR_ARRAY_INDEX OAR_JOB_NAME OAR_NODEFILE '
+    'OAR_NODE_FILE OAR_JOB_WALLTIME_SECONDS OAR_WORKDIR"'
+)
 
 PENDING_STATES = {"Waiting", "Hold", "toLaunch", "Launching", "toAckReservation"}
 RUNNING_STATES = {"Running", "Finishing", "Suspended", "Resuming", "toError"}
@@ -205,10 +214,8 @@ class OarBackend(Backend):
         lines += list(p["setup"])
         lines.append(f'export {variables.JOB_ID}="$OAR_JOB_ID"')
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
-            lines.append(
-                f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']} "
-                f"{variables.LAUNCHER}=oar"
-            )
+            lines += [f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
+                      RANK_PLACEMENT]
         if submission.checkpointable:
             # OAR resubmits an exit 99 only if stop_time - start_time > 60, in whole seconds, and the start_time it
             # records can be up to 2 s after the job really started (oar_meta_sched sets it from its own clock,

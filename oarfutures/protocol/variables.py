@@ -15,9 +15,21 @@ INDEX = "OARFUTURES_INDEX"
 RANKS = "OARFUTURES_RANKS"
 #: how many of them run on each node
 TASKS_PER_NODE = "OARFUTURES_TASKS_PER_NODE"
-#: how the job's first process starts the ranks: "srun" (Slurm), "oar" (``oarsh`` to the nodes of
-#: ``$OAR_NODEFILE``), "local" (processes on this machine)
-LAUNCHER = "OARFUTURES_LAUNCHER"
+#: where a multi-task job's ranks run and how they start, in the scheduler's terms (see ``worker.ranks``):
+#: a command prefix that starts one copy of a command per rank on the job's nodes (Slurm: ``srun --ntasks=...``);
+#: empty: the job's first process starts them itself, on its own node and through ``REMOTE_SHELL``
+RANK_LAUNCH = "OARFUTURES_RANK_LAUNCH"
+#: with ``RANK_LAUNCH``: the scheduler's variables that tell a rank who it is, as ``OURS=THEIRS`` pairs
+#: (``OARFUTURES_RANK=SLURM_PROCID ...``)
+RANK_VARIABLES = "OARFUTURES_RANK_VARIABLES"
+#: the job's nodes, the first process's node first, separated by white space (rank 0's node: the master address)
+NODES = "OARFUTURES_NODES"
+#: the command that runs a shell command on another node of the job: ``REMOTE_SHELL host command`` (OAR: oarsh)
+REMOTE_SHELL = "OARFUTURES_REMOTE_SHELL"
+#: the scheduler's variables a rank on another node gets too (a remote shell starts a fresh login environment)
+REMOTE_VARIABLES = "OARFUTURES_REMOTE_VARIABLES"
+#: all of them: the local backend clears them (its ranks are processes of this machine, whatever its client inherited)
+RANK_PLACEMENT = (RANK_LAUNCH, RANK_VARIABLES, NODES, REMOTE_SHELL, REMOTE_VARIABLES)
 #: a command that asks the scheduler to run a checkpointed task again (Slurm: ``scontrol requeue <id>``)
 REQUEUE_COMMAND = "OARFUTURES_REQUEUE_COMMAND"
 #: seconds a checkpointed job must have run before it exits to run again (OAR resubmits only after 60 s)

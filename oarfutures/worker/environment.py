@@ -43,4 +43,4 @@ class JobEnvironment:
 
 
 def _node_name() -> str:
-    return os.environ.get(variables.NODE) or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return os.environ.get(variables.NODE) or socket.gethostname()

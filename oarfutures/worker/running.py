@@ -178,8 +178,7 @@ def run_task(task, rank=False, open_batch=None):
         if not rank:  # the job's first process: start the ranks, then write the task's result
             task.stop_listening()  # it does not checkpoint
             per_node = int(os.environ.get(variables.TASKS_PER_NODE, world_size))
-            launcher = os.environ.get(variables.LAUNCHER)
-            task.write(ranks.launch(folder, batch, index, world_size, per_node, launcher), 0)
+            task.write(ranks.launch(folder, batch, index, world_size, per_node), 0)
             return 0
         task.destination = layout.rank_path(folder, batch, index, ranks.rank_environment())
         task.claims_calls = False
