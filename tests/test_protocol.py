@@ -1,4 +1,5 @@
 """The contract between client and job, without a job: result files, outcomes, rank placement variables."""
+
 import os
 import pickle
 import socket

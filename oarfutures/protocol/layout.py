@@ -29,6 +29,7 @@ worker can find its input before anyone knows which job id it got::
 Besides the files, the job script and the worker share environment variables (``variables``), a signal and an
 exit status (``signals``). This module imports nothing heavy: the worker starts once per task.
 """
+
 import os
 import stat
 
@@ -223,7 +224,9 @@ def check_owned(path: str) -> None:
     """Refuse a folder another user owns or others can write to, naming it (before anything is written)."""
     info = os.stat(path)
     if info.st_uid != os.geteuid():
-        raise UnsafeFolderError(f"folder {path} is owned by uid {info.st_uid}, not by you ({os.geteuid()}): choose a folder of your own")
+        raise UnsafeFolderError(
+            f"folder {path} is owned by uid {info.st_uid}, not by you ({os.geteuid()}): choose a folder of your own"
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeFolderError(
             f"folder {path} is writable by other users (mode {stat.filemode(info.st_mode)}): task files are code, "

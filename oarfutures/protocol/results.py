@@ -12,6 +12,7 @@ Plain tuples, so that reading a result needs none of our classes; in memory they
 which index as the tuples do. A multi-task job's ranks write the same format, one outcome each, under
 ``layout.rank_path``. The worker imports this at every start: tblib and traceback only when a call fails.
 """
+
 import pickle
 from operator import itemgetter
 
@@ -87,7 +88,7 @@ def raised(exc: BaseException, skip_frames: int = 0) -> Raised:
         tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     exc.__traceback__ = tb
-    blob: "bytes | None"
+    blob: bytes | None
     try:
         from tblib import pickling_support
 

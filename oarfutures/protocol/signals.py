@@ -4,6 +4,7 @@ A checkpointable job is told it will be stopped by ``CHECKPOINT_SIGNAL`` (Slurm'
 ``--signal=12``, the local backend's ``interrupt()``); a worker that saved its task's next calls asks to be run
 again by exiting with ``RESUBMIT``.
 """
+
 import signal
 
 from oarfutures.protocol import variables

@@ -4,6 +4,7 @@ It runs task INDEX of BATCH, found by our own task id (the scheduler's job id pl
 script allows it, pending tasks of the same array. ``--rank``: one copy of a multi-task job's call, started by
 the job's first process (see ``ranks``). It starts once per task, so it imports only what it needs.
 """
+
 import os
 import sys
 

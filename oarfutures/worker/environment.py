@@ -1,4 +1,5 @@
 """Where a call runs: inside a job, ``JobEnvironment()`` tells its rank, the world size, the master address."""
+
 from __future__ import annotations
 
 import os

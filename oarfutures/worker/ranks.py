@@ -22,6 +22,7 @@ No rank outlives its call, on any node:
   Without cpusets OAR's ``oardel`` kills the processes of the job's first node only, and a process ``oarsh``
   started on another node would otherwise run on. On Slurm, ``scancel`` ends the steps on every node itself.
 """
+
 import os
 import re
 import shlex

@@ -12,6 +12,7 @@ the backend writes a JSON request; the worker answers ``started`` once the task 
 (so an ``interrupt()`` is never sent to a worker that would drop it) and ``done <exit status>`` when it has ended,
 or ``refused <reason>`` if the task cannot start (the spool files cannot be opened).
 """
+
 import contextlib
 import functools
 import json
@@ -134,6 +135,7 @@ def _flush():
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a call may have replaced or closed them
             stream.flush()
+
 
 if __name__ == "__main__":
     serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))

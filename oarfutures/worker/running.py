@@ -4,6 +4,7 @@ The outcomes go to ``results/<batch>_<index>.pkl`` through a temp file and a ren
 a result (format: ``protocol.results``). A one-shot job process (``python -m oarfutures.worker``) and a resident
 local worker (``worker.resident``) both run tasks through ``run_task``.
 """
+
 import os
 import signal
 import sys
@@ -87,7 +88,7 @@ class TaskRun:
             except Interrupted:
                 remaining = calls[position + 1 :]
                 return self.checkpoint(meta, functions, function, args, kwargs, remaining, outcomes, resubmissions)
-            except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are results too
+            except BaseException as exc:  # SystemExit/KeyboardInterrupt in user code are results too
                 outcomes.append(results.raised(exc, skip_frames=1))
             finally:
                 self.in_call = False
@@ -101,7 +102,7 @@ class TaskRun:
         task_id = layout.task_id(self.batch, self.index)
         try:
             following = function.checkpoint(*args, **kwargs)
-        except BaseException as exc:  # noqa: B036
+        except BaseException as exc:  # whatever checkpoint() raised is the call's outcome
             return self.give_up(outcomes, remaining, resubmissions, results.raised(exc))
         if following is None:
             reason = "the job was interrupted (preempted or walltime near) and checkpoint() returned None"
@@ -123,8 +124,9 @@ class TaskRun:
         with os.fdopen(fd, "wb") as f:
             f.write(cloudpickle.dumps(state))
         os.replace(path + ".tmp", path)
-        print(f"oarfutures: task {task_id} checkpointed in job {job}; resubmission {resubmissions + 1}",
-              file=sys.stderr)
+        print(
+            f"oarfutures: task {task_id} checkpointed in job {job}; resubmission {resubmissions + 1}", file=sys.stderr
+        )
         requeue = os.environ.get(variables.REQUEUE_COMMAND)
         if requeue:
             import shlex

@@ -3,6 +3,7 @@
 An interpreter start is most of a short task's cost on a cluster; a job that is already up runs the tasks the
 scheduler would start last, within limits the job script sets (``variables.STEALING``).
 """
+
 import os
 import sys
 import time

@@ -4,6 +4,7 @@ The batch's files are written by the client (``core.batchfiles``): the functions
 in one file with an offset index (see ``layout``). A call is a tuple ``(index into the functions, args, kwargs)``.
 ``pickle.load`` pulls in cloudpickle (or anything else) only when a payload asks for it.
 """
+
 import os
 import pickle
 import struct
@@ -80,7 +81,7 @@ def restore_file_names(functions, origins):
     Functions and classes it uses from the same module (its globals, its closure) get the same name.
     """
     for fn, origin in zip(functions, origins):
-        if origin is None or not _is_dynamic(fn) and not _is_dynamic(type(fn).__call__):
+        if origin is None or (not _is_dynamic(fn) and not _is_dynamic(type(fn).__call__)):
             continue  # pickled by reference: its code already names its file
         targets = [fn, type(fn)] + list(getattr(fn, "__globals__", {}).values())
         targets += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_filled(c)]
@@ -101,7 +102,7 @@ def _is_dynamic(obj):
 
 def _cell_filled(cell):
     try:
-        cell.cell_contents
+        cell.cell_contents  # noqa: B018 - reading it is the test: an empty cell raises
     except ValueError:
         return False
     return True
