@@ -4,7 +4,7 @@ Three measurements, each in a child process (the CI venv interpreter):
 
 * **result file -> future done, Slurm** (``files``): M held tasks (``begin=now+3600``, one ``submit`` each, so the
   jobs stay pending and the poller idles as it would while a cluster works); then this process writes each task's
-  result file itself, as the worker would (``oarfutures.worker.run.dump_outcomes``, a temp file, ``os.replace`` into
+  result file itself, as the worker would (``oarfutures.protocol.results.dump_result``, a temp file, ``os.replace`` into
   ``results/``), at Poisson-distributed moments (mean gap 0.5 s). Latency = the future's done-callback time minus
   the moment just before ``os.replace``. The jobs are then cancelled (resolved futures no longer own them).
 * **result file -> future done, local** (``local``): ``LocalPoolExecutor(max_workers=2, keep_files=True)``, M quick
@@ -59,8 +59,7 @@ def _done_times(futures, clock, times=None):
 
 def _files(args, rng):
     import oarfutures
-    from oarfutures.protocol import layout
-    from oarfutures.worker import run as worker
+    from oarfutures.protocol import layout, results
 
     m = args["m"]
     ex = oarfutures.SlurmPoolExecutor(
@@ -81,7 +80,7 @@ def _files(args, rng):
             final = layout.result_path(ex.folder, batch, int(index))
             temp = f"{final}.tmp-bench"
             with open(temp, "wb") as f:
-                f.write(worker.dump_outcomes([("ok", i)]))
+                f.write(results.dump_result([("ok", i)]))
             landed[future] = time.perf_counter()
             os.replace(temp, final)
         deadline = time.monotonic() + 30

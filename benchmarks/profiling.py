@@ -9,7 +9,7 @@ Scenarios (py-spy samples a child process started like the benchmark's own; 100 
   worker    ``python -X importtime -m oarfutures.worker`` on a trivial task: the imports it pays for
   local     the poller thread with N (default 100,000) calls pending on ``LocalPoolExecutor(max_workers=1)``
   imports   Slurm arrays of N (default 300) tasks running ``python -c pass``, then the worker's imports only
-            (``import oarfutures.worker.run``, then ``+ cloudpickle``), then the real worker on a trivial task:
+            (``import oarfutures.worker.running``, then ``+ cloudpickle``), then the real worker on a trivial task:
             how much of the slurm_array gap to the floor is interpreter start-up
 
 Prints the functions with the most samples, as ``function (file:line)``: *own* (the frame was on top) and
@@ -251,8 +251,8 @@ def imports(n: int, folder: str, wrappers: str) -> str:
     n = min(n, 1000)
     commands = {
         "python -c pass": f"{python} -c pass",
-        "import oarfutures.worker.run": f"{python} -c 'import oarfutures.worker.run'",
-        "import oarfutures.worker.run, cloudpickle": f"{python} -c 'import oarfutures.worker.run, cloudpickle'",
+        "import oarfutures.worker.running": f"{python} -c 'import oarfutures.worker.running'",
+        "import oarfutures.worker.running, cloudpickle": f"{python} -c 'import oarfutures.worker.running, cloudpickle'",
     }
     lines = [f"Slurm arrays of {n} tasks, submit -> all tasks out of the queue (load {common.load():.1f}):"]
     for label, command in commands.items():

@@ -10,9 +10,10 @@ was never configured, and every Slurm client then hangs about a minute. Each bac
 from __future__ import annotations
 
 from oarfutures import registry
+from oarfutures.protocol import variables
 
 #: forces the backend for scripts that must not change: oar, slurm or local
-CLUSTER_VARIABLE = "OARFUTURES_CLUSTER"
+CLUSTER_VARIABLE = variables.CLUSTER
 
 
 def detect_cluster() -> str:

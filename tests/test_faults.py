@@ -16,7 +16,7 @@ import pytest
 
 from oarfutures import JobFailedError, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends.commands import SchedulerCommandError
-from oarfutures.worker.run import dump_outcomes
+from oarfutures.protocol.results import dump_result
 
 import tasks
 from conftest import (
@@ -211,7 +211,7 @@ def test_a_result_that_appears_after_the_job_ended_is_used_within_the_grace_peri
         time.sleep(1)
         path = os.path.join(folder, "results", future.task_id + ".pkl")
         with open(path + ".tmp", "wb") as f:
-            f.write(dump_outcomes([("ok", "late but here")]))
+            f.write(dump_result([("ok", "late but here")]))
         os.replace(path + ".tmp", path)
         assert future.result(timeout=60) == "late but here"
 

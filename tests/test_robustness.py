@@ -16,7 +16,7 @@ import pytest
 
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.core import records
-from oarfutures.core.batchfiles import CorruptResultError
+from oarfutures.protocol.results import CorruptResultError
 from oarfutures.protocol import layout
 
 import tasks

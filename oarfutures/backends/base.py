@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, variables
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
 
 
 class JobState(enum.Enum):
@@ -52,7 +53,7 @@ class BatchSubmission:
     def steal_variables(
         self, steal_seconds: float, walltime: str, world_size: int, first: Optional[int] = None, count: Optional[int] = None
     ) -> str:
-        """The ``export`` line that lets the array's jobs steal its pending tasks (see ``worker.steal``), or "".
+        """The ``export`` line that lets the array's jobs steal its pending tasks (see ``worker.stealing``), or "".
 
         Never for a checkpointable batch or a multi-task job; ``walltime`` is the job's effective walltime in
         seconds, "unlimited", or a shell expression giving it; empty when unknown (the worker then steals nothing).
@@ -62,8 +63,8 @@ class BatchSubmission:
         if not steal_seconds or self.checkpointable or world_size > 1 or count < 2:
             return ""
         return (
-            f"export OARFUTURES_STEAL_SECONDS={steal_seconds:g} OARFUTURES_WALLTIME={walltime} "
-            f"OARFUTURES_ARRAY_FIRST={first} OARFUTURES_ARRAY_COUNT={count} OARFUTURES_JOB_START=$EPOCHSECONDS"
+            f"export {variables.STEAL_SECONDS}={steal_seconds:g} {variables.WALLTIME}={walltime} "
+            f"{variables.ARRAY_FIRST}={first} {variables.ARRAY_COUNT}={count} {variables.JOB_START}=$EPOCHSECONDS"
         )
 
     def worker_command(self, index_expression: str) -> str:
@@ -76,22 +77,21 @@ class BatchSubmission:
         """
         import shlex
 
-        from oarfutures.worker.run import CHECKPOINT_SIGNAL
-
+        index = variables.INDEX
         claims = shlex.quote(os.path.dirname(layout.claim_path(self.folder, self.batch, 0)))
         resume = shlex.quote(layout.resume_path(self.folder, self.batch, 0)[: -len("0.resume.pkl")])
         # A task whose claim is already taken (another task of the array stole it, or its future was cancelled)
         # exits here, before any Python starts; a checkpointed task (its resume file exists) runs again. The
         # worker checks the claim again, atomically: this test only saves starting an interpreter.
         skip = (
-            f'OARFUTURES_INDEX=$(( {index_expression} ))\n'
-            f'if [ -L {claims}/"$OARFUTURES_INDEX" ] && [ ! -e {resume}"$OARFUTURES_INDEX".resume.pkl ]; then\n'
-            f'  echo "oarfutures: task {self.batch}_$OARFUTURES_INDEX not run: claimed before'
-            f' ($(readlink {claims}/"$OARFUTURES_INDEX"))" >&2; exit 0\nfi\n'
+            f'{index}=$(( {index_expression} ))\n'
+            f'if [ -L {claims}/"${index}" ] && [ ! -e {resume}"${index}".resume.pkl ]; then\n'
+            f'  echo "oarfutures: task {self.batch}_${index} not run: claimed before'
+            f' ($(readlink {claims}/"${index}"))" >&2; exit 0\nfi\n'
         )
         command = (
             f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "
-            f'{shlex.quote(self.folder)} {shlex.quote(self.batch)} "$OARFUTURES_INDEX"'
+            f'{shlex.quote(self.folder)} {shlex.quote(self.batch)} "${index}"'
         )
         if self.checkpointable:
             return f"{skip}trap '' {CHECKPOINT_SIGNAL.name[3:]}; {command}"

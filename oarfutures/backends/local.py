@@ -24,7 +24,8 @@ from oarfutures.protocol import layout
 from oarfutures.backends import params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.backends.local_inspector import LocalWorkerInspector
-from oarfutures.worker.run import CHECKPOINT_SIGNAL, RESUBMIT
+from oarfutures.protocol import variables
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
@@ -197,7 +198,8 @@ class LocalBackend(Backend):
     def submit(self, submission: BatchSubmission) -> List[str]:
         job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]
         p = {"nodes": 1, "tasks_per_node": 1, **self.parameters, **submission.options}
-        ranks = {"OARFUTURES_RANKS": str(p["nodes"] * p["tasks_per_node"]), "OARFUTURES_TASKS_PER_NODE": str(p["tasks_per_node"])}
+        world_size = p["nodes"] * p["tasks_per_node"]
+        ranks = {variables.RANKS: str(world_size), variables.TASKS_PER_NODE: str(p["tasks_per_node"])}
         with self._lock:
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
@@ -260,8 +262,8 @@ class LocalBackend(Backend):
 
     def _run(self, resident: "_Resident", job: "_Job") -> int:
         """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
-        variables = {**job.variables, "OARFUTURES_JOB_ID": job.job_id, "OARFUTURES_LAUNCHER": "local"}
-        request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": variables}
+        environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
+        request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": environment}
         request["logs"] = self._own_logs(job.job_id)
         resident.listening = False
         resident.send(request)

@@ -22,9 +22,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from oarfutures.backends import commands, params
 from oarfutures.protocol import layout
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.worker.run import EARLY_SIGNAL_TRAP
+from oarfutures.protocol import variables
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, EARLY_SIGNAL_TRAP, RESUBMIT
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
+#: the job script's line that lets the worker start a multi-task job's ranks (``worker.ranks``): the job's nodes
+#: (``$OAR_NODEFILE`` has one line per core; on one line: the variable travels on oarsh's command line), OAR's
+#: remote shell, and what a rank on another node must get of OAR's own variables (oarsh starts it with a fresh
+#: login environment)
+RANK_PLACEMENT = (
+    f'export {variables.NODES}="$(uniq "$OAR_NODEFILE" | tr "\\n" " ")" {variables.REMOTE_SHELL}=oarsh '
+    f'{variables.REMOTE_VARIABLES}="OAR_JOB_ID OAR_JOBID OAR_ARRAY_ID OAR_ARRAY_INDEX OAR_JOB_NAME OAR_NODEFILE '
+    'OAR_NODE_FILE OAR_JOB_WALLTIME_SECONDS OAR_WORKDIR"'
+)
 
 PENDING_STATES = {"Waiting", "Hold", "toLaunch", "Launching", "toAckReservation"}
 RUNNING_STATES = {"Running", "Finishing", "Suspended", "Resuming", "toError"}
@@ -195,8 +205,9 @@ class OarBackend(Backend):
         for option, value in options:
             lines.append(f"#OAR {option}" + (f" {value}" if value is not None else ""))
             arguments += [option] + ([value] if value is not None else [])
-        if submission.checkpointable:  # the signal before the walltime, and resubmission on exit 99
-            for option, value in (("-t", "idempotent"), ("--checkpoint", str(p["checkpoint_seconds"])), ("--signal", "12")):
+        if submission.checkpointable:  # the signal before the walltime, and resubmission on exit 99 (RESUBMIT)
+            checkpoint, number = str(p["checkpoint_seconds"]), str(int(CHECKPOINT_SIGNAL))
+            for option, value in (("-t", "idempotent"), ("--checkpoint", checkpoint), ("--signal", number)):
                 lines.append(f"#OAR {option} {value}")
                 arguments += [option, value]
         lines.append(f"#OAR --array {submission.count}")
@@ -209,14 +220,15 @@ class OarBackend(Backend):
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])
-        lines.append('export OARFUTURES_JOB_ID="$OAR_JOB_ID"')
+        lines.append(f'export {variables.JOB_ID}="$OAR_JOB_ID"')
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
-            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=oar")
+            lines += [f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
+                      RANK_PLACEMENT]
         if submission.checkpointable:
             # OAR resubmits an exit 99 only if stop_time - start_time > 60, in whole seconds, and the start_time it
             # records can be up to 2 s after the job really started (oar_meta_sched sets it from its own clock,
             # which runs ahead when it is called often): 65 s of the worker's time is more than 60 of OAR's
-            lines.append(f"export OARFUTURES_MIN_RUNTIME={MIN_RUNTIME}")
+            lines.append(f"export {variables.MIN_RUNTIME}={MIN_RUNTIME}")
         lines.append(submission.worker_command(f"OAR_ARRAY_INDEX - 1 + {submission.first}"))
         return "\n".join(lines) + "\n", arguments
 
@@ -232,7 +244,7 @@ class OarBackend(Backend):
             # OAR 2.5 leaves every subjob but the first of a reserved array in toAckReservation until it kills them
             raise ValueError("an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()")
         text, arguments = self.render_script(submission)
-        script = layout.script_path(submission.folder, f"{submission.batch}-{submission.first}")
+        script = layout.script_path(submission.folder, submission.batch, submission.first)
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -358,7 +370,7 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
     if state in RUNNING_STATES:
         return JobStatus(JobState.RUNNING, state)
     if state == "Terminated":
-        if exit_code == "99":  # OAR writes its resubmission and this state together: it will not resubmit now
+        if exit_code == str(RESUBMIT):  # OAR writes its resubmission and this state together: it will not resubmit now
             reason = _not_resubmitted(job, reason)
         common = JobState.COMPLETED if job.get("exit_code") == 0 else JobState.FAILED
         return JobStatus(common, state, exit_code, reason)

@@ -20,7 +20,8 @@ from oarfutures.protocol import layout
 from oarfutures.backends.base import Backend, BatchSubmission, JobStatus
 from oarfutures.backends import slurm_formats
 from oarfutures.backends.slurm_formats import Answer
-from oarfutures.worker.run import EARLY_SIGNAL_TRAP
+from oarfutures.protocol import variables
+from oarfutures.protocol.signals import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
 
@@ -126,6 +127,30 @@ def log_pattern(folder: str, suffix: str) -> str:
 def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
     """Check and normalise Slurm parameters (generic and ``slurm_`` ones); raise naming the first bad one."""
     return params.check_all(params.for_backend(values, "slurm"), CHECKERS, "SlurmPoolExecutor parameter")
+
+
+#: what tells a rank srun started who it is (see ``variables.RANK_VARIABLES``)
+RANK_VARIABLES = {
+    variables.RANK: "SLURM_PROCID",
+    variables.LOCAL_RANK: "SLURM_LOCALID",
+    variables.WORLD_SIZE: "SLURM_NTASKS",
+    variables.NODE: "SLURMD_NODENAME",
+}
+
+
+def rank_placement(world_size: int, tasks_per_node: int) -> List[str]:
+    """The job script's lines that let the worker start a multi-task job's ranks with srun (``worker.ranks``).
+
+    Block distribution: ranks 0..k-1 on the first node (the master address), and so on; one rank that exits
+    non-zero (its call raised, or it died) makes srun end the others on every node.
+    """
+    srun = (f"srun --ntasks={world_size} --ntasks-per-node={tasks_per_node} --distribution=block "
+            "--kill-on-bad-exit=1")
+    pairs = " ".join(f"{ours}={theirs}" for ours, theirs in RANK_VARIABLES.items())
+    return [
+        f'export {variables.RANK_LAUNCH}="{srun}" {variables.RANK_VARIABLES}="{pairs}"',
+        f'export {variables.NODES}="$(scontrol show hostnames "$SLURM_JOB_NODELIST")"',
+    ]
 
 
 class SlurmBackend(Backend):
@@ -255,12 +280,15 @@ class SlurmBackend(Backend):
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])
-        lines.append('export OARFUTURES_JOB_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+        job_id = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+        lines.append(f'export {variables.JOB_ID}="{job_id}" {variables.NODE}="$SLURMD_NODENAME"')
         if world_size > 1:  # the worker launches the ranks with srun and gathers their results
-            lines.append(f"export OARFUTURES_RANKS={world_size} OARFUTURES_TASKS_PER_NODE={p['tasks_per_node']} OARFUTURES_LAUNCHER=srun")
+            lines += [f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
+                      *rank_placement(world_size, p["tasks_per_node"])]
         if submission.checkpointable:
             # the array task's own id: the task whose SLURM_JOB_ID is the array's id would requeue every task
-            lines.append('export OARFUTURES_REQUEUE_COMMAND="scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+            requeue = "scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+            lines.append(f'export {variables.REQUEUE_COMMAND}="{requeue}"')
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
         return "\n".join(lines) + "\n"
 
@@ -271,7 +299,7 @@ class SlurmBackend(Backend):
         try:
             for first in range(submission.first, submission.first + submission.count, step):
                 count = min(step, submission.first + submission.count - first)
-                script = layout.script_path(submission.folder, f"{submission.batch}-{first}")
+                script = layout.script_path(submission.folder, submission.batch, first)
                 with open(script, "w") as f:
                     f.write(self.render_script(submission, first, count))
                 command = ["sbatch", "--parsable"]

@@ -24,7 +24,7 @@ def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool)
     prefixes = (batch + ".", batch + "_")
     paths = []
     # results/ranks/<task>/<rank>.pkl: what the ranks of a multi-task job left (a launcher that was killed)
-    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED, os.path.join(layout.RESULTS, "ranks")):
+    for sub in (layout.TASKS, layout.RESULTS, layout.DELIVERED, layout.RANKS):
         directory = os.path.join(folder, sub)
         try:
             with os.scandir(directory) as entries:
@@ -33,7 +33,7 @@ def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool)
                         continue
                     if not entry.is_dir(follow_symlinks=False):
                         paths.append(entry.path)
-                    elif sub.endswith("ranks"):
+                    elif sub == layout.RANKS:
                         paths += [os.path.join(entry.path, name) for name in os.listdir(entry.path)] + [entry.path]
         except FileNotFoundError:
             pass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 from typing import Any, List, Tuple
 
+from oarfutures.protocol import results
+
 
 class _Opaque:
     """Stands for any object of a result while only its structure is read (no user class is imported)."""
@@ -45,8 +47,8 @@ def result_errors(path: str) -> Tuple[int, List[str]]:
     try:
         with open(path, "rb") as f:
             data = _SkeletonUnpickler(f).load()
-        outcomes = list(data["outcomes"])
-        errors = [f"{o[2]}: {o[3]}" for o in outcomes if o[0] == "error"]
+        outcomes = [results.outcome(item) for item in data["outcomes"]]
+        errors = [f"{o.type_name}: {o.message}" for o in outcomes if not o.ok]
         return len(outcomes), errors
     except FileNotFoundError:
         raise

@@ -1,4 +1,4 @@
-"""Client side of the file protocol (see ``layout``): write a batch's task files, read a task's result.
+"""Client side of the file protocol (see ``layout``): write a batch's task files (results: ``protocol.results``).
 
 The functions of a batch are pickled once, however many calls it has (a closure holding a large model is written
 once, not once per element); every task's calls go into one file with an offset index, so a map of 100,000
@@ -18,7 +18,6 @@ from typing import Any, Callable, NamedTuple, Union
 
 import cloudpickle
 
-from oarfutures.errors import RemoteError, RemoteTraceback
 from oarfutures.protocol import layout
 
 Call = tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
@@ -121,46 +120,5 @@ def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
     shutil.rmtree(os.path.dirname(layout.claim_path(folder, batch, 0)), ignore_errors=True)
 
 
-class CorruptResultError(Exception):
-    """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
-
-
-def read_result(path: str, delivered: str = "") -> tuple[list, int]:
-    """The outcomes of a task's calls, and how many times the task was resubmitted after a checkpoint.
-
-    ``delivered`` is where the file is looked for when it is gone from ``path``: another client of the same
-    folder may have delivered it first.
-    """
-    outcomes, resubmissions, _ = read_result_and_runner(path, delivered)
-    return outcomes, resubmissions
-
-
-def read_result_and_runner(path: str, delivered: str = "") -> tuple[list, int, str | None]:
-    """``read_result``, and the job that ran the task when it was not the task's own (a stealer), else None."""
-    for candidate in (path, delivered):
-        try:
-            with open(candidate, "rb") as f:
-                result = pickle.load(f)
-            return list(result["outcomes"]), int(result["resubmissions"]), result.get("stolen_by")
-        except FileNotFoundError as exc:
-            missing = exc
-            continue
-        except Exception as exc:
-            raise CorruptResultError(f"result file {candidate} cannot be read: {exc!r}") from exc
-    raise CorruptResultError(f"result file {path} cannot be read: {missing!r}") from missing
-
-
 def is_checkpointable(function: Callable) -> bool:
     return callable(getattr(function, "checkpoint", None))
-
-
-def outcome_to_exception(outcome: tuple) -> BaseException:
-    """Rebuild the remote exception with its traceback text as ``__cause__``, or a RemoteError stand-in."""
-    _, blob, type_name, message, text = outcome
-    exc: BaseException
-    try:
-        exc = pickle.loads(blob) if blob is not None else RemoteError(type_name, message, text)
-    except Exception:
-        exc = RemoteError(type_name, message, text)
-    exc.__cause__ = RemoteTraceback(text)
-    return exc

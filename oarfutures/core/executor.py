@@ -29,7 +29,7 @@ within its grace period fails its futures with ``JobFailedError``: no future wai
 Who runs a call is decided once, in the folder: the worker *claims* a task (and each call of a chunk) before it
 runs it, and ``cancel()`` competes for the same claim (``layout.claim``), so "cancelled" and "ran" exclude each
 other on every backend, and ``attach()`` never runs again a call that started. On a cluster, a job that has run
-its own task may claim and run pending tasks of its array (``worker.steal``): it leaves a marker in ``results/``,
+its own task may claim and run pending tasks of its array (``worker.stealing``): it leaves a marker in ``results/``,
 and the core then follows the stealer's job for that task.
 
 ``submit`` calls that come while a submission with the same options is in flight are gathered (``gathering``) and

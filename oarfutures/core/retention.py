@@ -24,11 +24,11 @@ import threading
 import time
 
 from oarfutures.core import records
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, variables
 
 logger = logging.getLogger("oarfutures")
 
-KEEP_DAYS_VARIABLE = "OARFUTURES_KEEP_DAYS"
+KEEP_DAYS_VARIABLE = variables.KEEP_DAYS
 DEFAULT_KEEP_DAYS = 30.0
 #: the names ``executor.folder_path`` gives new default folders; nothing else under the base is ever removed
 DEFAULT_FOLDER_NAME = re.compile(r"(local|slurm|oar)-\d{8}-\d{6}-[0-9a-f]{6}")

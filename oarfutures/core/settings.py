@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oarfutures.backends.base import Backend
+from oarfutures.protocol import variables
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def folder_path(folder: str | None, kind: str) -> str:
 
 def default_base() -> str:
     """Where executors without ``folder=`` make their folders."""
-    return os.environ.get("OARFUTURES_FOLDER") or os.path.join(os.path.expanduser("~"), ".oarfutures")
+    return os.environ.get(variables.FOLDER) or os.path.join(os.path.expanduser("~"), ".oarfutures")
 
 
 def interpreter_path(python: str | None, must_run_here: bool = False) -> str:

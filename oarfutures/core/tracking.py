@@ -16,12 +16,12 @@ import time
 from collections.abc import Mapping
 
 from oarfutures.backends.base import JobState, JobStatus
-from oarfutures.core import batchfiles
+
 from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
 from oarfutures.core.poller import Poller, get_poller
 from oarfutures.core.tasks import Phase, Task, TaskTable, remove_file, settle_guarded
 from oarfutures.errors import JobFailedError
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, results
 
 logger = logging.getLogger("oarfutures")
 
@@ -214,8 +214,8 @@ class TaskTracker(TaskTable):
         path = layout.result_path(self.folder, task.batch, task.index)
         delivered = layout.delivered_path(self.folder, task.batch, task.index)
         try:
-            outcomes, resubmissions, stolen_by = batchfiles.read_result_and_runner(path, delivered)
-        except batchfiles.CorruptResultError as exc:
+            outcomes, resubmissions, stolen_by = results.read_result(path, delivered)
+        except results.CorruptResultError as exc:
             self._settle_failure(task, exc)
             return
         if stolen_by:  # (usually known from its marker already)
@@ -227,15 +227,15 @@ class TaskTracker(TaskTable):
             try:
                 outcome = outcomes[position]
             except IndexError:
-                missing = batchfiles.CorruptResultError(
+                missing = results.CorruptResultError(
                     f"result file {path} holds {len(outcomes)} outcome(s) for {len(task.futures)} call(s)"
                 )
                 settle_guarded(set_exception, future, missing)
                 continue
-            if outcome[0] == "ok":
-                settle_guarded(set_result, future, outcome[1])
+            if outcome.ok:
+                settle_guarded(set_result, future, outcome.value)
             else:
-                settle_guarded(set_exception, future, batchfiles.outcome_to_exception(outcome))
+                settle_guarded(set_exception, future, outcome.to_exception())
         # kept until the whole batch is delivered, so that a client re-attaching after a crash gets every result
         with contextlib.suppress(OSError):
             os.replace(path, delivered)
@@ -248,7 +248,7 @@ class TaskTracker(TaskTable):
         self._forget_stolen_marker(task)
         self._retire(task)
 
-    # ------------------------------------------------------------------ stolen tasks (see worker.steal)
+    # ------------------------------------------------------------------ stolen tasks (see worker.stealing)
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
         """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
         running, or over without a result, which fails the task naming that job); the own job is left over and

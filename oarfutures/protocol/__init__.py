@@ -1,1 +1,20 @@
-"""The contract between the client and its jobs: the job folder's paths and the files written there."""
+"""The contract between the client and its jobs: read this package to know everything they tell each other.
+
+The client (``core``, ``backends``) and a job (``worker``) never talk directly: the client writes files into the
+job folder and a job script, the job writes files back. Everything they share is here:
+
+- ``layout``: every path of the job folder (drawn as a tree in its docstring), and the claims, symbolic links
+  whose target names who runs a call, that make a call run once or never;
+- the task files (written by ``core.batchfiles``, read by ``worker.taskfiles``): ``tasks/<batch>.fn.pkl`` is a
+  pickle of ``(meta, functions)``, ``meta`` a dict (``sys_path``: the client's import path, ``origins``: the
+  file each function comes from, ``max_resubmissions``), ``functions`` the batch's functions pickled once by
+  cloudpickle; ``tasks/<batch>.args.pkl`` holds every task's calls as concatenated pickles, each a list of
+  ``(function index, args, kwargs)``, and ``tasks/<batch>.index`` the N+1 offsets (little-endian uint64) that
+  delimit task i's pickle; ``tasks/<batch>_<i>.resume.pkl`` is what a checkpointed task runs next, a dict of
+  ``functions``, ``calls``, ``done`` (the outcomes so far) and ``resubmissions``;
+- ``results``: the result file of a task, its outcomes as named types, their dump and read;
+- ``variables``: every ``OARFUTURES_*`` environment variable, who sets it and who reads it;
+- ``signals``: the checkpoint signal and the exit status of a task that must run again.
+
+Its modules import nothing heavy: the worker imports them at every start.
+"""

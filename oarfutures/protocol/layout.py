@@ -13,8 +13,11 @@ worker can find its input before anyone knows which job id it got::
       claims/<batch>/<i>         who runs task i: created once, atomically, by its worker or by a cancel()
       claims/<batch>/<i>.<k>     the same for call k of a task of several calls (chunksize > 1)
       results/<batch>_<i>.pkl    written by the worker to a temp name, then renamed: appears complete or not at all
+                                 (its content: see ``results``)
+      results/ranks/<batch>_<i>/<rank>.pkl   a multi-task job's rank's result (same format), gathered by its
+                                 launcher into the task's result, then removed
       results/<batch>_<i>.stolen.<job>   empty marker: job <job> (another task of the array) claimed task i and
-                                 runs it; the client then follows that job for it (see worker.steal)
+                                 runs it; the client then follows that job for it (see worker.stealing)
       results/delivered/         results a client has read, kept until the whole batch is delivered (re-attach)
       jobs/<batch>.json          what was submitted: task count, scheduler job ids (to re-attach after a crash)
       jobs/<batch>-<first>.sh    the submission script of the array starting at task <first>, for the user
@@ -23,13 +26,16 @@ worker can find its input before anyone knows which job id it got::
       logs/worker-<pid>.out|err  a resident local worker's output of the call it runs now; moved to the call's
                                  own log files when the call ends, if it printed anything (see pool_worker)
 
-This module imports nothing heavy: the worker starts once per task.
+Besides the files, the job script and the worker share environment variables (``variables``), a signal and an
+exit status (``signals``). This module imports nothing heavy: the worker starts once per task.
 """
+
 import os
 import stat
 
 TASKS, RESULTS, JOBS, LOGS, CLAIMS = "tasks", "results", "jobs", "logs", "claims"
 DELIVERED = os.path.join(RESULTS, "delivered")
+RANKS = os.path.join(RESULTS, "ranks")
 RESULT_SUFFIX = ".pkl"
 
 
@@ -65,8 +71,18 @@ def record_path(folder: str, batch: str) -> str:
     return os.path.join(folder, JOBS, batch + ".json")
 
 
-def script_path(folder: str, batch: str) -> str:
-    return os.path.join(folder, JOBS, batch + ".sh")
+def script_path(folder: str, batch: str, first: int) -> str:
+    """The job script of the array of ``batch`` that starts at task ``first`` (a batch may need several arrays)."""
+    return os.path.join(folder, JOBS, f"{batch}-{first}.sh")
+
+
+def ranks_folder(folder: str, batch: str, index: int) -> str:
+    """Where the ranks of task ``index`` (a multi-task job) write their results."""
+    return os.path.join(folder, RANKS, task_id(batch, index))
+
+
+def rank_path(folder: str, batch: str, index: int, rank: int) -> str:
+    return os.path.join(ranks_folder(folder, batch, index), f"{rank}.pkl")
 
 
 #: what separates a task id from the stealing job's id in the name of a steal marker in results/
@@ -208,7 +224,9 @@ def check_owned(path: str) -> None:
     """Refuse a folder another user owns or others can write to, naming it (before anything is written)."""
     info = os.stat(path)
     if info.st_uid != os.geteuid():
-        raise UnsafeFolderError(f"folder {path} is owned by uid {info.st_uid}, not by you ({os.geteuid()}): choose a folder of your own")
+        raise UnsafeFolderError(
+            f"folder {path} is owned by uid {info.st_uid}, not by you ({os.geteuid()}): choose a folder of your own"
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeFolderError(
             f"folder {path} is writable by other users (mode {stat.filemode(info.st_mode)}): task files are code, "

@@ -1,9 +1,12 @@
 """Where a call runs: inside a job, ``JobEnvironment()`` tells its rank, the world size, the master address."""
+
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import dataclass, field
+
+from oarfutures.protocol import variables
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,16 @@ class JobEnvironment:
             where several nodes answer to one name.
     """
 
-    rank: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_RANK", 0)))
-    local_rank: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_LOCAL_RANK", 0)))
-    world_size: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_WORLD_SIZE", 1)))
-    master_addr: str = field(default_factory=lambda: os.environ.get("OARFUTURES_MASTER_ADDR", socket.gethostname()))
-    master_port: int = field(default_factory=lambda: int(os.environ.get("OARFUTURES_MASTER_PORT", 29500)))
-    job_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_JOB_ID", ""))
-    task_id: str = field(default_factory=lambda: os.environ.get("OARFUTURES_TASK_ID", ""))
+    rank: int = field(default_factory=lambda: int(os.environ.get(variables.RANK, 0)))
+    local_rank: int = field(default_factory=lambda: int(os.environ.get(variables.LOCAL_RANK, 0)))
+    world_size: int = field(default_factory=lambda: int(os.environ.get(variables.WORLD_SIZE, 1)))
+    master_addr: str = field(default_factory=lambda: os.environ.get(variables.MASTER_ADDR, socket.gethostname()))
+    master_port: int = field(default_factory=lambda: int(os.environ.get(variables.MASTER_PORT, 29500)))
+    job_id: str = field(default_factory=lambda: os.environ.get(variables.JOB_ID, ""))
+    task_id: str = field(default_factory=lambda: os.environ.get(variables.TASK_ID, ""))
     hostname: str = field(default_factory=socket.gethostname)
     node: str = field(default_factory=lambda: _node_name())
 
 
 def _node_name() -> str:
-    return os.environ.get("OARFUTURES_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return os.environ.get(variables.NODE) or socket.gethostname()

@@ -1,24 +1,29 @@
 """Multi-task jobs: ``nodes * tasks_per_node`` copies of one call, each knowing its rank and node.
 
 The job's first process (the worker, started by the job script as usual) becomes a launcher: it starts the
-ranks (``srun`` on Slurm; on OAR, ``oarsh`` to the other nodes of ``$OAR_NODEFILE`` and plain processes on its
-own node; plain processes locally), waits for all of them, and writes the task's single result: the list of the
-ranks' results, or the error of the first rank that failed (with its traceback). A rank that dies without a
-result is named in the error, so the future never waits for it.
+ranks, waits for all of them, and writes the task's single result: the list of the ranks' results, or the error
+of the first rank that failed (with its traceback). A rank that dies without a result is named in the error, so
+the future never waits for it.
+
+How ranks are placed is the scheduler's business, which its backend writes into the job script (see
+``variables.RANK_PLACEMENT``), so that nothing here names a scheduler: a launch command that starts every rank
+(Slurm's ``srun``), or the job's nodes and a remote shell (OAR's ``$OAR_NODEFILE`` and ``oarsh``): the launcher
+then starts the ranks of its own node as processes and the others through the remote shell. Locally, with
+neither, every rank is a process of this machine.
 
 No rank outlives its call, on any node:
 
 - a rank whose call raises (or that dies) exits non-zero, and the launcher then stops every other rank before it
   writes the task's result: ``srun --kill-on-bad-exit`` does it on Slurm; elsewhere the launcher ends them;
-- on OAR and locally every rank watches its launcher through its standard input, a pipe that only the launcher
-  holds open (through ``oarsh``'s ssh channel for a rank on another node): when the launcher ends, whatever
-  killed it (``oardel``, the walltime, a failed rank), the rank sees end-of-file, kills the processes of its
-  group and exits.
+- a rank the launcher started watches it through its standard input, a pipe that only the launcher holds open
+  (through the remote shell's ssh channel for a rank on another node): when the launcher ends, whatever killed
+  it (``oardel``, the walltime, a failed rank), the rank sees end-of-file, kills the processes of its group and
+  exits.
   Without cpusets OAR's ``oardel`` kills the processes of the job's first node only, and a process ``oarsh``
   started on another node would otherwise run on. On Slurm, ``scancel`` ends the steps on every node itself.
 """
+
 import os
-import pickle
 import re
 import shlex
 import signal
@@ -29,82 +34,66 @@ import threading
 import time
 import zlib
 
-from oarfutures.protocol import layout
+from oarfutures.protocol import layout, results, variables
 
-ENVIRONMENT = (
-    "OARFUTURES_RANK", "OARFUTURES_LOCAL_RANK", "OARFUTURES_WORLD_SIZE", "OARFUTURES_MASTER_ADDR",
-    "OARFUTURES_MASTER_PORT", "OARFUTURES_NODE",
-)
-#: set for ranks that must end when their launcher does (see watch_launcher)
-WATCH_VARIABLE = "OARFUTURES_WATCH_LAUNCHER"
-#: variables a rank on another node gets from the launcher (oarsh starts it with a fresh login environment);
-#: every OARFUTURES_* variable goes too
-REMOTE_VARIABLES = (
-    "PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV",
-    "OAR_JOB_ID", "OAR_JOBID", "OAR_ARRAY_ID", "OAR_ARRAY_INDEX", "OAR_JOB_NAME", "OAR_NODEFILE", "OAR_NODE_FILE",
-    "OAR_JOB_WALLTIME_SECONDS", "OAR_WORKDIR",
-)
+#: variables a rank on another node gets from the launcher (a remote shell starts it with a fresh login
+#: environment); every OARFUTURES_* variable goes too, and those the job script names (``REMOTE_VARIABLES``)
+REMOTE_VARIABLES = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV")
 #: seconds the launcher gives the other ranks to end once it stopped them, before it kills what is left here
 STOP_GRACE = 20.0
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 
 
-def rank_path(folder, batch, index, rank):
-    return os.path.join(folder, layout.RESULTS, "ranks", layout.task_id(batch, index), f"{rank}.pkl")
-
-
-def launch(folder, batch, index, world_size, tasks_per_node, launcher):
+def launch(folder, batch, index, world_size, tasks_per_node):
     """Start every rank, wait for them, and return the task's outcomes (one: the list of rank results)."""
-    os.makedirs(os.path.dirname(rank_path(folder, batch, index, 0)), mode=0o700, exist_ok=True)
+    os.makedirs(layout.ranks_folder(folder, batch, index), mode=0o700, exist_ok=True)
     command = [sys.executable, "-u", "-m", "oarfutures.worker", folder, batch, str(index), "--rank"]
     port = 20000 + zlib.crc32(layout.task_id(batch, index).encode()) % 20000
-    if launcher == "srun":
-        hosts = subprocess.run(
-            ["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")], capture_output=True, text=True
-        ).stdout.split() or [socket.gethostname()]
-        env = {**os.environ, "OARFUTURES_MASTER_ADDR": hosts[0], "OARFUTURES_MASTER_PORT": str(port)}
-        # block distribution: ranks 0..k-1 on the first node (the master address), and so on; one rank that exits
-        # non-zero (its call raised, or it died) makes srun end the others on every node
-        srun = ["srun", f"--ntasks={world_size}", f"--ntasks-per-node={tasks_per_node}", "--distribution=block",
-                "--kill-on-bad-exit=1", *command]
-        codes = [subprocess.Popen(srun, env=env).wait()]
+    hosts = _hosts()
+    rank_launch = shlex.split(os.environ.get(variables.RANK_LAUNCH, ""))
+    if rank_launch:  # the scheduler starts the ranks on every node, and ends them all when one exits non-zero
+        env = {**os.environ, variables.MASTER_ADDR: hosts[0], variables.MASTER_PORT: str(port)}
+        codes = [subprocess.Popen(rank_launch + command, env=env).wait()]
     else:
-        codes = _launch_processes(folder, command, world_size, tasks_per_node, port, launcher == "oar")
+        codes = _launch_processes(folder, command, world_size, tasks_per_node, port, hosts)
     return [gather(folder, batch, index, world_size, codes)]
 
 
-def _launch_processes(folder, command, world_size, tasks_per_node, port, on_oar):
-    """Start the ranks as processes here and through ``oarsh``; stop them all as soon as one fails."""
-    hosts = _oar_hosts() if on_oar else [socket.gethostname()]
+def _launch_processes(folder, command, world_size, tasks_per_node, port, hosts):
+    """Start the ranks as processes here and through the remote shell; stop them all as soon as one fails."""
     here = _this_host(hosts)
+    remote_shell = shlex.split(os.environ.get(variables.REMOTE_SHELL, ""))
     processes = []
     try:
         for rank in range(world_size):
             host = hosts[min(rank // tasks_per_node, len(hosts) - 1)]
             env = {
-                "OARFUTURES_RANK": str(rank),
-                "OARFUTURES_LOCAL_RANK": str(rank % tasks_per_node),
-                "OARFUTURES_WORLD_SIZE": str(world_size),
-                "OARFUTURES_MASTER_ADDR": hosts[0],
-                "OARFUTURES_MASTER_PORT": str(port),
-                "OARFUTURES_NODE": host,
-                WATCH_VARIABLE: "1",
+                variables.RANK: str(rank),
+                variables.LOCAL_RANK: str(rank % tasks_per_node),
+                variables.WORLD_SIZE: str(world_size),
+                variables.MASTER_ADDR: hosts[0],
+                variables.MASTER_PORT: str(port),
+                variables.NODE: host,
+                variables.WATCH_LAUNCHER: "1",
             }
             if host == here:  # its own session: its process group holds what it starts, and nothing else
                 env = {**os.environ, **env}
                 local = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, start_new_session=True)
                 processes.append(local)
-            else:  # another node of the job: OAR's remote shell; the ssh channel carries the launcher's pipe
+            else:  # another node of the job: the remote shell's ssh channel carries the launcher's pipe
+                if not remote_shell:
+                    raise ValueError(f"rank {rank} is to run on node {host}, and the job script names no remote shell")
                 remote = _remote_command(folder, command, env)
-                processes.append(subprocess.Popen(["oarsh", host, remote], stdin=subprocess.PIPE))
+                processes.append(subprocess.Popen([*remote_shell, host, remote], stdin=subprocess.PIPE))
         return _wait(processes)
     finally:
         _stop(processes)
 
 
 def _remote_command(folder, command, rank_env):
-    """The shell command ``oarsh`` runs on another node (it lands in $HOME, with a login environment)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("OARFUTURES_") or k in REMOTE_VARIABLES}
+    """The shell command the remote shell runs on another node (it lands in $HOME, with a login environment)."""
+    passed = set(REMOTE_VARIABLES) | set(os.environ.get(variables.REMOTE_VARIABLES, "").split())
+    env = {k: v for k, v in os.environ.items() if k.startswith(variables.PREFIX) or k in passed}
     env.update(rank_env)
     assignments = [f"{k}={v}" for k, v in sorted(env.items()) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
     return f"cd {shlex.quote(folder)} && exec env {shlex.join(assignments)} {shlex.join(command)}"
@@ -138,13 +127,13 @@ def _stop(processes):
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _kill(process)
-        if process.args and process.args[0] != "oarsh":  # a local rank: what it started, gone too
+        if _local(process):  # a local rank: what it started, gone too
             _end_group(process.pid, 5.0)
 
 
 def _kill(process):
     try:
-        if process.args and process.args[0] != "oarsh":
+        if _local(process):
             os.killpg(process.pid, signal.SIGKILL)  # a local rank leads its own process group
         else:
             process.kill()
@@ -153,68 +142,67 @@ def _kill(process):
         pass
 
 
-def _oar_hosts():
-    """The job's nodes in order (``$OAR_NODEFILE`` has one line per core); each a plain host name."""
-    with open(os.environ["OAR_NODEFILE"]) as f:
-        hosts = list(dict.fromkeys(line.strip() for line in f if line.strip()))
+def _local(process):
+    """Whether a rank runs here, as a process of its own (not through the remote shell)."""
+    return bool(process.args) and process.args[0] == sys.executable
+
+
+def _hosts():
+    """The job's nodes in order, each once and a plain host name; this machine alone when the job names none."""
+    hosts = list(dict.fromkeys(os.environ.get(variables.NODES, "").split()))
     bad = [h for h in hosts if not HOST_NAME.match(h)]
-    if bad or not hosts:
-        raise ValueError(f"unexpected host names in $OAR_NODEFILE: {bad or hosts!r}")
-    return hosts
+    if bad:
+        raise ValueError(f"unexpected host names in ${variables.NODES}: {bad!r}")
+    return hosts or [socket.gethostname()]
 
 
 def _this_host(hosts):
-    """Which of the job's hosts the launcher runs on: OAR starts the job on its first node, unless the name of
-    this machine says otherwise."""
+    """Which of the job's hosts the launcher runs on: the one with this machine's name, else the first (the
+    schedulers start a job on its first node)."""
     names = {socket.gethostname(), socket.gethostname().split(".")[0], socket.getfqdn()}
-    if os.environ.get("OAR_NODEFILE"):  # OAR's name of this node, when known
-        return next((h for h in hosts if h in names), hosts[0])
-    return hosts[0]
+    return next((h for h in hosts if h in names), hosts[0])
 
 
 def gather(folder, batch, index, world_size, codes):
-    """One outcome for the task: ("ok", [rank results]) or the first failing rank's error.
+    """One outcome for the task: the list of the ranks' values, or the first failing rank's error.
 
     A rank that raised wins over ranks without a result (those the launcher stopped because of it)."""
-    from oarfutures.worker.run import error_outcome
-
     outcomes = {}
     for rank in range(world_size):
-        path = rank_path(folder, batch, index, rank)
+        path = layout.rank_path(folder, batch, index, rank)
         try:
-            with open(path, "rb") as f:
-                (outcomes[rank],) = pickle.load(f)["outcomes"]
+            (outcomes[rank],) = results.read_result(path).outcomes
             os.remove(path)
-        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError):
+        except (OSError, ValueError, results.CorruptResultError):
             pass
     try:
-        os.rmdir(os.path.dirname(rank_path(folder, batch, index, 0)))
+        os.rmdir(layout.ranks_folder(folder, batch, index))
     except OSError:
         pass
     for rank, outcome in sorted(outcomes.items()):
-        if outcome[0] != "ok":
-            return outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome[4]}",)
+        if not outcome.ok:
+            return results.Raised(outcome[:4] + (f"(rank {rank} of {world_size})\n{outcome.traceback}",))
     missing = [rank for rank in range(world_size) if rank not in outcomes]
     if missing:
         from oarfutures.errors import JobFailedError
 
         reason = f"rank {missing[0]} of {world_size} ended without a result (launcher exit statuses {codes})"
-        job_id = os.environ.get("OARFUTURES_JOB_ID")
-        return error_outcome(JobFailedError(layout.task_id(batch, index), job_id, "FAILED", reason=reason))
-    return ("ok", [outcomes[rank][1] for rank in range(world_size)])
+        job_id = os.environ.get(variables.JOB_ID)
+        return results.raised(JobFailedError(layout.task_id(batch, index), job_id, "FAILED", reason=reason))
+    return results.returned([outcomes[rank].value for rank in range(world_size)])
 
 
 def rank_environment():
-    """In a rank process: its rank from the launcher, or from srun's variables."""
-    if "OARFUTURES_RANK" not in os.environ and "SLURM_PROCID" in os.environ:
-        os.environ["OARFUTURES_RANK"] = os.environ["SLURM_PROCID"]
-        os.environ["OARFUTURES_LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-        os.environ["OARFUTURES_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
-        os.environ["OARFUTURES_NODE"] = os.environ.get("SLURMD_NODENAME", socket.gethostname())
+    """In a rank process: its rank from the launcher, or from the scheduler's variables (``RANK_VARIABLES``)."""
+    if variables.RANK not in os.environ:  # started by the job's launch command, which sets the scheduler's own
+        for pair in os.environ.get(variables.RANK_VARIABLES, "").split():
+            ours, _, theirs = pair.partition("=")
+            if ours.startswith(variables.PREFIX) and theirs in os.environ:
+                os.environ[ours] = os.environ[theirs]
     _own_process_group()
-    if os.environ.pop(WATCH_VARIABLE, "") == "1":
+    if os.environ.pop(variables.WATCH_LAUNCHER, "") == "1":
         watch_launcher()
-    return int(os.environ["OARFUTURES_RANK"])
+    return int(os.environ[variables.RANK])
 
 
 def _own_process_group():

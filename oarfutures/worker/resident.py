@@ -2,7 +2,7 @@
 
 Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
 (as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
-process (``worker.run_task``: the same claim, task files, result file and checkpoint protocol), so ``attach()``
+process (``running.run_task``: the same claim, task files, result file and checkpoint protocol), so ``attach()``
 and the CLI see no difference. Its output goes to the worker's spool files and becomes the task's own log files
 when the task ends, if it printed anything: a quiet call creates no log file. A call that kills the
 process fails only its own task: the backend sees the pipe close, reports the exit status and starts a new worker.
@@ -12,6 +12,7 @@ the backend writes a JSON request; the worker answers ``started`` once the task 
 (so an ``interrupt()`` is never sent to a worker that would drop it) and ``done <exit status>`` when it has ended,
 or ``refused <reason>`` if the task cannot start (the spool files cannot be opened).
 """
+
 import contextlib
 import functools
 import json
@@ -21,7 +22,9 @@ import sys
 import traceback
 
 from oarfutures.protocol import layout
-from oarfutures.worker import run as worker
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
+from oarfutures.worker.running import TaskRun, run_task
+from oarfutures.worker.taskfiles import BatchFiles
 
 
 def serve(requests, replies):
@@ -33,7 +36,7 @@ def serve(requests, replies):
         for line in requests:
             request = json.loads(line)
             os.environ.update(request["environment"])
-            task = worker._Task(request["folder"], request["batch"], request["index"])
+            task = TaskRun(request["folder"], request["batch"], request["index"])
             task.durable = False  # a crash of this machine takes the client and its futures with it
             try:
                 if spool is None or spool.folder != task.folder:
@@ -55,13 +58,13 @@ def _run(task, replies, open_batch):
     task.listen()
     os.write(replies, b"started\n")
     try:
-        return worker.run_task(task, open_batch=open_batch)
+        return run_task(task, open_batch=open_batch)
     except Exception:  # our own failure (say, the disk is full): the job fails with it, as a one-shot worker would
         traceback.print_exc()
         return 1
     finally:
         # a checkpoint signal from now on was meant for the task that just ended: it must not reach the next one
-        signal.signal(worker.CHECKPOINT_SIGNAL, signal.SIG_IGN)
+        signal.signal(CHECKPOINT_SIGNAL, signal.SIG_IGN)
 
 
 class _Spool:
@@ -108,7 +111,7 @@ class _LastBatch:
             if self._files is not None:
                 self._files.close()
             self._key, self._files = None, None
-            self._files = worker.BatchFiles(folder, batch)
+            self._files = BatchFiles(folder, batch)
             self._key = (folder, batch)
         return self._files
 
@@ -132,6 +135,7 @@ def _flush():
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a call may have replaced or closed them
             stream.flush()
+
 
 if __name__ == "__main__":
     serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))

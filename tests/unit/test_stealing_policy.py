@@ -6,12 +6,12 @@ import time
 
 import pytest
 
+from oarfutures.protocol import layout
+from oarfutures.worker import stealing
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend
 from oarfutures.backends.slurm_formats import parse_slurm_time
-from oarfutures.protocol import layout
-from oarfutures.worker import run as worker
 
 
 def submission(folder, checkpointable=False, count=5):
@@ -89,7 +89,7 @@ def policy(**values):
         "OARFUTURES_ARRAY_COUNT": "4",
         **values,
     }
-    return worker.StealPolicy.from_environment(env)
+    return stealing.StealPolicy.from_environment(env)
 
 
 def test_the_policy_steals_only_what_fits_the_walltime_and_never_when_it_is_unknown():
@@ -103,5 +103,5 @@ def test_the_policy_steals_only_what_fits_the_walltime_and_never_when_it_is_unkn
 
 def test_the_policy_is_removed_from_the_environment_calls_inherit():
     env = {"OARFUTURES_STEAL_SECONDS": "60", "OARFUTURES_WALLTIME": "100"}
-    worker.StealPolicy.from_environment(env)
+    stealing.StealPolicy.from_environment(env)
     assert env == {}

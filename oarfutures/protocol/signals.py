@@ -1,0 +1,17 @@
+"""The signal and the exit status that pass between a scheduler, a job script and the worker.
+
+A checkpointable job is told it will be stopped by ``CHECKPOINT_SIGNAL`` (Slurm's ``--signal=B:USR2``, OAR's
+``--signal=12``, the local backend's ``interrupt()``); a worker that saved its task's next calls asks to be run
+again by exiting with ``RESUBMIT``.
+"""
+
+import signal
+
+from oarfutures.protocol import variables
+
+#: exit status of a checkpointed task that must run again: OAR resubmits an idempotent job on exactly this status,
+#: the local backend requeues the task on it (Slurm requeues through ``variables.REQUEUE_COMMAND`` instead)
+RESUBMIT = 99
+CHECKPOINT_SIGNAL = signal.SIGUSR2
+#: the first command of a checkpointable job script: a signal while it runs (setup lines) is passed to the worker
+EARLY_SIGNAL_TRAP = f"trap 'export {variables.SIGNALLED}=1' {CHECKPOINT_SIGNAL.name[3:]}"

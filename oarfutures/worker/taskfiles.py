@@ -1,0 +1,152 @@
+"""Reading a task's files, and claiming the task (or one call of it) before anything runs.
+
+The batch's files are written by the client (``core.batchfiles``): the functions pickled once, every task's calls
+in one file with an offset index (see ``layout``). A call is a tuple ``(index into the functions, args, kwargs)``.
+``pickle.load`` pulls in cloudpickle (or anything else) only when a payload asks for it.
+"""
+
+import os
+import pickle
+import struct
+import sys
+import types
+
+from oarfutures.protocol import layout, results, variables
+
+DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
+
+
+class BatchFiles:
+    """A batch's task files, checked and opened once: a resident local worker runs many tasks of one batch.
+
+    The functions stay pickled here and are unpickled for each task, so that a task never sees what an earlier
+    call did to them (as a one-shot worker would not).
+    """
+
+    def __init__(self, folder, batch):
+        fn_file = layout.functions_path(folder, batch)
+        args_file = layout.args_path(folder, batch)
+        layout.check_private(folder, os.path.join(folder, layout.TASKS), fn_file)
+        with open(fn_file, "rb") as f:
+            self.meta, self.fn_blob = pickle.load(f)
+        layout.check_private(args_file)
+        self._index = os.open(layout.index_path(folder, batch), os.O_RDONLY)
+        try:
+            self._args = os.open(args_file, os.O_RDONLY)
+        except BaseException:
+            os.close(self._index)
+            raise
+
+    def calls(self, index):
+        start, end = struct.unpack("<QQ", os.pread(self._index, 16, 8 * index))
+        return pickle.loads(os.pread(self._args, end - start, start))
+
+    def close(self):
+        os.close(self._index)
+        os.close(self._args)
+
+
+def read_task(folder, batch, index, files=None):
+    """Return (meta, functions, calls, outcomes so far, resubmissions so far) of one task.
+
+    A checkpointed task's resume file, when there is one, replaces its slice of the batch: the calls still to
+    run, with what the earlier runs already returned.
+    ``files``: the batch's files already opened (a resident worker's); else they are opened and closed here.
+    """
+    own = files is None
+    files = BatchFiles(folder, batch) if own else files
+    try:
+        meta = files.meta
+        # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
+        sys.path.extend(p for p in meta["sys_path"] if p not in sys.path)
+        functions = pickle.loads(files.fn_blob)
+        restore_file_names(functions, meta["origins"])
+        resume = layout.resume_path(folder, batch, index)
+        if os.path.exists(resume):
+            layout.check_private(resume)
+            with open(resume, "rb") as f:
+                state = pickle.load(f)
+            done = [results.outcome(item) for item in state["done"]]
+            return meta, state["functions"], state["calls"], done, state["resubmissions"]
+        return meta, functions, files.calls(index), [], 0
+    finally:
+        if own:
+            files.close()
+
+
+def restore_file_names(functions, origins):
+    """Give code pickled by value its real file name back, so remote tracebacks show the user's source lines.
+
+    cloudpickle names such code ``<dynamic-code>``; the client recorded where each function came from.
+    Functions and classes it uses from the same module (its globals, its closure) get the same name.
+    """
+    for fn, origin in zip(functions, origins):
+        if origin is None or (not _is_dynamic(fn) and not _is_dynamic(type(fn).__call__)):
+            continue  # pickled by reference: its code already names its file
+        targets = [fn, type(fn)] + list(getattr(fn, "__globals__", {}).values())
+        targets += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_filled(c)]
+        for target in targets:
+            members = list(vars(target).values()) if isinstance(target, type) else []
+            for candidate in [target] + members:
+                if _is_dynamic(candidate):
+                    try:
+                        candidate.__code__ = _renamed(candidate.__code__, origin)
+                    except (AttributeError, TypeError):
+                        pass
+
+
+def _is_dynamic(obj):
+    code = getattr(obj, "__code__", None)
+    return isinstance(code, types.CodeType) and code.co_filename == DYNAMIC_CODE
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents  # noqa: B018 - reading it is the test: an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def _renamed(code, filename):
+    consts = tuple(_renamed(c, filename) if hasattr(c, "co_filename") else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def owner():
+    """What this process writes into the claims it takes: who to follow, or to kill, for the call."""
+    return layout.run_owner(os.environ.get(variables.JOB_ID), os.uname().nodename, os.getpid())
+
+
+def claim_task(folder, batch, index):
+    """Win the task's claim before running anything: a call runs once, and never after its cancel() won.
+
+    A run that finds the claim held by an earlier run of the same task goes on only if that run checkpointed
+    (its resume file exists); otherwise the task already ran (say, a scheduler requeued it after a node failure)
+    and running it twice is what the claim prevents.
+    """
+    path = layout.claim_path(folder, batch, index)
+    try:
+        if layout.claim(path, owner()):
+            return True
+        holder = layout.claim_owner(path) or ""
+    except OSError as exc:
+        print(f"oarfutures worker: cannot claim task {layout.task_id(batch, index)}: {exc}", file=sys.stderr)
+        return False
+    if layout.parse_run_owner(holder) and os.path.exists(layout.resume_path(folder, batch, index)):
+        return True
+    why = "its future was cancelled" if holder == layout.CANCELLED else f"it was started before ({holder})"
+    print(f"oarfutures worker: task {layout.task_id(batch, index)} not run: {why}", file=sys.stderr)
+    return False
+
+
+def claim_call(folder, batch, index, call):
+    """The claim of one call of a task of several: cancel() of one future of a chunk takes this one."""
+    path = layout.claim_path(folder, batch, index, call)
+    try:
+        if layout.claim(path, owner()):
+            return True
+        return layout.parse_run_owner(layout.claim_owner(path)) is not None  # ours, from a run before a checkpoint
+    except OSError:  # the batch's files were removed meanwhile (aborted, cleaned): run nothing more
+        return False
