@@ -7,9 +7,10 @@ stores that under the same task id and asks the scheduler to run the task again 
 OAR: exit 99 of an idempotent job, kept alive past OAR's 60 s minimum; local: requeued in place). The future the
 user holds resolves with the final result, whatever job ids the scheduler used meanwhile.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 
 class Resubmission:
@@ -42,7 +43,7 @@ class Checkpointable:
         """The computation; it starts again from the top after a resubmission, so resume from ``self`` here."""
         raise NotImplementedError("a Checkpointable defines __call__")
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[Resubmission]:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Resubmission | None:
         """Called in the job when it is about to be stopped, with the arguments of ``__call__``.
 
         Override it to save what does not fit on ``self`` (files) and return ``super().checkpoint(*args,

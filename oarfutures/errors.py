@@ -3,9 +3,8 @@
 A remote exception is re-raised as itself (original type and args); these types cover what is left: a job that
 ended without a result, and a remote exception that could not travel back.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class RemoteTraceback(Exception):
@@ -13,7 +12,7 @@ class RemoteTraceback(Exception):
 
     def __init__(self, text: str) -> None:
         """Args:
-            text: The remote traceback as ``traceback.format_exception`` printed it in the job.
+        text: The remote traceback as ``traceback.format_exception`` printed it in the job.
         """
         super().__init__(text)
         self.text = text
@@ -27,9 +26,9 @@ class RemoteError(Exception):
 
     def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
         """Args:
-            type_name: Qualified name of the remote exception's type, to catch or report it by name.
-            message: ``str()`` of the remote exception.
-            traceback_text: The remote traceback, formatted in the job.
+        type_name: Qualified name of the remote exception's type, to catch or report it by name.
+        message: ``str()`` of the remote exception.
+        traceback_text: The remote traceback, formatted in the job.
         """
         super().__init__(type_name, message, traceback_text)
         self.type_name = type_name
@@ -46,9 +45,9 @@ class JobFailedError(Exception):
     def __init__(
         self,
         task_id: str,
-        job_id: Optional[str],
+        job_id: str | None,
         state: str,
-        exit_code: Optional[str] = None,
+        exit_code: str | None = None,
         reason: str = "",
         log_tail: str = "",
     ) -> None:

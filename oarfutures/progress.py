@@ -1,12 +1,14 @@
 """A progress bar for long maps and as_completed loops: tqdm when it is installed, nothing otherwise."""
+
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def track(iterable: Iterable[T], total: Optional[int] = None, description: str = "oarfutures") -> Iterator[T]:
+def track(iterable: Iterable[T], total: int | None = None, description: str = "oarfutures") -> Iterator[T]:
     """``for y in track(ex.map(f, xs), total=len(xs))`` or ``for f in track(as_completed(futures))``."""
     try:
         from tqdm import tqdm

@@ -16,8 +16,8 @@ import pytest
 
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.core import records
-from oarfutures.protocol.results import CorruptResultError
 from oarfutures.protocol import layout
+from oarfutures.protocol.results import CorruptResultError
 
 import tasks
 from conftest import client_script, run_client, wait_for

@@ -3,13 +3,15 @@
 An adapter renders and submits one array per batch, cancels jobs, and reports the state of many jobs in one call,
 mapped onto the few states the core acts on. Adding a scheduler means one new module implementing this.
 """
+
 from __future__ import annotations
 
 import abc
-import os
 import enum
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, ClassVar, Protocol
 
 from oarfutures.protocol import layout, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
@@ -32,9 +34,9 @@ class JobState(enum.Enum):
 class JobStatus:
     state: JobState
     native_state: str = ""
-    exit_code: Optional[str] = None
+    exit_code: str | None = None
     reason: str = ""
-    follow_up: Optional[str] = None  # a job id that continues this one (OAR resubmission)
+    follow_up: str | None = None  # a job id that continues this one (OAR resubmission)
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,12 @@ class BatchSubmission:
     count: int
     folder: str
     python: str
-    max_running: Optional[int]  # cap on running tasks, for schedulers with a native array throttle
-    options: Dict[str, object]  # per-call parameter overrides (validated by the adapter)
+    max_running: int | None  # cap on running tasks, for schedulers with a native array throttle
+    options: dict[str, object]  # per-call parameter overrides (validated by the adapter)
     checkpointable: bool = False  # ask the scheduler for a checkpoint signal and to run the task again
 
     def steal_variables(
-        self, steal_seconds: float, walltime: str, world_size: int, first: Optional[int] = None, count: Optional[int] = None
+        self, steal_seconds: float, walltime: str, world_size: int, first: int | None = None, count: int | None = None
     ) -> str:
         """The ``export`` line that lets the array's jobs steal its pending tasks (see ``worker.stealing``), or "".
 
@@ -84,7 +86,7 @@ class BatchSubmission:
         # exits here, before any Python starts; a checkpointed task (its resume file exists) runs again. The
         # worker checks the claim again, atomically: this test only saves starting an interpreter.
         skip = (
-            f'{index}=$(( {index_expression} ))\n'
+            f"{index}=$(( {index_expression} ))\n"
             f'if [ -L {claims}/"${index}" ] && [ ! -e {resume}"${index}".resume.pkl ]; then\n'
             f'  echo "oarfutures: task {self.batch}_${index} not run: claimed before'
             f' ($(readlink {claims}/"${index}"))" >&2; exit 0\nfi\n'
@@ -110,7 +112,7 @@ class Backend(abc.ABC):
     #: True when query() only reads memory (the local backend): the poller then needs no thread to call it
     query_is_cheap: bool = False
     #: seconds between state queries: the first after a submission, growing to the last while nothing changes
-    query_interval: Tuple[float, float] = (1.0, 5.0)
+    query_interval: tuple[float, float] = (1.0, 5.0)
     #: True when query() answers with the jobs whose state changed since its last call, whatever it is asked
     #: (the local backend knows every change as it happens); then silence means "no news", not "unknown job"
     reports_changes_only: bool = False
@@ -123,11 +125,11 @@ class Backend(abc.ABC):
     #: command costs tens of milliseconds and loads the controller, a few milliseconds of waiting do not matter
     gather_seconds: float = 0.005
     #: the checker of each parameter the backend takes, by oarfutures' name (see ``params``)
-    CHECKERS: Mapping[str, Any] = {}
+    CHECKERS: ClassVar[Mapping[str, Any]] = {}
     #: submitit's names of this backend's parameters (its prefix stripped) -> oarfutures' names
-    SUBMITIT_SPELLINGS: Mapping[str, str] = {}
+    SUBMITIT_SPELLINGS: ClassVar[Mapping[str, str]] = {}
     #: submitit's parameters oarfutures does not take on this backend -> what to use instead (the error says it)
-    SUBMITIT_REFUSED: Mapping[str, str] = {}
+    SUBMITIT_REFUSED: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def answers_here(cls) -> bool:
@@ -144,7 +146,7 @@ class Backend(abc.ABC):
         return self.gather_seconds
 
     @abc.abstractmethod
-    def submit(self, submission: BatchSubmission) -> List[str]:
+    def submit(self, submission: BatchSubmission) -> list[str]:
         """Submit one array; return the job id of each task, in task order. Raise with the scheduler's message."""
 
     @abc.abstractmethod
@@ -152,7 +154,7 @@ class Backend(abc.ABC):
         """Cancel these jobs (queued or running) in as few scheduler calls as possible."""
 
     @abc.abstractmethod
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """States of many jobs in one scheduler call; a job the scheduler no longer knows is simply absent."""
 
     def query_group(self) -> object:
@@ -166,21 +168,20 @@ class Backend(abc.ABC):
     #: the job folder, whose ``logs/<job id>.out`` and ``.err`` hold each job's output ("": it keeps no logs)
     folder: str = ""
 
-    def log_paths(self, job_id: str) -> List[str]:
+    def log_paths(self, job_id: str) -> list[str]:
         """Files holding the job's stdout and stderr."""
         if not self.folder:
             return []
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
+        return layout.log_paths(self.folder, job_id)
 
     #: the parameters later submissions use (validated); update_parameters() changes them
-    parameters: Dict[str, Any]
+    parameters: dict[str, Any]
 
     @abc.abstractmethod
-    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+    def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Check and normalise parameters (generic and prefixed names); raise naming the first bad one."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (not abstract: the cluster backends hold nothing to release)
         """Release what the backend holds (threads, processes) once the executor is shut down."""
 
     # ------------------------------------------------------------------ seen from outside the client (command line)
@@ -195,7 +196,7 @@ class Backend(abc.ABC):
         is submitted through it); a backend whose queue lives in its client gives something else (see local)."""
         raise NotImplementedError(f"{cls.__name__} has no view of its jobs from outside their client")
 
-    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+    def earlier_runs(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """job id -> every job that ran the same task, oldest first, in one scheduler call (logs of all runs).
 
         By default a job is its task's only run: Slurm requeues a task under the same id and appends to the same
@@ -203,7 +204,7 @@ class Backend(abc.ABC):
         """
         return {job_id: [job_id] for job_id in job_ids}
 
-    def unlisted_status(self, batch: str, index: int) -> Optional[JobStatus]:
+    def unlisted_status(self, batch: str, index: int) -> JobStatus | None:
         """The status of a task whose job ``query`` did not list, from the folder alone; None when only the
         scheduler could say (the default: a cluster purges ended jobs and shows new ones late)."""
         return None
@@ -219,17 +220,17 @@ class JobInspector(Protocol):
     name: str
     job_ids_are_task_ids: bool
 
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """States of the jobs the scheduler lists (a purged or not yet visible job is absent)."""
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         """Cancel these queued or running jobs, in as few calls as possible."""
 
-    def log_paths(self, job_id: str) -> List[str]:
+    def log_paths(self, job_id: str) -> list[str]:
         """Files holding the job's stdout and stderr."""
 
-    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+    def earlier_runs(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """job id -> every job that ran the same task, oldest first."""
 
-    def unlisted_status(self, batch: str, index: int) -> Optional[JobStatus]:
+    def unlisted_status(self, batch: str, index: int) -> JobStatus | None:
         """What a task whose job ``query`` did not list is, if the folder tells; None when it does not."""

@@ -4,6 +4,7 @@ Controllers on shared clusters time out now and then ("Socket timed out on send/
 second later usually works. Errors that will not go away (unknown queue, bad option) raise straight away with the
 scheduler's own message.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,8 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Callable, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 logger = logging.getLogger("oarfutures")
 
@@ -50,9 +52,9 @@ class SchedulerCommandError(RuntimeError):
 def run(
     command: Sequence[str],
     *,
-    env: Optional[Dict[str, str]] = None,
+    env: dict[str, str] | None = None,
     retry: bool = True,
-    before_retry: Optional[Callable[["SchedulerCommandError"], Optional[str]]] = None,
+    before_retry: Callable[[SchedulerCommandError], str | None] | None = None,
     timeout: float = 120.0,
 ) -> str:
     """Run a command and return its stdout; retry transient failures, then raise SchedulerCommandError.
@@ -66,7 +68,11 @@ def run(
             done = subprocess.run(
                 list(command), capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
             )
-            error = None if done.returncode == 0 else SchedulerCommandError(command, done.returncode, done.stdout, done.stderr)
+            error = (
+                None
+                if done.returncode == 0
+                else SchedulerCommandError(command, done.returncode, done.stdout, done.stderr)
+            )
         except subprocess.TimeoutExpired as exc:
             error = SchedulerCommandError(command, -1, "", f"socket timed out: no answer after {exc.timeout} s")
         except FileNotFoundError as exc:
@@ -84,7 +90,7 @@ def run(
         time.sleep(delay)
 
 
-def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> Dict[str, str]:
+def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> dict[str, str]:
     """This process's environment without the variables a surrounding job set (nested submission)."""
     return {k: v for k, v in os.environ.items() if k in keep or not k.startswith(tuple(prefixes))}
 
@@ -93,7 +99,7 @@ def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> Dict
 PROBE_TIMEOUT = 5.0
 
 
-def probe(scheduler: str, installed: Sequence[str], question: Sequence[str]) -> Optional[str]:
+def probe(scheduler: str, installed: Sequence[str], question: Sequence[str]) -> str | None:
     """What ``question`` printed, if every command in ``installed`` is on PATH and the controller answered within
     ``PROBE_TIMEOUT``; None otherwise. A login node keeps its client commands when the controller is down or was
     never configured, so being installed is not enough; a scheduler passed over is logged with why."""

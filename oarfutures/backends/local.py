@@ -6,6 +6,7 @@ and a call costs no interpreter start (as with ``ProcessPoolExecutor``). Job ids
 job is never started; a call that kills its worker fails alone, and the slot starts a new worker; a worker that
 cannot start fails its job, never its slot. Slots and their workers leave after ``IDLE_SECONDS`` without work.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,13 +19,14 @@ import signal
 import subprocess
 import threading
 import weakref
-from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
-from oarfutures.protocol import layout
 from oarfutures.backends import params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.backends.local_inspector import LocalWorkerInspector
-from oarfutures.protocol import variables
+from oarfutures.protocol import layout, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, RESUBMIT
 
 QUEUED = JobStatus(JobState.PENDING, "PENDING")
@@ -62,13 +64,14 @@ def _after_fork_in_child() -> None:
         backend.reset()
 
 
-class _Job(NamedTuple):
+@dataclass(frozen=True)
+class _Job:
     job_id: str
     python: str
     folder: str
     batch: str
     index: int
-    variables: Dict[str, str]  # the job's own environment (ranks)
+    variables: dict[str, str]  # the job's own environment (ranks)
 
 
 class _Resident:
@@ -100,10 +103,10 @@ class _Resident:
         # a worker killed by a cancel may be a moment from dying: poll() alone could still find it alive
         return self.python == job.python and not self.killed and self.process.poll() is None
 
-    def send(self, request: Dict[str, Any]) -> None:
+    def send(self, request: dict[str, Any]) -> None:
         os.write(self._requests, (json.dumps(request) + "\n").encode())
 
-    def reply(self) -> Optional[str]:
+    def reply(self) -> str | None:
         """The worker's next line, or None once it has died."""
         return self._reader.readline().strip() or None
 
@@ -122,7 +125,7 @@ class _Resident:
         self._reader.close()
 
 
-_backends: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
+_backends: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 threading._register_atexit(_finish_local_work_at_exit)  # type: ignore[attr-defined]
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -139,7 +142,7 @@ class LocalBackend(Backend):
     job_ids_are_task_ids = True
 
     #: the generic parameters are accepted (a script runs unchanged here) and have no effect on this machine
-    CHECKERS: Dict[str, params.Checker] = {
+    CHECKERS: ClassVar[dict[str, params.Checker]] = {
         "walltime": params.walltime_seconds,
         "nodes": params.positive_int,
         "tasks_per_node": params.positive_int,
@@ -150,10 +153,10 @@ class LocalBackend(Backend):
         "setup": params.setup_lines,
     }
 
-    def __init__(self, max_workers: int, folder: str, on_job_end: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, max_workers: int, folder: str, on_job_end: Callable[[], None] | None = None) -> None:
         """``on_job_end`` is called after each job ended, outside the backend's lock: the executor wakes its
         poller there, which then finds the result at once instead of at its next tick."""
-        self.parameters: Dict[str, object] = {}
+        self.parameters: dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
         self._on_job_end = on_job_end
@@ -163,23 +166,23 @@ class LocalBackend(Backend):
     def reset(self) -> None:
         """Start empty: at creation, and in a forked child (whose copy of the parent's threads is dead)."""
         self._lock = threading.Condition()
-        self._queue: Deque[_Job] = collections.deque()
-        self._slots: List[threading.Thread] = []  # alive, or about to take a job
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._slots: list[threading.Thread] = []  # alive, or about to take a job
         self._closing = False
-        self._states: Dict[str, JobStatus] = {}
-        self._running: Dict[str, _Resident] = {}  # the worker of each running job
-        self._interrupts: Set[str] = set()  # running jobs to interrupt once their task listens
-        self._killed: Dict[str, str] = {}  # job id -> why we killed it
-        self._skip: Set[str] = set()  # queued jobs cancelled before a slot took them
+        self._states: dict[str, JobStatus] = {}
+        self._running: dict[str, _Resident] = {}  # the worker of each running job
+        self._interrupts: set[str] = set()  # running jobs to interrupt once their task listens
+        self._killed: dict[str, str] = {}  # job id -> why we killed it
+        self._skip: set[str] = set()  # queued jobs cancelled before a slot took them
         self._busy = 0  # slots between taking a job and seeing its worker exit
-        self._changed: Dict[str, JobStatus] = {}  # news for the next query
+        self._changed: dict[str, JobStatus] = {}  # news for the next query
 
     def drain(self) -> None:
         """Wait until every queued worker has run."""
         with self._lock:
             self._lock.wait_for(lambda: self._closing or not (self._queue or self._busy))
 
-    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+    def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return params.check_all(params.for_backend(values, "local"), self.CHECKERS, "LocalPoolExecutor parameter")
 
     @classmethod
@@ -195,9 +198,11 @@ class LocalBackend(Backend):
         have, while dask, which sends a call each time one ends (a slot is free), sees no delay."""
         return self.gather_seconds if self._queue or self._busy >= self.max_workers else 0.0
 
-    def submit(self, submission: BatchSubmission) -> List[str]:
-        job_ids = [layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)]
-        p = {"nodes": 1, "tasks_per_node": 1, **self.parameters, **submission.options}
+    def submit(self, submission: BatchSubmission) -> list[str]:
+        job_ids = [
+            layout.task_id(submission.batch, i) for i in range(submission.first, submission.first + submission.count)
+        ]
+        p: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1, **self.parameters, **submission.options}
         world_size = p["nodes"] * p["tasks_per_node"]
         ranks = {variables.RANKS: str(world_size), variables.TASKS_PER_NODE: str(p["tasks_per_node"])}
         with self._lock:
@@ -217,7 +222,7 @@ class LocalBackend(Backend):
         The worker is started, used and closed by this thread alone: PR_SET_PDEATHSIG fires when the thread that
         started a process ends, and a slot thread ends only after closing its worker.
         """
-        resident: Optional[_Resident] = None
+        resident: _Resident | None = None
         try:
             while True:
                 with self._lock:
@@ -233,7 +238,7 @@ class LocalBackend(Backend):
                         continue
                     self._states[job.job_id] = self._changed[job.job_id] = RUNNING
                     self._busy += 1
-                code: Optional[int] = None
+                code: int | None = None
                 try:
                     if resident is None or not resident.ready_for(job):
                         if resident is not None:
@@ -260,7 +265,7 @@ class LocalBackend(Backend):
             if resident is not None:
                 resident.close()
 
-    def _run(self, resident: "_Resident", job: "_Job") -> int:
+    def _run(self, resident: _Resident, job: _Job) -> int:
         """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
         environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
         request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": environment}
@@ -290,7 +295,7 @@ class LocalBackend(Backend):
                 os.remove(spool)
         return code
 
-    def _ended_status(self, job_id: str, code: Optional[int]) -> JobStatus:
+    def _ended_status(self, job_id: str, code: int | None) -> JobStatus:
         if code is None:
             return JobStatus(JobState.FAILED, "FAILED", None, self._killed[job_id])
         if job_id in self._killed:
@@ -327,7 +332,7 @@ class LocalBackend(Backend):
             else:  # its task does not listen yet: the slot sends the signal when it does
                 self._interrupts.add(job_id)
 
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """What changed since the last query (reports_changes_only): the cost follows the news, not the queue."""
         with self._lock:
             news, self._changed = self._changed, {}
@@ -338,14 +343,16 @@ class LocalBackend(Backend):
                     self._interrupts.discard(job_id)
             return news
 
-    def log_paths(self, job_id: str) -> List[str]:
+    def log_paths(self, job_id: str) -> list[str]:
         """The call's log files; while it runs, its output is still in its worker's spool files (first)."""
         with self._lock:
             resident = self._running.get(job_id)
-        spool = layout.spool_paths(self.folder, resident.process.pid) if resident is not None and resident.listening else []
+        spool = (
+            layout.spool_paths(self.folder, resident.process.pid) if resident is not None and resident.listening else []
+        )
         return spool + self._own_logs(job_id)
 
-    def _own_logs(self, job_id: str) -> List[str]:
+    def _own_logs(self, job_id: str) -> list[str]:
         return super().log_paths(job_id)
 
     def close(self) -> None:

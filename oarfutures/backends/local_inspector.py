@@ -4,14 +4,15 @@ The queue and slots of ``LocalBackend`` live in its client's memory; the command
 only find the workers in ``/proc`` and read the claims and results they leave in the folder. It shares nothing with
 the scheduler but the folder's layout and the worker's command line.
 """
+
 from __future__ import annotations
 
 import os
 import signal
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from collections.abc import Sequence
 
-from oarfutures.protocol import layout
 from oarfutures.backends.base import JobState, JobStatus
+from oarfutures.protocol import layout
 
 #: what the command lines of our processes hold (/proc/PID/cmdline): a one-shot worker or a rank, and a resident one
 WORKER_MODULE = b"oarfutures.worker"
@@ -32,7 +33,7 @@ class LocalWorkerInspector:
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
-    def workers(self, job_ids: Sequence[str]) -> Dict[str, List[int]]:
+    def workers(self, job_ids: Sequence[str]) -> dict[str, list[int]]:
         """task id -> pids of the processes running it: the worker (one-shot or resident) and a multi-task job's ranks.
 
         One-shot workers and ranks name their task on their command line, ``python -u -m oarfutures.worker
@@ -46,11 +47,11 @@ class LocalWorkerInspector:
                 named[job_id] = [pid] + named.get(job_id, [])  # the worker first: it would report its ranks' deaths
         return named
 
-    def _scan(self) -> Tuple[Dict[str, List[int]], Set[int]]:
+    def _scan(self) -> tuple[dict[str, list[int]], set[int]]:
         """One pass over /proc: the workers and ranks of this folder by task id, and every resident worker."""
         real = os.path.realpath(self.folder)
-        named: Dict[str, List[int]] = {}
-        residents: Set[int] = set()
+        named: dict[str, list[int]] = {}
+        residents: set[int] = set()
         try:
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
         except OSError:
@@ -75,7 +76,7 @@ class LocalWorkerInspector:
             pids_of_task.sort()
         return named, residents
 
-    def _resident_running(self, job_id: str) -> Optional[int]:
+    def _resident_running(self, job_id: str) -> int | None:
         """The pid of the process of this machine that claimed the task, while the task has no result."""
         batch, _, index = job_id.rpartition("_")
         if not index.isdigit() or os.path.exists(layout.result_path(self.folder, batch, int(index))):
@@ -83,14 +84,14 @@ class LocalWorkerInspector:
         run = layout.runner(self.folder, batch, int(index))
         return run[2] if run is not None and run[1] == os.uname().nodename else None
 
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The running tasks among these, each with its worker's pid as reason; the others are not listed."""
         running = self.workers(job_ids)
         return {
             j: JobStatus(JobState.RUNNING, "RUNNING", reason=f"pid {min(running[j])}") for j in job_ids if j in running
         }
 
-    def unlisted_status(self, batch: str, index: int) -> Optional[JobStatus]:
+    def unlisted_status(self, batch: str, index: int) -> JobStatus | None:
         """A task with no worker process: never started (queued in its client), to run again, or over."""
         if os.path.exists(layout.resume_path(self.folder, batch, index)):
             return JobStatus(JobState.PENDING, "checkpointed", reason="checkpointed: waits to run again")
@@ -119,10 +120,9 @@ class LocalWorkerInspector:
         if refused:
             raise PermissionError(f"not allowed to kill the workers of {', '.join(sorted(set(refused)))}")
 
-    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+    def earlier_runs(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """A local task runs again under its task id, and its logs gather every run."""
         return {job_id: [job_id] for job_id in job_ids}
 
-    def log_paths(self, job_id: str) -> List[str]:
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
+    def log_paths(self, job_id: str) -> list[str]:
+        return layout.log_paths(self.folder, job_id)

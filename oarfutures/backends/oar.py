@@ -10,6 +10,7 @@ Subjobs are matched to tasks by their ``array_index`` as OAR reports it, never b
 from one ``oarstat -f -J`` call per poll for every live job; a job OAR resubmitted (idempotent, exit 99) is
 followed to its new id.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -17,12 +18,12 @@ import json
 import os
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from oarfutures.backends import commands, params
-from oarfutures.protocol import layout
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
-from oarfutures.protocol import variables
+from oarfutures.protocol import layout, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, EARLY_SIGNAL_TRAP, RESUBMIT
 
 MIN_RUNTIME = 65  # seconds a checkpointed worker stays before its exit 99, for OAR to resubmit it
@@ -39,7 +40,7 @@ RANK_PLACEMENT = (
 PENDING_STATES = {"Waiting", "Hold", "toLaunch", "Launching", "toAckReservation"}
 RUNNING_STATES = {"Running", "Finishing", "Suspended", "Resuming", "toError"}
 
-PARAMETERS: Dict[str, Any] = {
+PARAMETERS: dict[str, Any] = {
     "queue": None,
     "walltime": None,
     "nodes": 1,
@@ -59,7 +60,7 @@ PARAMETERS: Dict[str, Any] = {
     "memory_property": "memnode",
     "steal_seconds": 60,
 }
-CHECKERS: Dict[str, params.Checker] = {
+CHECKERS: dict[str, params.Checker] = {
     "queue": params.token,
     "walltime": params.walltime_seconds,
     "nodes": params.positive_int,
@@ -106,13 +107,26 @@ RESERVED_OPTIONS = {
     "version": "it would submit nothing",
 }
 SHORT_OPTIONS = {
-    "l": "resource", "n": "name", "O": "stdout", "E": "stderr", "q": "queue", "p": "property", "d": "directory",
-    "S": "scanscript", "I": "interactive", "C": "connect", "J": "json", "X": "xml", "Y": "yaml", "D": "dumper",
-    "h": "help", "V": "version",
+    "l": "resource",
+    "n": "name",
+    "O": "stdout",
+    "E": "stderr",
+    "q": "queue",
+    "p": "property",
+    "d": "directory",
+    "S": "scanscript",
+    "I": "interactive",
+    "C": "connect",
+    "J": "json",
+    "X": "xml",
+    "Y": "yaml",
+    "D": "dumper",
+    "h": "help",
+    "V": "version",
 }
 
 
-def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def extra_options(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
     options = params.extra_options(name, value)
     for key in options:
@@ -120,7 +134,7 @@ def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, An
     return options
 
 
-def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
+def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check and normalise OAR parameters (generic and ``oar_`` ones); raise naming the first bad one."""
     return params.check_all(params.for_backend(values, "oar"), CHECKERS, "OarPoolExecutor parameter")
 
@@ -142,7 +156,7 @@ def resource_request(p: Mapping[str, Any]) -> str:
     return request
 
 
-def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optional[str]]]:
+def oarsub_options(p: Mapping[str, Any], folder: str) -> list[tuple[str, str | None]]:
     """(option, value) pairs, rendered both as ``#OAR`` lines and as ``oarsub`` arguments.
 
     ``-d``: oarsub takes the launching directory from ``$PWD`` otherwise, and fails without it (cron, ``env -i``).
@@ -150,7 +164,7 @@ def oarsub_options(p: Mapping[str, Any], folder: str) -> List[Tuple[str, Optiona
     other characters than letters, digits, space and ``_./-%`` (a folder named ``a;b`` or ``x+1`` would fail).
     OAR's ``-S`` reads a ``#OAR`` value to the end of its line, so values are written unquoted.
     """
-    options: List[Tuple[str, Optional[str]]] = [
+    options: list[tuple[str, str | None]] = [
         ("-l", resource_request(p)),
         ("-n", p["name"]),
         ("-d", params.job_folder("folder", folder)),
@@ -178,8 +192,8 @@ class OarBackend(Backend):
     throttles = False  # OAR arrays have no running cap: the core submits in waves
     query_interval = (2.0, 10.0)  # each oarstat costs ~0.2 s or more on the server
     CHECKERS = CHECKERS
-    SUBMITIT_SPELLINGS = {"n": "name", "gpu": "gpus_per_node"}
-    SUBMITIT_REFUSED = {"max_num_timeout": "use max_resubmissions= (an executor option)"}
+    SUBMITIT_SPELLINGS: ClassVar[Mapping[str, str]] = {"n": "name", "gpu": "gpus_per_node"}
+    SUBMITIT_REFUSED: ClassVar[Mapping[str, str]] = {"max_num_timeout": "use max_resubmissions= (an executor option)"}
 
     @classmethod
     def answers_here(cls) -> bool:
@@ -193,10 +207,10 @@ class OarBackend(Backend):
         self.folder = params.job_folder("folder", folder)
         self.parameters = {**PARAMETERS, **validate(parameters)}
 
-    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+    def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return validate(values)
 
-    def render_script(self, submission: BatchSubmission) -> Tuple[str, List[str]]:
+    def render_script(self, submission: BatchSubmission) -> tuple[str, list[str]]:
         """The job script (with its options as ``#OAR`` lines) and the matching ``oarsub`` arguments."""
         p = {**self.parameters, **submission.options}
         options = oarsub_options(p, submission.folder)
@@ -222,8 +236,10 @@ class OarBackend(Backend):
         lines += list(p["setup"])
         lines.append(f'export {variables.JOB_ID}="$OAR_JOB_ID"')
         if world_size > 1:  # the worker launches the ranks (oarsh to other nodes) and gathers their results
-            lines += [f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
-                      RANK_PLACEMENT]
+            lines += [
+                f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
+                RANK_PLACEMENT,
+            ]
         if submission.checkpointable:
             # OAR resubmits an exit 99 only if stop_time - start_time > 60, in whole seconds, and the start_time it
             # records can be up to 2 s after the job really started (oar_meta_sched sets it from its own clock,
@@ -239,10 +255,12 @@ class OarBackend(Backend):
         extra = {**(self.parameters["additional_parameters"] or {}), **(options.get("additional_parameters") or {})}
         return bool({"r", "reservation"} & set(extra))
 
-    def submit(self, submission: BatchSubmission) -> List[str]:
+    def submit(self, submission: BatchSubmission) -> list[str]:
         if submission.count > 1 and self._reserves(submission.options):
             # OAR 2.5 leaves every subjob but the first of a reserved array in toAckReservation until it kills them
-            raise ValueError("an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()")
+            raise ValueError(
+                "an OAR advance reservation (additional_parameters 'r') only works for one job: use submit()"
+            )
         text, arguments = self.render_script(submission)
         script = layout.script_path(submission.folder, submission.batch, submission.first)
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
@@ -251,7 +269,8 @@ class OarBackend(Backend):
         command = f"exec {shlex.quote(script)}"  # OAR runs it through the user's login shell
         try:
             out = commands.run(
-                ["oarsub", "--array", str(submission.count), *arguments, command], before_retry=lambda _: self._submitted(command)
+                ["oarsub", "--array", str(submission.count), *arguments, command],
+                before_retry=lambda _: self._submitted(command),
             )
         except commands.SchedulerCommandError as exc:
             raise _memory_hint(exc, {**self.parameters, **submission.options}) from None
@@ -264,7 +283,7 @@ class OarBackend(Backend):
         array = re.search(r"^OAR_ARRAY_ID=(\d+)$", out, re.M)
         return self._by_index(array.group(1) if array else job_ids[0], job_ids)
 
-    def _submitted(self, command: str) -> Optional[str]:
+    def _submitted(self, command: str) -> str | None:
         """oarsub's output, rebuilt, if the submission went through after all (its answer was lost), else None.
 
         Each wave has its own script, which OAR keeps as the job's command: a retry must find the jobs, not
@@ -272,12 +291,16 @@ class OarBackend(Backend):
         """
         out = commands.run(["oarstat", "-J", "-u", getpass.getuser()])
         jobs = json.loads(out) if out.strip() else {}
-        mine = sorted((int(job["array_index"]), str(job_id), str(job["array_id"])) for job_id, job in jobs.items() if job.get("command") == command)
+        mine = sorted(
+            (int(job["array_index"]), str(job_id), str(job["array_id"]))
+            for job_id, job in jobs.items()
+            if job.get("command") == command
+        )
         if not mine:
             return None
         return "".join(f"OAR_JOB_ID={job_id}\n" for _, job_id, _ in mine) + f"OAR_ARRAY_ID={mine[0][2]}\n"
 
-    def _by_index(self, array_id: str, job_ids: List[str]) -> List[str]:
+    def _by_index(self, array_id: str, job_ids: list[str]) -> list[str]:
         """Job ids in task order, from OAR's own array_index of each subjob."""
         out = commands.run(["oarstat", "-J", "--array", array_id])
         jobs = json.loads(out) if out.strip() else {}
@@ -300,7 +323,7 @@ class OarBackend(Backend):
     def interrupt(self, job_id: str) -> None:
         commands.run(["oardel", "-c", job_id])
 
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         arguments = [a for job_id in job_ids for a in ("-j", job_id)]
         out = commands.run(["oarstat", "-f", "-J", *arguments])
         jobs = json.loads(out) if out.strip() else {}
@@ -310,7 +333,7 @@ class OarBackend(Backend):
     def inspector(cls, folder: str) -> OarBackend:
         return cls(folder, {})
 
-    def earlier_runs(self, job_ids: Sequence[str]) -> Dict[str, List[str]]:
+    def earlier_runs(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """Every OAR job that ran the same task as each of these jobs (resubmissions), oldest first; one oarstat.
 
         OAR resubmits a checkpointed task (exit 99 of an idempotent job) under a new job id with logs of its own,
@@ -327,8 +350,8 @@ class OarBackend(Backend):
         )
         out = commands.run(["oarstat", "-J", "--sql", where])
         jobs = json.loads(out) if out.strip() else {}
-        groups: Dict[Tuple[Any, Any], List[str]] = {}
-        key_of: Dict[str, Tuple[Any, Any]] = {}
+        groups: dict[tuple[Any, Any], list[str]] = {}
+        key_of: dict[str, tuple[Any, Any]] = {}
         for job_id, job in jobs.items():
             key = (job.get("array_id"), job.get("array_index"))
             groups.setdefault(key, []).append(str(job_id))
@@ -364,7 +387,11 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
             found = re.search(r"=>\s*(\d+)", event.get("description", ""))
             if found:
                 return JobStatus(JobState.PENDING, state, exit_code, "resubmitted by OAR", follow_up=found.group(1))
-    reason = "; ".join(f"{e.get('type')}: {e.get('description', '')}".strip() for e in events if e.get("type") != "SWITCH_INTO_TERMINATE_STATE")
+    reason = "; ".join(
+        f"{e.get('type')}: {e.get('description', '')}".strip()
+        for e in events
+        if e.get("type") != "SWITCH_INTO_TERMINATE_STATE"
+    )
     if state in PENDING_STATES:
         return JobStatus(JobState.PENDING, state)
     if state in RUNNING_STATES:
@@ -384,11 +411,14 @@ def job_status(job: Mapping[str, Any]) -> JobStatus:
 def _not_resubmitted(job: Mapping[str, Any], reason: str) -> str:
     """Why a job that asked to be resubmitted (exit 99) was not: OAR's own rule, with the numbers it used."""
     ran = (job.get("stopTime") or 0) - (job.get("startTime") or 0)
-    why = f"OAR did not resubmit it: it resubmits an exit 99 of an idempotent job that ran more than 60 s (this one: {ran} s)"
+    why = (
+        "OAR did not resubmit it: it resubmits an exit 99 of an idempotent job that ran more than 60 s"
+        f" (this one: {ran} s)"
+    )
     return f"{why}; {reason}" if reason else why
 
 
-def _exit_code(status: Optional[int]) -> Optional[str]:
+def _exit_code(status: int | None) -> str | None:
     """OAR's exit_code is a raw wait status (exit 3 is 768): say it as a person would."""
     if status is None:
         return None

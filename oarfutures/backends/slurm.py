@@ -6,27 +6,28 @@ of the process, by array id, never once per job. Both print an array's pending t
 (``123_[5-999%4]``; a task gets a row of its own once it starts), so a query costs one row per distinct state, not
 one per task, and the tasks of a collapsed row share one ``JobStatus``.
 """
+
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
 import re
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
-from oarfutures.backends import commands, params
-from oarfutures.protocol import layout
+from oarfutures.backends import commands, params, slurm_formats
 from oarfutures.backends.base import Backend, BatchSubmission, JobStatus
-from oarfutures.backends import slurm_formats
 from oarfutures.backends.slurm_formats import Answer
-from oarfutures.protocol import variables
+from oarfutures.protocol import layout, variables
 from oarfutures.protocol.signals import EARLY_SIGNAL_TRAP
 
 logger = logging.getLogger("oarfutures")
 
 #: the parameters a SlurmPoolExecutor takes, with their defaults
-PARAMETERS: Dict[str, Any] = {
+PARAMETERS: dict[str, Any] = {
     "partition": None,
     "walltime": None,
     "nodes": 1,
@@ -42,10 +43,10 @@ PARAMETERS: Dict[str, Any] = {
     "additional_parameters": None,
     "checkpoint_seconds": 90,
     "steal_seconds": 60,
-    **{option: None for option in params.SBATCH_OPTIONS},  # submitit's constraint=, gres=, exclude=...
+    **dict.fromkeys(params.SBATCH_OPTIONS),  # submitit's constraint=, gres=, exclude=...
 }
-CHECKERS: Dict[str, params.Checker] = {
-    **{option: params.sbatch_value for option in params.SBATCH_OPTIONS},
+CHECKERS: dict[str, params.Checker] = {
+    **dict.fromkeys(params.SBATCH_OPTIONS, params.sbatch_value),
     "partition": params.token,
     "walltime": params.walltime_seconds,
     "nodes": params.positive_int,
@@ -88,8 +89,18 @@ RESERVED_OPTIONS = {
     "gpus-per-node": "use gpus_per_node=",
 }
 SHORT_OPTIONS = {
-    "a": "array", "o": "output", "e": "error", "J": "job-name", "W": "wait", "d": "dependency", "N": "nodes",
-    "c": "cpus-per-task", "t": "time", "p": "partition", "A": "account", "q": "qos",
+    "a": "array",
+    "o": "output",
+    "e": "error",
+    "J": "job-name",
+    "W": "wait",
+    "d": "dependency",
+    "N": "nodes",
+    "c": "cpus-per-task",
+    "t": "time",
+    "p": "partition",
+    "A": "account",
+    "q": "qos",
 }
 #: sbatch options of their own that are also prefixes of a reserved one
 PREFIX_OPTIONS = ("gpus", "ntasks")
@@ -102,7 +113,7 @@ KEEP_VARIABLES = ("SLURM_CONF",)
 QUERY_VARIABLES = {"SLURM_BITSTR_LEN": "0"}
 
 
-def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def extra_options(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
     options = params.extra_options(name, value)
     for key in options:
@@ -110,7 +121,7 @@ def extra_options(name: str, value: Optional[Mapping[str, Any]]) -> Dict[str, An
     return options
 
 
-def directive(key: str, value: Union[bool, str]) -> str:
+def directive(key: str, value: bool | str) -> str:
     """One ``#SBATCH`` line: a one-letter key is a short option (``-C v100``), any other a long one."""
     option = f"-{key}" if len(key) == 1 else f"--{key.replace('_', '-')}"
     if value is True:
@@ -124,7 +135,7 @@ def log_pattern(folder: str, suffix: str) -> str:
     return f'"{logs}/%A_%a.{suffix}"'
 
 
-def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
+def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check and normalise Slurm parameters (generic and ``slurm_`` ones); raise naming the first bad one."""
     return params.check_all(params.for_backend(values, "slurm"), CHECKERS, "SlurmPoolExecutor parameter")
 
@@ -138,14 +149,13 @@ RANK_VARIABLES = {
 }
 
 
-def rank_placement(world_size: int, tasks_per_node: int) -> List[str]:
+def rank_placement(world_size: int, tasks_per_node: int) -> list[str]:
     """The job script's lines that let the worker start a multi-task job's ranks with srun (``worker.ranks``).
 
     Block distribution: ranks 0..k-1 on the first node (the master address), and so on; one rank that exits
     non-zero (its call raised, or it died) makes srun end the others on every node.
     """
-    srun = (f"srun --ntasks={world_size} --ntasks-per-node={tasks_per_node} --distribution=block "
-            "--kill-on-bad-exit=1")
+    srun = f"srun --ntasks={world_size} --ntasks-per-node={tasks_per_node} --distribution=block --kill-on-bad-exit=1"
     pairs = " ".join(f"{ours}={theirs}" for ours, theirs in RANK_VARIABLES.items())
     return [
         f'export {variables.RANK_LAUNCH}="{srun}" {variables.RANK_VARIABLES}="{pairs}"',
@@ -158,14 +168,14 @@ class SlurmBackend(Backend):
     throttles = True
     query_interval = (1.0, 5.0)
     CHECKERS = CHECKERS
-    SUBMITIT_SPELLINGS = {
+    SUBMITIT_SPELLINGS: ClassVar[Mapping[str, str]] = {
         "job_name": "name",
         "time": "timeout_min",  # submitit's Slurm time is in minutes
         "ntasks_per_node": "tasks_per_node",
         "num_gpus": "gpus_per_node",
         "signal_delay_s": "checkpoint_seconds",
     }
-    SUBMITIT_REFUSED = {
+    SUBMITIT_REFUSED: ClassVar[Mapping[str, str]] = {
         "array_parallelism": "use max_workers= (it caps the running calls of the executor, as Slurm's %N)",
         "map_count": "map() sizes the array itself",
         "dependency": "oarfutures chains the parts of a split array itself; wait on the futures instead",
@@ -183,12 +193,12 @@ class SlurmBackend(Backend):
             return False
         return out is not None
 
-    def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: Optional[int] = None) -> None:
+    def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: int | None = None) -> None:
         self.folder = params.job_folder("folder", folder)
         self.parameters = {**PARAMETERS, **validate(parameters)}
         self._max_array_size = max_array_size
-        self._accounting: Optional[bool] = None
-        self._walltimes: Dict[Optional[str], str] = {}  # partition -> its jobs' default walltime (see walltime_of)
+        self._accounting: bool | None = None
+        self._walltimes: dict[str | None, str] = {}  # partition -> its jobs' default walltime (see walltime_of)
         self.environment = {**commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES), **QUERY_VARIABLES}
 
     # ------------------------------------------------------------------ configuration read once from Slurm
@@ -214,11 +224,15 @@ class SlurmBackend(Backend):
             self._walltimes[partition] = self._partition_walltime(partition)
         return self._walltimes[partition]
 
-    def _partition_walltime(self, partition: Optional[str]) -> str:
+    def _partition_walltime(self, partition: str | None) -> str:
         try:
-            text = commands.run(["scontrol", "show", "partition", "-o", *([partition] if partition else [])], env=self.environment)
-        except Exception as exc:  # noqa: BLE001 - stealing is an optimisation: without the figure, none
-            logger.warning("oarfutures: the walltime of partition %s is unknown (%s): no stealing", partition or "(default)", exc)
+            text = commands.run(
+                ["scontrol", "show", "partition", "-o", *([partition] if partition else [])], env=self.environment
+            )
+        except Exception as exc:
+            logger.warning(
+                "oarfutures: the walltime of partition %s is unknown (%s): no stealing", partition or "(default)", exc
+            )
             return ""
         for line in text.splitlines():
             fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
@@ -247,7 +261,7 @@ class SlurmBackend(Backend):
         return bool(self._accounting)
 
     # ------------------------------------------------------------------ submission
-    def validate(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+    def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return validate(values)
 
     def render_script(self, submission: BatchSubmission, first: int, count: int) -> str:
@@ -276,15 +290,19 @@ class SlurmBackend(Backend):
             lines += [f"#SBATCH --signal=B:USR2@{p['checkpoint_seconds']}", "#SBATCH --requeue"]
             lines.append(EARLY_SIGNAL_TRAP)
         world_size = p["nodes"] * p["tasks_per_node"]
-        steal = p["steal_seconds"] and submission.steal_variables(p["steal_seconds"], self.walltime_of(p), world_size, first, count)
+        steal = p["steal_seconds"] and submission.steal_variables(
+            p["steal_seconds"], self.walltime_of(p), world_size, first, count
+        )
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])
         job_id = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
         lines.append(f'export {variables.JOB_ID}="{job_id}" {variables.NODE}="$SLURMD_NODENAME"')
         if world_size > 1:  # the worker launches the ranks with srun and gathers their results
-            lines += [f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
-                      *rank_placement(world_size, p["tasks_per_node"])]
+            lines += [
+                f"export {variables.RANKS}={world_size} {variables.TASKS_PER_NODE}={p['tasks_per_node']}",
+                *rank_placement(world_size, p["tasks_per_node"]),
+            ]
         if submission.checkpointable:
             # the array task's own id: the task whose SLURM_JOB_ID is the array's id would requeue every task
             requeue = "scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
@@ -292,8 +310,8 @@ class SlurmBackend(Backend):
         lines.append(submission.worker_command(f"SLURM_ARRAY_TASK_ID + {first}"))
         return "\n".join(lines) + "\n"
 
-    def submit(self, submission: BatchSubmission) -> List[str]:
-        job_ids: List[str] = []
+    def submit(self, submission: BatchSubmission) -> list[str]:
+        job_ids: list[str] = []
         previous = None
         step = self.max_array_size
         try:
@@ -305,7 +323,8 @@ class SlurmBackend(Backend):
                 command = ["sbatch", "--parsable"]
                 if previous and submission.max_running:  # keep the running cap across split arrays
                     command.append(f"--dependency=afterany:{previous}")
-                out = commands.run(command + [script], env=self.environment, before_retry=lambda _, s=script: self._submitted(s))
+                submitted = functools.partial(self._submitted, script)
+                out = commands.run(command + [script], env=self.environment, before_retry=submitted)
                 array_id = out.strip().split(";")[0]
                 previous = array_id
                 job_ids += [f"{array_id}_{i}" for i in range(count)]
@@ -315,7 +334,7 @@ class SlurmBackend(Backend):
             raise
         return job_ids
 
-    def _submitted(self, script: str) -> Optional[str]:
+    def _submitted(self, script: str, error: commands.SchedulerCommandError) -> str | None:
         """The array id if ``sbatch`` of this script went through after all (its answer timed out), else None.
 
         Each wave has its own script, and Slurm keeps a batch job's script path as its command: a retry after a
@@ -343,9 +362,9 @@ class SlurmBackend(Backend):
     #: the last answer (weakly: it lives as long as someone uses it), with the command output it was read from: the
     #: same output gives the same dict object back (the core then knows that nothing moved without looking at each
     #: job). Shared by every SlurmBackend of the process, as their queries are (``query_group``)
-    _last_answer: Optional[Tuple[Tuple[Any, ...], "weakref.ref[Answer]"]] = None
+    _last_answer: tuple[tuple[Any, ...], weakref.ref[Answer]] | None = None
 
-    def query(self, job_ids: Sequence[str]) -> Dict[str, JobStatus]:
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """States of the arrays of these jobs: every task of them, those not asked about included (the caller looks
         up its own). A task's own row wins over a collapsed row that still lists it (sacct lags). The answer is
         shared (see ``_last_answer``): read it, never change it."""
@@ -361,7 +380,10 @@ class SlurmBackend(Backend):
         rows = slurm_formats.sacct_rows(out) if accounting else slurm_formats.squeue_rows(out)
         statuses, cut = slurm_formats.statuses(rows)
         if cut:  # never seen with SLURM_BITSTR_LEN=0; a cut list would make the tasks after the cut look purged
-            logger.warning("oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one", ", ".join(sorted(cut)))
+            logger.warning(
+                "oarfutures: Slurm printed the pending tasks of %s cut short; asking for them one by one",
+                ", ".join(sorted(cut)),
+            )
             each_task, _ = slurm_formats.statuses(slurm_formats.squeue_rows(self._squeue(sorted(cut), each_task=True)))
             return {**each_task, **statuses}
         SlurmBackend._last_answer = (key, weakref.ref(statuses))
@@ -370,15 +392,25 @@ class SlurmBackend(Backend):
     def _sacct(self, arrays: Sequence[str]) -> str:
         # no --array (22.05 has none): pending tasks stay collapsed, as wanted
         return commands.run(
-            ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"], env=self.environment
+            ["sacct", "-X", "-n", "-P", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode,Reason"],
+            env=self.environment,
         )
 
     def _squeue(self, arrays: Sequence[str], each_task: bool = False) -> str:
         """Without ``-r`` (``each_task``) the pending tasks of an array come as one collapsed row."""
         try:
             return commands.run(
-                ["squeue", "-h", *(["-r"] if each_task else []), "-t", "all", "-j", ",".join(arrays),
-                 "-O", "JobArrayID:|,State:|,Reason:|,exit_code:"],
+                [
+                    "squeue",
+                    "-h",
+                    *(["-r"] if each_task else []),
+                    "-t",
+                    "all",
+                    "-j",
+                    ",".join(arrays),
+                    "-O",
+                    "JobArrayID:|,State:|,Reason:|,exit_code:",
+                ],
                 env=self.environment,
             )
         except commands.SchedulerCommandError as exc:

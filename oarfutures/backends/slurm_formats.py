@@ -5,10 +5,11 @@ cluster (tests/unit/test_slurm_parsing.py) on outputs the real Slurm printed. ``
 array's pending tasks as one collapsed row (``123_[5-999%4]``); ``statuses`` expands it, and the tasks of a
 collapsed row share one ``JobStatus``. ``ranges`` collapses task ids the other way, for ``scancel``.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from collections.abc import Iterable, Sequence
 
 from oarfutures.backends.base import JobState, JobStatus
 
@@ -42,10 +43,10 @@ STATES = {
 
 #: one JobStatus per distinct answer, shared by every task (and query) that has it: a queue that did not move
 #: gives the core the very objects it saw last time, and costs no object per task
-_STATUS_CACHE: Dict[Tuple[str, Optional[str], str], JobStatus] = {}
+_STATUS_CACHE: dict[tuple[str, str | None, str], JobStatus] = {}
 
 
-def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
+def _status(state: str, exit_code: str | None, reason: str) -> JobStatus:
     key = (state, exit_code, reason)
     status = _STATUS_CACHE.get(key)
     if status is None:
@@ -58,7 +59,7 @@ def _status(state: str, exit_code: Optional[str], reason: str) -> JobStatus:
     return status
 
 
-def sacct_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+def sacct_rows(out: str) -> Iterable[tuple[str, JobStatus]]:
     for row in out.splitlines():
         fields = row.split("|")
         if len(fields) < 3:
@@ -67,7 +68,7 @@ def sacct_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
         yield fields[0], _status(fields[1], fields[2], reason)
 
 
-def squeue_rows(out: str) -> Iterable[Tuple[str, JobStatus]]:
+def squeue_rows(out: str) -> Iterable[tuple[str, JobStatus]]:
     for row in out.splitlines():
         fields = [field.strip() for field in row.split("|")]
         if len(fields) >= 4:
@@ -82,15 +83,15 @@ class Answer(dict):
     __slots__ = ("__weakref__",)
 
 
-def statuses(rows: Iterable[Tuple[str, JobStatus]]) -> Tuple[Dict[str, JobStatus], Set[str]]:
+def statuses(rows: Iterable[tuple[str, JobStatus]]) -> tuple[Answer, set[str]]:
     """job id -> status from squeue/sacct rows, and the arrays whose collapsed row was cut short.
 
     A collapsed row (``12_[4-6,9%2]``) gives its one status to each of its tasks; rows of single jobs or tasks
     come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
     """
-    statuses: Dict[str, JobStatus] = Answer()
+    statuses = Answer()
     own = []
-    cut: Set[str] = set()
+    cut: set[str] = set()
     for job, status in rows:
         if not job.endswith("]") and "_[" not in job:
             own.append((job, status))
@@ -113,7 +114,7 @@ def expand(job: str) -> Iterable[str]:
     if not spec.endswith("]") or "..." in spec:
         raise ValueError(f"task list cut short: {job}")
     prefix = array + "_"
-    ids: List[str] = []
+    ids: list[str] = []
     for part in spec[1:-1].split("%")[0].split(","):
         if not part:
             continue
@@ -128,9 +129,9 @@ def expand(job: str) -> Iterable[str]:
 MAX_SPAN = 65536
 
 
-def ranges(job_ids: Sequence[str]) -> List[str]:
+def ranges(job_ids: Sequence[str]) -> list[str]:
     """['7_0', '7_1', '7_2', '7_5', '9'] -> ['9', '7_[0-2,5]']; spans of at most MAX_SPAN tasks."""
-    tasks: Dict[str, List[int]] = {}
+    tasks: dict[str, list[int]] = {}
     plain = []
     for job_id in job_ids:
         array, _, task = job_id.partition("_")
@@ -150,7 +151,7 @@ def ranges(job_ids: Sequence[str]) -> List[str]:
     return plain
 
 
-def parse_slurm_time(text: str) -> Optional[int]:
+def parse_slurm_time(text: str) -> int | None:
     """Seconds of a Slurm time: "MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS"; None if unreadable."""
     found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not found:

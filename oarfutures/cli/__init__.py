@@ -16,12 +16,13 @@ The package, from the bottom:
 Exit status: 0 on success, 1 when the command could not do what was asked (not a job folder, unknown task, no
 logs, cancellation declined), 2 for a usage error.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from oarfutures.cli.cancel import cmd_cancel
 from oarfutures.cli.clean import cmd_clean, days
@@ -45,8 +46,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     p.add_argument("--all", action="store_true", help="list the tasks of complete batches too")
     p.add_argument("--watch", action="store_true", help="refresh until no task is queued or running (Ctrl-C stops)")
-    p.add_argument("--interval", metavar="SECONDS", type=watch_seconds, default=5.0,
-                   help="seconds between --watch refreshes (default 5, at least 1: each asks the schedulers)")
+    p.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=watch_seconds,
+        default=5.0,
+        help="seconds between --watch refreshes (default 5, at least 1: each asks the schedulers)",
+    )
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("logs", help="stdout and stderr of a task, every run of it")
@@ -63,8 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--logs", action="store_true", help="remove their logs, records and scripts too")
     p.add_argument("--all", action="store_true", help="unfinished batches too, after cancelling their jobs")
-    p.add_argument("--older", metavar="DAYS", type=days,
-                   help="only batches whose record was last written more than DAYS days ago (fractions allowed)")
+    p.add_argument(
+        "--older",
+        metavar="DAYS",
+        type=days,
+        help="only batches whose record was last written more than DAYS days ago (fractions allowed)",
+    )
     p.set_defaults(run=cmd_clean)
 
     p = sub.add_parser(
@@ -82,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logger = logging.getLogger("oarfutures")
     if args.verbose:

@@ -1,10 +1,11 @@
 """``cancel``: every queued or running call of the folder, jobs through their scheduler, calls still queued in
 their client through their claim (as ``future.cancel()`` does)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 from oarfutures.cli.folder import CliError, open_folder
 from oarfutures.cli.inspectors import FolderInspectors
@@ -21,13 +22,13 @@ def require_known(rows: Sequence[TaskRow], consequence: str) -> None:
         raise CliError(f"the state of {len(unknown)} task(s) is unknown ({unknown[0].detail}): {consequence}")
 
 
-def cancel_live(inspectors: FolderInspectors, rows: Sequence[TaskRow]) -> List[TaskRow]:
+def cancel_live(inspectors: FolderInspectors, rows: Sequence[TaskRow]) -> list[TaskRow]:
     """Cancel the queued and running jobs among these tasks: one cancel call per scheduler. Returns them."""
     live = [r for r in rows if r.live]
-    by_scheduler: Dict[str, List[TaskRow]] = {}
+    by_scheduler: dict[str, list[TaskRow]] = {}
     for row in live:
         by_scheduler.setdefault(row.record.backend, []).append(row)
-    done: List[TaskRow] = []
+    done: list[TaskRow] = []
     for name, group in by_scheduler.items():
         inspector = inspectors.get(name)
         assert inspector is not None  # a live row was queried through it
@@ -36,19 +37,19 @@ def cancel_live(inspectors: FolderInspectors, rows: Sequence[TaskRow]) -> List[T
     return done
 
 
-def queued_rows(rows: Sequence[TaskRow]) -> List[TaskRow]:
+def queued_rows(rows: Sequence[TaskRow]) -> list[TaskRow]:
     """Tasks no scheduler holds yet: calls waiting in their client's queue (local calls not started, cluster calls
     not submitted yet because of max_workers). Only their claim can stop them; a checkpointed task keeps the claim
     its worker took, to run again."""
     return [r for r in rows if r.state == "pending" and not r.live and r.native != "checkpointed"]
 
 
-def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> Tuple[List[TaskRow], List[TaskRow]]:
+def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> tuple[list[TaskRow], list[TaskRow]]:
     """Take the claim of each queued task for a cancellation, as ``future.cancel()`` does: its worker then never
     runs it (it exits at once when its client starts or submits it, and the future fails with JobFailedError).
     Returns the tasks cancelled and those a worker claimed first (they are running now)."""
-    cancelled: List[TaskRow] = []
-    started: List[TaskRow] = []
+    cancelled: list[TaskRow] = []
+    started: list[TaskRow] = []
     for row in rows:
         path = layout.claim_path(folder, row.batch, row.index)
         try:
@@ -83,8 +84,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     shown = [[r.record.backend, r.job_id or "-", r.task_id, r.state] for r in cancelled]
     shown += [[r.record.backend, "-", r.task_id, f"queued ({r.native})"] for r in cancelled_queued]
     print(table(lines[:1] + shown))
-    print(f"cancelled {len(cancelled)} job(s)" + (f" and {len(cancelled_queued)} queued task(s), which will never run "
-          "(their client's futures fail with JobFailedError)" if cancelled_queued else ""))
+    print(
+        f"cancelled {len(cancelled)} job(s)"
+        + (
+            f" and {len(cancelled_queued)} queued task(s), which will never run "
+            "(their client's futures fail with JobFailedError)"
+            if cancelled_queued
+            else ""
+        )
+    )
     if started:
         print(f"{len(started)} queued task(s) started meanwhile and were not cancelled: run cancel again")
     return 0

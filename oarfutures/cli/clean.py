@@ -1,12 +1,13 @@
 """``clean``: remove the files of complete batches (and, asked, their logs, or unfinished batches after cancelling
 their jobs)."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
-from typing import Iterable, List, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import filelock
 
@@ -19,7 +20,7 @@ from oarfutures.core import records
 from oarfutures.protocol import layout
 
 
-def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool) -> List[str]:
+def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool) -> list[str]:
     """The files of a batch: task files, results (fresh, delivered, temporary), and logs/record when asked."""
     prefixes = (batch + ".", batch + "_")
     paths = []
@@ -46,7 +47,7 @@ def batch_files(folder: str, batch: str, logs: Iterable[str], with_record: bool)
     return paths
 
 
-def remove(paths: Iterable[str]) -> Tuple[int, int]:
+def remove(paths: Iterable[str]) -> tuple[int, int]:
     count = freed = 0
     for path in dict.fromkeys(paths):
         try:
@@ -95,7 +96,7 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
     if args.older is not None:
         targets = [r for r in targets if unchanged_for(folder, r, args.older)]
     unfinished = [r for r in targets if not r.complete]
-    cancelled: List[TaskRow] = []
+    cancelled: list[TaskRow] = []
     if unfinished:
         rows = task_rows(folder, inspectors, unfinished)
         require_known(rows, "nothing removed")
@@ -107,7 +108,7 @@ def _clean(folder: str, args: argparse.Namespace) -> int:
     runs = runs_of(inspectors, targets, follow_all=False) if args.logs else {}
     files = freed = 0
     for record in targets:
-        logs: List[str] = []
+        logs: list[str] = []
         for index in range(len(record.calls)):
             for job_id in runs.get((record.batch, index), []):
                 logs += inspectors.log_paths(record.backend, job_id)

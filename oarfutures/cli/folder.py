@@ -1,8 +1,8 @@
 """The job folder as the command line finds it: checks, task ids, and what one directory scan tells of many tasks."""
+
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
 
 from oarfutures.protocol import layout
 
@@ -25,16 +25,16 @@ def open_folder(path: str) -> str:
     return folder
 
 
-def split_task_id(task: str) -> Tuple[str, int]:
+def split_task_id(task: str) -> tuple[str, int]:
     batch, _, index = task.rpartition("_")
     if not batch or not index.isdigit():
         raise CliError(f"{task!r} is not a task id: expected <batch>_<index> (BATCH and TASK of status, joined by '_')")
     return batch, int(index)
 
 
-def result_files(folder: str) -> Dict[str, str]:
+def result_files(folder: str) -> dict[str, str]:
     """task id -> its result file, delivered or not (two directory scans for the whole folder)."""
-    found: Dict[str, str] = {}
+    found: dict[str, str] = {}
     for sub in (layout.DELIVERED, layout.RESULTS):  # a fresh result wins over a delivered copy
         directory = os.path.join(folder, sub)
         try:
@@ -47,14 +47,14 @@ def result_files(folder: str) -> Dict[str, str]:
     return found
 
 
-def mtime(path: str) -> Optional[float]:
+def mtime(path: str) -> float | None:
     try:
         return os.stat(path).st_mtime
     except OSError:
         return None
 
 
-def stolen_tasks(folder: str) -> Dict[str, str]:
+def stolen_tasks(folder: str) -> dict[str, str]:
     """task id -> the job that stole it (another task of its array runs it), from the markers in results/."""
     try:
         names = os.listdir(os.path.join(folder, layout.RESULTS))

@@ -1,11 +1,11 @@
 """The schedulers a folder's records name, each asked through its ``JobInspector``: what the command line knows of
 jobs without being their client. It never branches on a scheduler's name: the registry gives the backend class,
 and the inspector says what differs (``job_ids_are_task_ids``, ``earlier_runs``, ``unlisted_status``)."""
+
 from __future__ import annotations
 
-import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from oarfutures import registry
 from oarfutures.backends.base import JobInspector
@@ -19,9 +19,9 @@ class FolderInspectors:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self._made: Dict[str, Optional[JobInspector]] = {}
+        self._made: dict[str, JobInspector | None] = {}
 
-    def get(self, name: str) -> Optional[JobInspector]:
+    def get(self, name: str) -> JobInspector | None:
         """The inspector of scheduler ``name``, or None when this version of oarfutures knows no such scheduler."""
         if name not in self._made:
             try:
@@ -32,25 +32,24 @@ class FolderInspectors:
                 self._made[name] = backend_class.inspector(self.folder)
         return self._made[name]
 
-    def log_paths(self, name: str, job_id: str) -> List[str]:
+    def log_paths(self, name: str, job_id: str) -> list[str]:
         inspector = self.get(name)
         if inspector is not None:
             return inspector.log_paths(job_id)
-        base = os.path.join(self.folder, layout.LOGS, job_id)
-        return [base + ".out", base + ".err"]
+        return layout.log_paths(self.folder, job_id)  # (a scheduler this version does not know)
 
 
 def runs_of(
     inspectors: FolderInspectors, batches: Sequence[records.BatchRecord], follow_all: bool = True
-) -> Dict[Tuple[str, int], List[str]]:
+) -> dict[tuple[str, int], list[str]]:
     """(batch, index) -> every job id that ran the task, oldest first (the record keeps only the latest).
 
     Each scheduler finds the earlier runs of all the batches' tasks at once (``earlier_runs``: OAR resubmits a
     checkpointed task under a new id with logs of its own); ``follow_all=False`` asks only about checkpointable
     batches, the only ones resubmitted. A task whose job id is its task id has it before any submission.
     """
-    runs: Dict[Tuple[str, int], List[str]] = {}
-    to_follow: Dict[str, Dict[Tuple[str, int], str]] = {}  # scheduler -> task -> its latest job
+    runs: dict[tuple[str, int], list[str]] = {}
+    to_follow: dict[str, dict[tuple[str, int], str]] = {}  # scheduler -> task -> its latest job
     for record in batches:
         inspector = inspectors.get(record.backend)
         for index in range(len(record.calls)):

@@ -1,4 +1,5 @@
 """``logs``: the stdout and stderr of one task, every run of it (requeued, resubmitted, or run by another job)."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,9 +1,10 @@
 """What a result file says of its calls, read without running its code: the command line may not even be able to
 import the classes of the values it holds (they live in the user's program)."""
+
 from __future__ import annotations
 
 import pickle
-from typing import Any, List, Tuple
+from typing import Any
 
 from oarfutures.protocol import results
 
@@ -38,7 +39,7 @@ class _SkeletonUnpickler(pickle.Unpickler):
         return None
 
 
-def result_errors(path: str) -> Tuple[int, List[str]]:
+def result_errors(path: str) -> tuple[int, list[str]]:
     """(number of calls, "Type: message" of each failed call) of a result file, without running its code.
 
     The outcomes' values are not rebuilt (their classes may not even be importable here): only the tags and the
@@ -48,7 +49,7 @@ def result_errors(path: str) -> Tuple[int, List[str]]:
         with open(path, "rb") as f:
             data = _SkeletonUnpickler(f).load()
         outcomes = [results.outcome(item) for item in data["outcomes"]]
-        errors = [f"{o.type_name}: {o.message}" for o in outcomes if not o.ok]
+        errors = [f"{o.type_name}: {o.message}" for o in outcomes if isinstance(o, results.Raised)]
         return len(outcomes), errors
     except FileNotFoundError:
         raise

@@ -1,5 +1,6 @@
 """``results``: re-attach to the folder's unfinished batches, as ``executor.attach()`` does, and print every call's
 result in order (as text, JSON, or a pickle)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import pickle
 import sys
 import time
 from concurrent import futures as cf
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from oarfutures import registry
 from oarfutures.cli.folder import CliError, open_folder
@@ -18,18 +19,18 @@ from oarfutures.errors import RemoteError
 from oarfutures.protocol import layout
 
 
-def _error_parts(exc: BaseException) -> Tuple[str, str]:
+def _error_parts(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, RemoteError):
         return exc.type_name, exc.message
     return type(exc).__name__, str(exc)
 
 
-def _traceback_text(exc: BaseException) -> Optional[str]:
+def _traceback_text(exc: BaseException) -> str | None:
     cause = exc.__cause__
     return getattr(cause, "text", None)
 
 
-def _jsonable(value: Any) -> Tuple[bool, Any]:
+def _jsonable(value: Any) -> tuple[bool, Any]:
     try:
         json.dumps(value, allow_nan=False)
         return True, value
@@ -65,20 +66,22 @@ def cmd_results(args: argparse.Namespace) -> int:
     ]
     names = sorted({r.backend for r in unfinished})
     if len(names) > 1:
-        raise CliError(f"the unfinished batches of {folder} were submitted to several backends ({', '.join(names)}): "
-                       "re-attach from Python, one executor per backend")
+        raise CliError(
+            f"the unfinished batches of {folder} were submitted to several backends ({', '.join(names)}): "
+            "re-attach from Python, one executor per backend"
+        )
     if not unfinished:
         print(
             "no unfinished batch to re-attach: the results of complete batches were delivered and removed",
             file=sys.stderr,
         )
-    items: List[Any] = []
-    documents: List[Dict[str, Any]] = []
+    items: list[Any] = []
+    documents: list[dict[str, Any]] = []
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     executor = reattaching_executor(names[0], folder) if names else None
     try:
         futures = executor.attach() if executor is not None else []
-        position: Dict[str, int] = {}
+        position: dict[str, int] = {}
         for future in futures:
             call = position[future.task_id] = position.get(future.task_id, -1) + 1
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -91,8 +94,16 @@ def cmd_results(args: argparse.Namespace) -> int:
             if error is not None:
                 name, message = _error_parts(error)
                 items.append(error)
-                documents.append({"task_id": future.task_id, "call": call, "ok": False, "type": name,
-                                  "message": message, "traceback": _traceback_text(error)})
+                documents.append(
+                    {
+                        "task_id": future.task_id,
+                        "call": call,
+                        "ok": False,
+                        "type": name,
+                        "message": message,
+                        "traceback": _traceback_text(error),
+                    }
+                )
                 if not args.json and not args.pickle:
                     first = message.splitlines()[0] if message else ""
                     print(f"ERROR {name}: {first}", flush=True)
@@ -100,8 +111,15 @@ def cmd_results(args: argparse.Namespace) -> int:
             value = future.result()
             items.append(value)
             ok, jsonable = _jsonable(value)
-            documents.append({"task_id": future.task_id, "call": call, "ok": True, "repr": repr(value),
-                              **({"value": jsonable} if ok else {})})
+            documents.append(
+                {
+                    "task_id": future.task_id,
+                    "call": call,
+                    "ok": True,
+                    "repr": repr(value),
+                    **({"value": jsonable} if ok else {}),
+                }
+            )
             if not args.json and not args.pickle:
                 print(repr(value), flush=True)
     finally:

@@ -1,4 +1,5 @@
 """``status``: a table (or JSON) of the folder's tasks and their states, once or refreshed (``--watch``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any
 
 from oarfutures.cli.folder import open_folder
 from oarfutures.cli.inspectors import FolderInspectors
@@ -20,10 +21,10 @@ class Snapshot:
     """What ``status`` shows: the folder's batches, the task rows listed, and the count of tasks per state."""
 
     folder: str
-    batches: List[records.BatchRecord]
-    rows: List[TaskRow]
-    counts: Dict[str, int]
-    summarised: List[records.BatchRecord]  # complete batches shown as one line (no --all)
+    batches: list[records.BatchRecord]
+    rows: list[TaskRow]
+    counts: dict[str, int]
+    summarised: list[records.BatchRecord]  # complete batches shown as one line (no --all)
 
     @property
     def total_tasks(self) -> int:
@@ -55,7 +56,7 @@ def take_snapshot(folder: str, inspectors: FolderInspectors, show_all: bool) -> 
                 rows.append(row)
     order = {record.batch: n for n, record in enumerate(batches)}
     rows.sort(key=lambda r: (order[r.batch], r.index))
-    counts = {state: 0 for state in TASK_STATES}
+    counts = dict.fromkeys(TASK_STATES, 0)
     for row in rows:
         counts[row.state] += 1
     summarised = [r for r in batches if r.complete and not show_all]
@@ -65,7 +66,7 @@ def take_snapshot(folder: str, inspectors: FolderInspectors, show_all: bool) -> 
     return Snapshot(folder, batches, rows, counts, summarised)
 
 
-def status_document(snapshot: Snapshot) -> Dict[str, Any]:
+def status_document(snapshot: Snapshot) -> dict[str, Any]:
     return {
         "folder": snapshot.folder,
         "batches": [
@@ -93,8 +94,18 @@ def status_table(snapshot: Snapshot, inspectors: FolderInspectors) -> str:
     summarised_names = {r.batch for r in snapshot.summarised}
     for record in snapshot.batches:
         if record.batch in summarised_names:
-            lines.append([record.batch, "all", str(sum(record.calls)), record.backend, "-", batch_state(record), "-",
-                          f"complete: {outcome_summary(record)}, results delivered or cleaned"])
+            lines.append(
+                [
+                    record.batch,
+                    "all",
+                    str(sum(record.calls)),
+                    record.backend,
+                    "-",
+                    batch_state(record),
+                    "-",
+                    f"complete: {outcome_summary(record)}, results delivered or cleaned",
+                ]
+            )
             continue
         inspector = inspectors.get(record.backend)
         task_ids_as_job_ids = inspector is not None and inspector.job_ids_are_task_ids
@@ -104,8 +115,18 @@ def status_table(snapshot: Snapshot, inspectors: FolderInspectors) -> str:
             job = row.job_id or "-"
             if task_ids_as_job_ids:  # the JOB column would repeat the task: show what its inspector saw (a pid)
                 job = row.status.reason if row.status is not None else "-"
-            lines.append([row.batch, str(row.index), str(row.calls), record.backend, job, row.state,
-                          duration(row.runtime), detail])
+            lines.append(
+                [
+                    row.batch,
+                    str(row.index),
+                    str(row.calls),
+                    record.backend,
+                    job,
+                    row.state,
+                    duration(row.runtime),
+                    detail,
+                ]
+            )
     return table(lines, right={1, 2, 6}) + "\n" + snapshot.summary()
 
 
@@ -165,8 +186,8 @@ def batch_state(record: records.BatchRecord) -> str:
 
 
 def outcome_summary(record: records.BatchRecord) -> str:
-    """"3 task(s): 1 done, 1 failed, 1 cancelled" for a complete batch."""
-    tally = {state: 0 for state in ("done", "failed", "cancelled")}
+    """ "3 task(s): 1 done, 1 failed, 1 cancelled" for a complete batch."""
+    tally = dict.fromkeys(("done", "failed", "cancelled"), 0)
     for index in range(len(record.calls)):
         tally[record.outcome(index)] += 1
     parts = ", ".join(f"{n} {state}" for state, n in tally.items() if n)

@@ -1,12 +1,14 @@
 """The state of each task of a folder, from its files first and then one query per scheduler: the rows that
 ``status``, ``cancel`` and ``clean`` act on."""
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from oarfutures.backends.base import JobInspector, JobState, JobStatus
 from oarfutures.cli.folder import mtime, result_files, stolen_tasks
@@ -25,13 +27,13 @@ VISIBILITY_GRACE = 15.0
 class TaskRow:
     record: records.BatchRecord
     index: int
-    job_id: Optional[str] = None
+    job_id: str | None = None
     state: str = "pending"
     native: str = ""
     detail: str = ""
-    runtime: Optional[float] = None
-    result: Optional[str] = None  # the result file, if there is one
-    status: Optional[JobStatus] = None  # what the scheduler said
+    runtime: float | None = None
+    result: str | None = None  # the result file, if there is one
+    status: JobStatus | None = None  # what the scheduler said
 
     @property
     def batch(self) -> str:
@@ -50,7 +52,7 @@ class TaskRow:
         """Queued or running on the scheduler: what ``cancel`` cancels."""
         return self.status is not None and not self.status.state.ended and self.job_id is not None
 
-    def as_json(self) -> Dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
             "index": self.index,
@@ -65,14 +67,14 @@ class TaskRow:
         }
 
 
-def _claim_time(path: str) -> Optional[float]:
+def _claim_time(path: str) -> float | None:
     try:
         return os.lstat(path).st_mtime  # the claim itself, a symbolic link, not what it names
     except OSError:
         return None
 
 
-def estimate_runtime(inspectors: FolderInspectors, row: TaskRow, now: float) -> Optional[float]:
+def estimate_runtime(inspectors: FolderInspectors, row: TaskRow, now: float) -> float | None:
     """Seconds the latest run took (or has taken so far), from file times: no scheduler call.
 
     A cluster job's log files are created when it starts and the worker seldom writes to both, so the older of
@@ -97,12 +99,12 @@ def estimate_runtime(inspectors: FolderInspectors, row: TaskRow, now: float) -> 
     return None if end is None else max(0.0, end - start)
 
 
-def task_rows(folder: str, inspectors: FolderInspectors, batches: Sequence[records.BatchRecord]) -> List[TaskRow]:
+def task_rows(folder: str, inspectors: FolderInspectors, batches: Sequence[records.BatchRecord]) -> list[TaskRow]:
     """The state of every task of these (unfinished) batches: result files first, then one query per scheduler.
     A stolen task's state is its stealer's (its own job has nothing to run)."""
     results = result_files(folder)
     stolen = stolen_tasks(folder)
-    rows: List[TaskRow] = []
+    rows: list[TaskRow] = []
     for record in batches:
         for index in range(len(record.calls)):
             task = layout.task_id(record.batch, index)
@@ -148,7 +150,7 @@ def classify_result(row: TaskRow) -> None:
 def query_schedulers(folder: str, inspectors: FolderInspectors, rows: Sequence[TaskRow]) -> None:
     """Set the state of tasks without a result: one query per scheduler for all of them (plus one per level of
     resubmissions to follow, batched too)."""
-    by_scheduler: Dict[str, List[TaskRow]] = {}
+    by_scheduler: dict[str, list[TaskRow]] = {}
     for row in rows:
         if row.job_id is None:
             row.state, row.native = "pending", "not submitted"
@@ -170,7 +172,7 @@ def query_schedulers(folder: str, inspectors: FolderInspectors, rows: Sequence[T
             for row in group:
                 row.state, row.detail = "unknown", f"{name} could not be queried: {message}"
             continue
-        record_times: Dict[str, Optional[float]] = {}
+        record_times: dict[str, float | None] = {}
         for row in group:
             latest, status = statuses.get(row.job_id, (row.job_id, None))  # type: ignore[arg-type]
             row.job_id, row.status = latest, status  # only a listed job is live: cancel() can reach it
@@ -203,10 +205,10 @@ def show_status(row: TaskRow, status: JobStatus) -> None:
         row.detail = _ended_detail(status)
 
 
-def _query_following(inspector: JobInspector, job_ids: List[str]) -> Dict[str, Tuple[str, Optional[JobStatus]]]:
+def _query_following(inspector: JobInspector, job_ids: list[str]) -> dict[str, tuple[str, JobStatus | None]]:
     """job id -> (latest job id, its status): follows resubmissions under new ids (``JobStatus.follow_up``), one
     batched query per level."""
-    answer: Dict[str, Tuple[str, Optional[JobStatus]]] = {}
+    answer: dict[str, tuple[str, JobStatus | None]] = {}
     current = {j: j for j in job_ids}  # original -> job id to ask about
     for _ in range(20):
         if not current:

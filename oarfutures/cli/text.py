@@ -1,11 +1,12 @@
 """Plain-text helpers of the command line: tables, durations, sizes, a yes/no question."""
+
 from __future__ import annotations
 
 import sys
-from typing import AbstractSet, List, Optional
+from collections.abc import Set as AbstractSet
 
 
-def table(rows: List[List[str]], right: AbstractSet[int] = frozenset()) -> str:
+def table(rows: list[list[str]], right: AbstractSet[int] = frozenset()) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -14,10 +15,10 @@ def table(rows: List[List[str]], right: AbstractSet[int] = frozenset()) -> str:
     return "\n".join(lines)
 
 
-def duration(seconds: Optional[float]) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping
 
 from oarfutures.backends.base import JobState, JobStatus
-
 from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
 from oarfutures.core.poller import Poller, get_poller
 from oarfutures.core.tasks import Phase, Task, TaskTable, remove_file, settle_guarded

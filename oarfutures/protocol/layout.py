@@ -111,6 +111,12 @@ def parse_stolen_marker(name: str) -> "tuple[str, str] | None":
     return (task, job) if sep and job and "." not in job else None
 
 
+def log_paths(folder: str, job_id: str) -> "list[str]":
+    """Where a job's stdout and stderr go: the scheduler writes them (Slurm's --output, OAR's -O and -E)."""
+    base = os.path.join(folder, LOGS, job_id)
+    return [base + ".out", base + ".err"]
+
+
 def stolen_log_paths(folder: str, task: str) -> "list[str]":
     """Where a stolen task's stdout and stderr go (its own job's logs are another job's files)."""
     base = os.path.join(folder, LOGS, task + ".stolen")

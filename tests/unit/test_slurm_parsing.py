@@ -6,9 +6,8 @@ as the backend runs it; sacct rows from tests/clusters/slurm/FACTS.md section c)
 
 import pytest
 
-from oarfutures.backends import commands
+from oarfutures.backends import commands, slurm_formats
 from oarfutures.backends.base import JobState
-from oarfutures.backends import slurm_formats
 from oarfutures.backends.slurm import SlurmBackend
 
 SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,exit_code:"

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from oarfutures.protocol import layout
-from oarfutures.worker import stealing
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend
 from oarfutures.backends.slurm_formats import parse_slurm_time
+from oarfutures.protocol import layout
+from oarfutures.worker import stealing
 
 
 def submission(folder, checkpointable=False, count=5):
