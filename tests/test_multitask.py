@@ -48,3 +48,25 @@ def test_a_failing_rank_leaves_no_process_of_the_call_behind(four_tasks, folder,
     records = read_records(str(path))
     assert len(records) == 4
     assert leftovers(folder, marker, records) == []
+
+
+@pytest.mark.slurm
+def test_a_rank_done_first_leaves_its_siblings_that_are_still_starting(folder, tmp_path, monkeypatch):
+    """srun starts every rank of a step in the first rank's process group, and a rank leaves it only once its
+    interpreter is up; the first rank, done at once, ends what its call left in its group, and once took a sibling
+    still starting with it (seen under load: "rank 3 of 4 ended without a result", srun's task 3 killed by
+    signal 9). Here the other ranks are held at interpreter start, before they can leave the group."""
+    require_command("sbatch")
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "with open('/proc/self/cmdline', 'rb') as f:\n"
+        "    rank_process = b'--rank' in f.read().split(b'\\0')\n"
+        "if rank_process and os.environ.get('SLURM_PROCID', '0') != '0':\n"
+        "    time.sleep(3)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hold), os.environ.get("PYTHONPATH")])))
+    with AutoPoolExecutor(folder=folder, cluster="slurm", tasks_per_node=3, timeout_min=10) as executor:
+        results = executor.submit(tasks.whoami).result(timeout=180)
+    assert [r[:3] for r in results] == [(rank, rank, 3) for rank in range(3)]

@@ -221,14 +221,20 @@ def end_own_processes(wait=5.0):
     (at most ``wait`` seconds) until they are gone, so that none is left when the call's future fails."""
     me = os.getpid()
     if os.getpgrp() == me:
-        _end_group(me, wait)
+        # srun starts every rank of a step in the first rank's process group, and a rank leaves it for a group of
+        # its own only once its imports are done: the sibling ranks still in it (the same command line as this
+        # one) are not this rank's to end
+        with open("/proc/self/cmdline", "rb") as f:
+            siblings = f.read()
+        _end_group(me, wait, spare=siblings)
 
 
-def _end_group(pgid, wait):
-    """SIGKILL every live process of group ``pgid`` (but this one) until none is left or ``wait`` has passed."""
+def _end_group(pgid, wait, spare=None):
+    """SIGKILL every live process of group ``pgid`` (but this one, and those whose command line is ``spare``)
+    until none is left or ``wait`` has passed."""
     deadline = time.monotonic() + wait
     while True:
-        members = _group_members(pgid)
+        members = _group_members(pgid, spare)
         if not members or time.monotonic() > deadline:
             return
         for pid in members:
@@ -239,8 +245,9 @@ def _end_group(pgid, wait):
         time.sleep(0.01)
 
 
-def _group_members(pgid):
-    """Live processes (zombies are dead) of process group ``pgid``, this one excluded (Linux's /proc)."""
+def _group_members(pgid, spare=None):
+    """Live processes (zombies are dead) of process group ``pgid``, this one and those whose command line is
+    ``spare`` excluded (Linux's /proc)."""
     me, members = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
@@ -248,8 +255,13 @@ def _group_members(pgid):
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(name))
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            if spare is not None:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read() == spare:
+                        continue
+            members.append(int(name))
         except (OSError, IndexError, ValueError):
             pass
     return members
