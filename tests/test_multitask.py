@@ -70,3 +70,19 @@ def test_a_rank_done_first_leaves_its_siblings_that_are_still_starting(folder, t
     with AutoPoolExecutor(folder=folder, cluster="slurm", tasks_per_node=3, timeout_min=10) as executor:
         results = executor.submit(tasks.whoami).result(timeout=180)
     assert [r[:3] for r in results] == [(rank, rank, 3) for rank in range(3)]
+
+
+@pytest.mark.parametrize("cluster", BACKENDS)
+def test_jobs_submitted_from_inside_a_rank_are_not_ranks_of_it(cluster, folder, monkeypatch):
+    """A call that submits from inside a multi-task job (a rank among them) has that job's variables: its jobs
+    must not take them for their own (seen: a rank variable left in a process made every rank of its jobs rank 3,
+    writing one result file)."""
+    if cluster != "local":
+        require_command(SUBMIT_COMMAND[cluster])
+    for name, value in (("RANK", "3"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "4"), ("JOB_ID", "outer")):
+        monkeypatch.setenv(f"OARFUTURES_{name}", value)
+    with AutoPoolExecutor(folder=folder, cluster=cluster, timeout_min=10) as executor:
+        assert executor.submit(tasks.whoami).result(timeout=180)[:3] == (0, 0, 1)
+        executor.update_parameters(tasks_per_node=2)
+        results = executor.submit(tasks.whoami).result(timeout=180)
+    assert [r[:3] for r in results] == [(0, 0, 2), (1, 1, 2)]

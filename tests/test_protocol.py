@@ -69,8 +69,9 @@ def test_the_launcher_finds_the_job_nodes_in_the_job_script_variables(monkeypatc
 
 def test_a_rank_started_by_the_scheduler_takes_its_identity_from_the_variables_the_script_names(monkeypatch):
     monkeypatch.setattr(ranks, "_own_process_group", lambda: None)
-    for name in (variables.RANK, variables.NODE):  # restored after the test
-        monkeypatch.delenv(name, raising=False)
+    for name in (variables.RANK, variables.NODE):  # set first, so that monkeypatch restores their absence too:
+        monkeypatch.setenv(name, "")  # a rank left in this process's environment would reach every job it submits
+        monkeypatch.delenv(name)
     monkeypatch.setenv(variables.RANK_VARIABLES, "OARFUTURES_RANK=SCHED_ID OARFUTURES_NODE=SCHED_NODE PATH=SCHED_ID")
     monkeypatch.setenv("SCHED_ID", "3")
     monkeypatch.setenv("SCHED_NODE", "n2")

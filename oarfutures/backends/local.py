@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from oarfutures.backends import params
+from oarfutures.backends import commands, params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.backends.local_inspector import LocalWorkerInspector
 from oarfutures.protocol import layout, variables
@@ -87,6 +87,8 @@ class _Resident:
             self.process = subprocess.Popen(
                 [python, "-u", "-m", "oarfutures.worker.resident", str(requests), str(replies)],
                 stdin=subprocess.DEVNULL,
+                # not what describes a job this client may run in (its rank above all): only the user's settings
+                env=commands.clean_environment((variables.PREFIX,), variables.USER_SETTINGS),
                 pass_fds=(requests, replies),
                 preexec_fn=functools.partial(_before_worker_starts, os.getpid()),
             )

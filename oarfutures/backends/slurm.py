@@ -105,9 +105,10 @@ SHORT_OPTIONS = {
 #: sbatch options of their own that are also prefixes of a reserved one
 PREFIX_OPTIONS = ("gpus", "ntasks")
 
-# Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index...)
-NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_")
-KEEP_VARIABLES = ("SLURM_CONF",)
+# Variables of a surrounding job that would leak into a nested submission (its memory, CPUs, array index, and
+# our own: its rank, which the new job's ranks would take for theirs)
+NESTED_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_", variables.PREFIX)
+KEEP_VARIABLES = ("SLURM_CONF", *variables.USER_SETTINGS)
 # squeue and sacct cut a collapsed row's task list at 64 bytes by default (``16_[0-2,4-5,8-9,11-13,17,19-20,``: the
 # tasks after the cut would look purged); 0 prints it whole
 QUERY_VARIABLES = {"SLURM_BITSTR_LEN": "0"}

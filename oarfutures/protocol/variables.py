@@ -74,3 +74,6 @@ FOLDER = "OARFUTURES_FOLDER"
 KEEP_DAYS = "OARFUTURES_KEEP_DAYS"
 #: the backend ``AutoPoolExecutor`` uses: "oar", "slurm" or "local"
 CLUSTER = "OARFUTURES_CLUSTER"
+#: the only ones a job may inherit from the process that submits it; the others describe the submitting job
+#: itself (a call that submits from inside a job, a rank among them), and its rank must not become the new job's
+USER_SETTINGS = (FOLDER, KEEP_DAYS, CLUSTER)
