@@ -11,9 +11,11 @@ both to the core, which creates the folder last: a refused argument leaves nothi
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import textwrap
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
@@ -24,7 +26,6 @@ from oarfutures.backends.local import LocalBackend
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend
 from oarfutures.core.executor import JobExecutor
-from oarfutures.core.poller import get_poller
 from oarfutures.core.settings import CoreSettings
 
 #: the arguments every executor takes that are the core's, not its scheduler's (``CoreSettings``)
@@ -326,15 +327,19 @@ class LocalPoolExecutor(JobExecutor):
         settings = CoreSettings.check(
             LocalBackend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
-        backend = LocalBackend(max_workers or os.cpu_count() or 1, settings.folder, on_job_end=_wake_poller)
+        backend = LocalBackend(max_workers or os.cpu_count() or 1, settings.folder)
         # the generic parameters (mem_gb=, timeout_min=...) are accepted, so that a script runs unchanged here
         backend.parameters.update(backend.validate(parameters))
         super().__init__(backend, settings)
         self._max_workers = backend.max_workers
+        # weakly: an executor the user dropped is not kept alive by its backend's slots (its futures still resolve)
+        backend.on_job_end = functools.partial(_job_ended, weakref.ref(self))
 
 
-def _wake_poller() -> None:
-    get_poller().wake()  # (looked up each time: a forked child has a poller of its own)
+def _job_ended(executor: weakref.ref[JobExecutor], job_id: str) -> None:
+    live = executor()
+    if live is not None:
+        live.job_ended(job_id)
 
 
 def AutoPoolExecutor(

@@ -12,6 +12,7 @@ from test_robustness import alive
 
 from oarfutures import JobFailedError, LocalPoolExecutor
 from oarfutures.backends import local
+from oarfutures.protocol import layout
 
 import tasks
 from conftest import wait_for
@@ -115,3 +116,26 @@ def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(fol
 def test_each_call_gets_the_function_as_submitted_not_as_an_earlier_call_left_it(folder):
     with LocalPoolExecutor(1, folder=folder) as executor:
         assert list(executor.map(tasks.CountingCall(), range(10))) == [1] * 10
+
+
+def test_a_plain_function_is_loaded_once_per_worker_and_its_claims_share_one_owner(folder):
+    """Per call, a resident worker neither unpickles a plain function again nor creates a claim file: what
+    ProcessPoolExecutor's workers do not pay either (a function's state lives on in its worker, as module globals
+    do there; a callable object is fresh for each call, see above)."""
+    seen = []
+
+    def count_calls_in_this_worker(_):  # pickled by value, with its closure
+        seen.append(1)
+        return len(seen)
+
+    with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:
+        counts = list(executor.map(count_calls_in_this_worker, range(6)))
+        batch = executor.submit(abs, 1).task_id.rpartition("_")[0]  # another batch: claims of its own
+    assert counts == [1, 2, 3, 4, 5, 6]
+    claims = os.path.join(folder, layout.CLAIMS)
+    batches = [b for b in os.listdir(claims) if b != batch and not b.startswith(layout.OWNER_FILE_PREFIX)]
+    (mapped,) = batches
+    paths = [os.path.join(claims, mapped, str(i)) for i in range(6)] + [os.path.join(claims, batch, "0")]
+    assert len({os.lstat(p).st_ino for p in paths}) == 1  # one file, linked seven times
+    assert layout.parse_run_owner(layout.claim_owner(paths[0]))[0] is None  # a resident names no job
+    assert not [n for n in os.listdir(claims) if n.startswith(layout.OWNER_FILE_PREFIX)]  # dropped as it left

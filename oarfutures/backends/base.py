@@ -87,9 +87,9 @@ class BatchSubmission:
         # worker checks the claim again, atomically: this test only saves starting an interpreter.
         skip = (
             f"{index}=$(( {index_expression} ))\n"
-            f'if [ -L {claims}/"${index}" ] && [ ! -e {resume}"${index}".resume.pkl ]; then\n'
+            f'if [ -e {claims}/"${index}" ] && [ ! -e {resume}"${index}".resume.pkl ]; then\n'
             f'  echo "oarfutures: task {self.batch}_${index} not run: claimed before'
-            f' ($(readlink {claims}/"${index}"))" >&2; exit 0\nfi\n'
+            f' ($(cat {claims}/"${index}"))" >&2; exit 0\nfi\n'
         )
         command = (
             f"exec {shlex.quote(self.python)} -u -m oarfutures.worker "

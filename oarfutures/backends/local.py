@@ -155,13 +155,13 @@ class LocalBackend(Backend):
         "setup": params.setup_lines,
     }
 
-    def __init__(self, max_workers: int, folder: str, on_job_end: Callable[[], None] | None = None) -> None:
-        """``on_job_end`` is called after each job ended, outside the backend's lock: the executor wakes its
-        poller there, which then finds the result at once instead of at its next tick."""
+    def __init__(self, max_workers: int, folder: str) -> None:
         self.parameters: dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
-        self._on_job_end = on_job_end
+        #: called with the job id after each job ended, outside the backend's lock: the executor delivers its
+        #: result there at once, instead of at its poller's next scan
+        self.on_job_end: Callable[[str], None] | None = None
         self.reset()
         _backends.add(self)
 
@@ -225,30 +225,48 @@ class LocalBackend(Backend):
         started a process ends, and a slot thread ends only after closing its worker.
         """
         resident: _Resident | None = None
+        # The job that ended last: the executor hears of it once the next job is on its way to the worker, which
+        # then starts that job while the client reads the result, instead of waiting for the client.
+        untold: str | None = None
+
+        def tell_untold() -> None:
+            nonlocal untold
+            if untold is not None and self.on_job_end is not None:
+                self.on_job_end(untold)
+            untold = None
+
         try:
             while True:
                 with self._lock:
-                    if not self._lock.wait_for(lambda: self._queue or self._closing, timeout=IDLE_SECONDS):
+                    if untold is not None and not self._queue and not self._closing:
+                        job = None  # no next job to send first: tell now (below), then wait
+                    elif not self._lock.wait_for(lambda: self._queue or self._closing, timeout=IDLE_SECONDS):
                         self._slots.remove(threading.current_thread())  # under the lock: submit() starts a new slot
                         return
-                    if self._closing:
+                    elif self._closing:
                         return
-                    job = self._queue.popleft()
-                    if job.job_id in self._skip:  # cancelled while queued: never started
-                        self._skip.discard(job.job_id)
-                        self._lock.notify_all()
-                        continue
-                    self._states[job.job_id] = self._changed[job.job_id] = RUNNING
-                    self._busy += 1
+                    else:
+                        job = self._queue.popleft()
+                        if job.job_id in self._skip:  # cancelled while queued: never started
+                            self._skip.discard(job.job_id)
+                            self._lock.notify_all()
+                            continue
+                        self._states[job.job_id] = self._changed[job.job_id] = RUNNING
+                        self._busy += 1
+                if job is None:
+                    tell_untold()
+                    continue
                 code: int | None = None
                 try:
                     if resident is None or not resident.ready_for(job):
                         if resident is not None:
                             resident.close()
                         resident = _Resident(job.python)
-                    code = self._run(resident, job)
+                    code = self._run(resident, job, sent=tell_untold)
                 except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
                     failure = f"the worker could not start: {exc}"
+                finally:
+                    tell_untold()
                 with self._lock:
                     if code is None:
                         self._killed[job.job_id] = failure
@@ -261,19 +279,23 @@ class LocalBackend(Backend):
                         continue
                     self._states[job.job_id] = self._changed[job.job_id] = self._ended_status(job.job_id, code)
                     self._lock.notify_all()
-                if self._on_job_end is not None:
-                    self._on_job_end()
+                untold = job.job_id
         finally:
+            tell_untold()
             if resident is not None:
                 resident.close()
 
-    def _run(self, resident: _Resident, job: _Job) -> int:
-        """Hand the job to the worker and return the exit status its job ends with (the worker's own if it died)."""
+    def _run(self, resident: _Resident, job: _Job, sent: Callable[[], None]) -> int:
+        """Hand the job to the worker, call ``sent``, and return the exit status its job ends with (the worker's
+        own if it died)."""
         environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
         request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": environment}
         request["logs"] = self._own_logs(job.job_id)
         resident.listening = False
-        resident.send(request)
+        try:
+            resident.send(request)
+        finally:
+            sent()
         with self._lock:
             self._running[job.job_id] = resident
             if job.job_id in self._killed:  # cancelled while it was starting

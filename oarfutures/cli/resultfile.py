@@ -39,8 +39,9 @@ class _SkeletonUnpickler(pickle.Unpickler):
         return None
 
 
-def result_errors(path: str) -> tuple[int, list[str]]:
-    """(number of calls, "Type: message" of each failed call) of a result file, without running its code.
+def result_errors(path: str) -> tuple[int, list[str], float | None]:
+    """(number of calls, "Type: message" of each failed call, when the run began if the worker said) of a result
+    file, without running its code.
 
     The outcomes' values are not rebuilt (their classes may not even be importable here): only the tags and the
     error texts the worker stored as plain strings are read. An unreadable file counts as one failure.
@@ -50,8 +51,9 @@ def result_errors(path: str) -> tuple[int, list[str]]:
             data = _SkeletonUnpickler(f).load()
         outcomes = [results.outcome(item) for item in data["outcomes"]]
         errors = [f"{o.type_name}: {o.message}" for o in outcomes if isinstance(o, results.Raised)]
-        return len(outcomes), errors
+        started = data.get("started")
+        return len(outcomes), errors, started if isinstance(started, float) else None
     except FileNotFoundError:
         raise
     except Exception as exc:
-        return 0, [f"CorruptResultError: result file cannot be read ({exc!r})"]
+        return 0, [f"CorruptResultError: result file cannot be read ({exc!r})"], None

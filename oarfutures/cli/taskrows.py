@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ class TaskRow:
     native: str = ""
     detail: str = ""
     runtime: float | None = None
+    started: float | None = None  # when the run that wrote the result began (older results do not say)
     result: str | None = None  # the result file, if there is one
     status: JobStatus | None = None  # what the scheduler said
 
@@ -67,25 +67,22 @@ class TaskRow:
         }
 
 
-def _claim_time(path: str) -> float | None:
-    try:
-        return os.lstat(path).st_mtime  # the claim itself, a symbolic link, not what it names
-    except OSError:
-        return None
-
-
 def estimate_runtime(inspectors: FolderInspectors, row: TaskRow, now: float) -> float | None:
     """Seconds the latest run took (or has taken so far), from file times: no scheduler call.
 
-    A cluster job's log files are created when it starts and the worker seldom writes to both, so the older of
-    their mtimes approximates the start; a local call has log files only if it printed, but its claim is made
-    as it starts. The result file's mtime is the end (for a job still running: now).
+    A result says when its run began, and its file's mtime is the end. Without one: a cluster job's log files
+    are created when it starts and the worker seldom writes to both, so the older of their mtimes approximates
+    the start; a local call has log files only if it printed, but its claim is linked as it starts. For a job
+    still running the end is now.
     """
     if row.job_id is None:
         return None
+    if row.started is not None and row.result is not None:
+        end = mtime(row.result)
+        return None if end is None else max(0.0, end - row.started)
     logs = [t for t in (mtime(p) for p in inspectors.log_paths(row.record.backend, row.job_id)) if t is not None]
     if not logs:
-        claimed = _claim_time(layout.claim_path(inspectors.folder, row.batch, row.index))
+        claimed = layout.claim_time(layout.claim_path(inspectors.folder, row.batch, row.index))
         if claimed is None:
             return None
         logs = [claimed]
@@ -135,7 +132,7 @@ def note_cancelled(folder: str, row: TaskRow) -> None:
 
 def classify_result(row: TaskRow) -> None:
     try:
-        calls, errors = result_errors(row.result)  # type: ignore[arg-type]
+        calls, errors, row.started = result_errors(row.result)  # type: ignore[arg-type]
     except FileNotFoundError:  # delivered and removed meanwhile by a client: it was there, so it is done
         row.state, row.detail = "done", ""
         return

@@ -207,6 +207,22 @@ class TaskTracker(TaskTable):
                 self._settled_answer = None  # it holds the last answer and the tasks it was applied to
                 poller.forget(self)
 
+    # ------------------------------------------------------------------ told by the backend
+    def job_ended(self, job_id: str) -> None:
+        """A backend that sees its jobs end (the local one) says so at once: a result already there is delivered
+        now, without waiting for the poller's next scan; a job that ended without one is the poller's to judge
+        (it asks the backend, and starts the grace period)."""
+        with self._lock:
+            task = self._by_job.get(job_id)
+        if task is None or not os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
+            get_poller().wake()
+            return
+        with self._lock:
+            if task.settling:  # the poller's scan found it first
+                return
+            task.settling = True
+        self._service.run(self._deliver, task)
+
     # ------------------------------------------------------------------ settling (service thread)
     def _deliver(self, task: Task) -> None:
         """Read a task's result, settle its futures, then move the file and do the bookkeeping."""

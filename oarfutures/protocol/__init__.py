@@ -3,8 +3,8 @@
 The client (``core``, ``backends``) and a job (``worker``) never talk directly: the client writes files into the
 job folder and a job script, the job writes files back. Everything they share is here:
 
-- ``layout``: every path of the job folder (drawn as a tree in its docstring), and the claims, symbolic links
-  whose target names who runs a call, that make a call run once or never;
+- ``layout``: every path of the job folder (drawn as a tree in its docstring), and the claims, hard links to
+  a file naming who runs a call, that make a call run once or never;
 - the task files (written by ``core.batchfiles``, read by ``worker.taskfiles``): ``tasks/<batch>.fn.pkl`` is a
   pickle of ``(meta, functions)``, ``meta`` a dict (``sys_path``: the client's import path, ``origins``: the
   file each function comes from, ``max_resubmissions``), ``functions`` the batch's functions pickled once by

@@ -123,9 +123,14 @@ class CorruptResultError(Exception):
     """A result file exists but cannot be read (truncated, corrupted, written by something else)."""
 
 
-def dump_result(outcomes: "list", resubmissions: int = 0, stolen_by: "str | None" = None) -> bytes:
-    """The bytes of a result file; a value that cannot be pickled becomes a PicklingError naming its type."""
-    extra = {"stolen_by": stolen_by} if stolen_by else {}
+def dump_result(
+    outcomes: "list", resubmissions: int = 0, stolen_by: "str | None" = None, started: "float | None" = None
+) -> bytes:
+    """The bytes of a result file; a value that cannot be pickled becomes a PicklingError naming its type.
+    ``started``: when the run began (``time.time()``), for the command line's runtimes."""
+    extra: dict[str, object] = {"stolen_by": stolen_by} if stolen_by else {}
+    if started is not None:
+        extra["started"] = started
     plain = [tuple(item) for item in outcomes]  # no class of ours on disk
     try:
         return pickle.dumps({"outcomes": plain, "resubmissions": resubmissions, **extra}, pickle.HIGHEST_PROTOCOL)

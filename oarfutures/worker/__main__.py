@@ -8,7 +8,7 @@ the job's first process (see ``ranks``). It starts once per task, so it imports 
 import os
 import sys
 
-from oarfutures.protocol import variables
+from oarfutures.protocol import layout, variables
 from oarfutures.worker.running import TaskRun, run_task
 
 
@@ -19,13 +19,16 @@ def main(argv):
     # read and removed: nothing the calls start may inherit them
     offer = {name: os.environ.pop(name, "") for name in variables.STEALING}
     rank = "--rank" in argv
-    status = run_task(task, rank=rank)
-    if status == 0 and not rank and offer[variables.STEAL_SECONDS]:
-        from oarfutures.worker import stealing  # only now: most of the time, its import would be for nothing
+    try:
+        status = run_task(task, rank=rank)
+        if status == 0 and not rank and offer[variables.STEAL_SECONDS]:
+            from oarfutures.worker import stealing  # only now: most of the time, its import would be for nothing
 
-        policy = stealing.StealPolicy.from_environment(offer)
-        if policy.allows(task):
-            stealing.steal(task, policy)
+            policy = stealing.StealPolicy.from_environment(offer)
+            if policy.allows(task):
+                stealing.steal(task, policy)
+    finally:
+        layout.drop_owner_files()
     return status
 
 

@@ -24,19 +24,25 @@ import traceback
 from oarfutures.protocol import layout
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
 from oarfutures.worker.running import TaskRun, run_task
-from oarfutures.worker.taskfiles import BatchFiles
+from oarfutures.worker.taskfiles import HOST, BatchFiles
 
 
 def serve(requests, replies):
     """Run requested tasks until the backend closes the request pipe (idle, shutdown) or dies."""
     console = os.dup(1), os.dup(2)  # where output between tasks goes: the client's own stdout/stderr
     batch_files = _LastBatch()
+    # its job ids are task ids, which its claims' names say already: one owner for all its calls, so that they
+    # all link to one owner file (see layout.claim)
+    owner = layout.run_owner(None, HOST, os.getpid())
+    environment: dict = {}  # the job variables as the last request set them: most stay the same from call to call
     spool = None
     try:
         for line in requests:
             request = json.loads(line)
-            os.environ.update(request["environment"])
-            task = TaskRun(request["folder"], request["batch"], request["index"])
+            for name, value in request["environment"].items():
+                if environment.get(name) != value:
+                    os.environ[name] = environment[name] = value
+            task = TaskRun(request["folder"], request["batch"], request["index"], owner)
             task.durable = False  # a crash of this machine takes the client and its futures with it
             try:
                 if spool is None or spool.folder != task.folder:
@@ -52,6 +58,7 @@ def serve(requests, replies):
     finally:
         if spool is not None:
             spool.close()
+        layout.drop_owner_files()
 
 
 def _run(task, replies, open_batch):
@@ -84,7 +91,7 @@ class _Spool:
         logs are complete)."""
         _flush()
         for position, (path, log) in enumerate(zip(self.paths, logs)):
-            if layout.publish_spool(path, log):
+            if os.fstat(self.fds[position]).st_size and layout.publish_spool(path, log):
                 os.close(self.fds[position])
                 self.fds[position] = self._open(path)
 
@@ -133,8 +140,10 @@ def _output_to(spool, console):
 def _flush():
     """C stdio needs no flush: the worker runs under ``python -u``, which also makes C's stdout unbuffered."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a call may have replaced or closed them
+        try:
             stream.flush()
+        except Exception:  # a call may have replaced or closed them
+            pass
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 
 from oarfutures.protocol import layout, results, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, RESUBMIT
-from oarfutures.worker.taskfiles import claim_call, claim_task, read_task
+from oarfutures.worker.taskfiles import claim_call, claim_task, job_owner, read_task
 
 
 class Interrupted(BaseException):
@@ -27,10 +27,12 @@ class TaskRun:
     would start, rather than killing the worker or being dropped.
     """
 
-    def __init__(self, folder, batch, index):
+    def __init__(self, folder, batch, index, owner=None):
         self.folder, self.batch, self.index = folder, batch, index
+        self.owner = owner or job_owner()  # what its claims say
         self.destination = layout.result_path(folder, batch, index)  # a rank of a multi-task job writes elsewhere
         self.started = time.monotonic()
+        self.began = time.time()  # the same moment on the wall clock, recorded in the result
         self.in_call = False
         self.stolen_by = None  # the job id of the job that ran this task in place of its own (see stealing)
         self.claims_calls = True  # the ranks of a multi-task job all run the call their launcher claimed
@@ -78,7 +80,8 @@ class TaskRun:
         outcomes = list(done)
         several = len(done) + len(calls) > 1
         for position, (fn_index, args, kwargs) in enumerate(calls):
-            if several and self.claims_calls and not claim_call(self.folder, self.batch, self.index, len(outcomes)):
+            call = len(outcomes)
+            if several and self.claims_calls and not claim_call(self.folder, self.batch, self.index, call, self.owner):
                 outcomes.append(results.NOT_RUN)  # its future was cancelled: the client ignores this outcome
                 continue
             function = functions[fn_index]
@@ -145,7 +148,7 @@ class TaskRun:
         """Write the result through a temp file and a rename: the client sees all of it or nothing."""
         if self.before_result is not None:
             self.before_result()
-        blob = results.dump_result(outcomes, resubmissions, self.stolen_by)
+        blob = results.dump_result(outcomes, resubmissions, self.stolen_by, self.began)
         temp = f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
             f.write(blob)
@@ -172,7 +175,7 @@ def run_task(task, rank=False, open_batch=None):
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ[variables.JOB_FOLDER], os.environ[variables.TASK_ID] = folder, layout.task_id(batch, index)
     world_size = int(os.environ.get(variables.RANKS, "1"))
-    if not rank and not claim_task(folder, batch, index):
+    if not rank and not claim_task(folder, batch, index, task.owner):
         return 0
     if world_size > 1:
         from oarfutures.worker import ranks

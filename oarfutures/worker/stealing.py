@@ -10,7 +10,7 @@ import time
 
 from oarfutures.protocol import layout, results, variables
 from oarfutures.worker.running import TaskRun
-from oarfutures.worker.taskfiles import owner, read_task
+from oarfutures.worker.taskfiles import job_owner, read_task
 
 STEAL_MARGIN_FACTOR = 1.5  # a stolen task must fit this many times its estimate ...
 STEAL_MARGIN_SECONDS = 10.0  # ... plus this, in the job's remaining walltime
@@ -103,7 +103,7 @@ def steal(task, policy):
 def _run_stolen(folder, batch, index, job):
     """Claim and run task ``index`` here; False if another run or a cancel() holds its claim, None to stop."""
     try:
-        if not layout.claim(layout.claim_path(folder, batch, index), owner()):
+        if not layout.claim(layout.claim_path(folder, batch, index), job_owner()):
             return False
     except OSError:  # the batch's files are gone: stop
         return None

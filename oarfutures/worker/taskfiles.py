@@ -19,8 +19,10 @@ DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickl
 class BatchFiles:
     """A batch's task files, checked and opened once: a resident local worker runs many tasks of one batch.
 
-    The functions stay pickled here and are unpickled for each task, so that a task never sees what an earlier
-    call did to them (as a one-shot worker would not).
+    Plain functions are unpickled once too and kept from call to call, as a ``ProcessPoolExecutor`` worker keeps
+    the modules it imported (a call sees what earlier calls in the same worker did to its globals, as it would
+    there). Any other callable (an object with ``__call__``, a ``functools.partial``) is unpickled for each task,
+    as ``ProcessPoolExecutor`` unpickles it for each call: a call never sees what an earlier one did to it.
     """
 
     def __init__(self, folder, batch):
@@ -30,12 +32,24 @@ class BatchFiles:
         with open(fn_file, "rb") as f:
             self.meta, self.fn_blob = pickle.load(f)
         layout.check_private(args_file)
+        self._functions = None
         self._index = os.open(layout.index_path(folder, batch), os.O_RDONLY)
         try:
             self._args = os.open(args_file, os.O_RDONLY)
         except BaseException:
             os.close(self._index)
             raise
+
+    def functions(self):
+        if self._functions is not None:
+            return self._functions
+        # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
+        sys.path.extend(p for p in self.meta["sys_path"] if p not in sys.path)
+        functions = pickle.loads(self.fn_blob)
+        restore_file_names(functions, self.meta["origins"])
+        if all(isinstance(f, (types.FunctionType, types.BuiltinFunctionType)) for f in functions):
+            self._functions = functions
+        return functions
 
     def calls(self, index):
         start, end = struct.unpack("<QQ", os.pread(self._index, 16, 8 * index))
@@ -57,10 +71,7 @@ def read_task(folder, batch, index, files=None):
     files = BatchFiles(folder, batch) if own else files
     try:
         meta = files.meta
-        # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
-        sys.path.extend(p for p in meta["sys_path"] if p not in sys.path)
-        functions = pickle.loads(files.fn_blob)
-        restore_file_names(functions, meta["origins"])
+        functions = files.functions()
         resume = layout.resume_path(folder, batch, index)
         if os.path.exists(resume):
             layout.check_private(resume)
@@ -114,12 +125,15 @@ def _renamed(code, filename):
 
 
 # ---------------------------------------------------------------------------------------------- claims
-def owner():
+HOST = os.uname().nodename
+
+
+def job_owner():
     """What this process writes into the claims it takes: who to follow, or to kill, for the call."""
-    return layout.run_owner(os.environ.get(variables.JOB_ID), os.uname().nodename, os.getpid())
+    return layout.run_owner(os.environ.get(variables.JOB_ID), HOST, os.getpid())
 
 
-def claim_task(folder, batch, index):
+def claim_task(folder, batch, index, owner):
     """Win the task's claim before running anything: a call runs once, and never after its cancel() won.
 
     A run that finds the claim held by an earlier run of the same task goes on only if that run checkpointed
@@ -128,7 +142,7 @@ def claim_task(folder, batch, index):
     """
     path = layout.claim_path(folder, batch, index)
     try:
-        if layout.claim(path, owner()):
+        if layout.claim(path, owner):
             return True
         holder = layout.claim_owner(path) or ""
     except OSError as exc:
@@ -141,11 +155,11 @@ def claim_task(folder, batch, index):
     return False
 
 
-def claim_call(folder, batch, index, call):
+def claim_call(folder, batch, index, call, owner):
     """The claim of one call of a task of several: cancel() of one future of a chunk takes this one."""
     path = layout.claim_path(folder, batch, index, call)
     try:
-        if layout.claim(path, owner()):
+        if layout.claim(path, owner):
             return True
         return layout.parse_run_owner(layout.claim_owner(path)) is not None  # ours, from a run before a checkpoint
     except OSError:  # the batch's files were removed meanwhile (aborted, cleaned): run nothing more
