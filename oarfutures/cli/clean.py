@@ -9,8 +9,6 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-import filelock
-
 from oarfutures.cli.cancel import cancel_live, cancel_queued, queued_rows, require_known
 from oarfutures.cli.folder import mtime, open_folder
 from oarfutures.cli.inspectors import FolderInspectors, runs_of
@@ -84,6 +82,8 @@ def days(text: str) -> float:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    import filelock  # on first use: it costs ~35 ms to import, and only clean takes the lock
+
     folder = open_folder(args.folder)
     with filelock.FileLock(layout.lock_path(folder)):  # not while attach() reads the folder
         return _clean(folder, args)
