@@ -70,17 +70,6 @@ def unchanged_for(folder: str, record: records.BatchRecord, days: float) -> bool
     return written is not None and time.time() - written > days * 86400
 
 
-def days(text: str) -> float:
-    """``--older`` value: a number of days >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days >= 0")
-    return value
-
-
 def cmd_clean(args: argparse.Namespace) -> int:
     import filelock  # on first use: it costs ~35 ms to import, and only clean takes the lock
 
