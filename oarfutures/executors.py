@@ -20,11 +20,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
 from oarfutures import auto, registry
-from oarfutures.backends import oar, params, slurm
+from oarfutures.backends import params
 from oarfutures.backends.base import Backend
 from oarfutures.backends.local import LocalBackend
-from oarfutures.backends.oar import OarBackend
-from oarfutures.backends.slurm import SlurmBackend
 from oarfutures.core.executor import JobExecutor
 from oarfutures.core.settings import CoreSettings
 
@@ -53,21 +51,23 @@ _CORE_ARGUMENTS_MARK = re.compile(r"^( *)\(" + ", ".join(CORE_ARGUMENTS) + r": s
 E = TypeVar("E", bound=type)
 
 
-def _with_core_arguments(backend: type[Backend]) -> Callable[[E], E]:
-    """Put the core arguments' entries where the constructor's docstring marks them (API reference, ``help()``);
-    ``tests/test_api_docs.py`` fails if a constructor forgets the mark."""
+def _with_core_arguments(grace: float) -> Callable[[E], E]:
+    """Put the core arguments' entries where the constructor's docstring marks them (API reference, ``help()``),
+    ``grace`` being its backend's ``result_grace``: a number, not the backend class, so that defining the Slurm and
+    OAR executors does not import their backends. ``tests/unit/test_api_docs.py`` fails if a constructor forgets
+    the mark or documents another grace than its backend's."""
 
     def document(cls: E) -> E:
         init = cls.__init__  # type: ignore[misc]
         if init.__doc__:  # (none under python -OO)
-            entries = textwrap.dedent(_CORE_ARGUMENTS_DOC.format(grace=backend.result_grace))
+            entries = textwrap.dedent(_CORE_ARGUMENTS_DOC.format(grace=grace))
             init.__doc__ = _CORE_ARGUMENTS_MARK.sub(lambda mark: textwrap.indent(entries, mark[1]), init.__doc__)
         return cls
 
     return document
 
 
-@_with_core_arguments(SlurmBackend)
+@_with_core_arguments(Backend.result_grace)  # (Slurm's backend keeps the default)
 class SlurmPoolExecutor(JobExecutor):
     """Runs calls as Slurm jobs: ``submit`` is one ``sbatch``, ``map`` one job array.
 
@@ -151,6 +151,8 @@ class SlurmPoolExecutor(JobExecutor):
                 submitit's spellings where they mean the same. A name that is none of these is refused with
                 the list of valid ones.
         """
+        from oarfutures.backends.slurm import PARAMETERS, SlurmBackend  # here: a local executor never loads it
+
         settings = CoreSettings.check(
             SlurmBackend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
@@ -171,11 +173,11 @@ class SlurmPoolExecutor(JobExecutor):
             "steal_seconds": steal_seconds,
         }
         # (unknown names listed, submitit's spellings translated)
-        given = {**params.changed_from_defaults(explicit, slurm.PARAMETERS), **parameters}
+        given = {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}
         super().__init__(SlurmBackend(settings.folder, given, max_array_size), settings)
 
 
-@_with_core_arguments(OarBackend)
+@_with_core_arguments(Backend.result_grace)  # (OAR's backend keeps the default)
 class OarPoolExecutor(JobExecutor):
     """Runs calls as OAR jobs: ``submit`` is one ``oarsub``, ``map`` one ``oarsub --array``.
 
@@ -263,6 +265,8 @@ class OarPoolExecutor(JobExecutor):
                 spellings where they mean the same. A name that is none of these is refused with the list of
                 valid ones.
         """
+        from oarfutures.backends.oar import PARAMETERS, OarBackend  # here: a local executor never loads it
+
         settings = CoreSettings.check(
             OarBackend, max_workers, folder, python, keep_files, result_grace, warn_pickle_bytes, max_resubmissions
         )
@@ -284,11 +288,11 @@ class OarPoolExecutor(JobExecutor):
             "mem_gb": mem_gb,
         }
         # (unknown names listed, submitit's spellings translated)
-        given = {**params.changed_from_defaults(explicit, oar.PARAMETERS), **parameters}
+        given = {**params.changed_from_defaults(explicit, PARAMETERS), **parameters}
         super().__init__(OarBackend(settings.folder, given), settings)
 
 
-@_with_core_arguments(LocalBackend)
+@_with_core_arguments(LocalBackend.result_grace)
 class LocalPoolExecutor(JobExecutor):
     """Runs calls in worker subprocesses on this machine, at most ``max_workers`` at once.
 

@@ -11,7 +11,8 @@ The package, from the bottom:
   ``inspectors``   the inspector of each scheduler named in the records, and every run (job id) of a task
   ``taskrows``     the state of each task: files first, then one query per scheduler
   ``text``         tables, durations, sizes, a yes/no question
-  ``status``, ``logs``, ``cancel``, ``clean``, ``results``: one command each, ``cmd_<name>(args) -> exit status``
+  ``status``, ``logs``, ``cancel``, ``clean``, ``results``: one command each, ``cmd_<name>(args) -> exit status``,
+                   imported when that command runs
 
 Exit status: 0 on success, 1 when the command could not do what was asked (not a job folder, unknown task, no
 logs, cancellation declined), 2 for a usage error.
@@ -20,16 +21,38 @@ logs, cancellation declined), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Callable
 
-from oarfutures.cli.cancel import cmd_cancel
-from oarfutures.cli.clean import cmd_clean, days
 from oarfutures.cli.folder import CliError
-from oarfutures.cli.logs import cmd_logs
-from oarfutures.cli.results import cmd_results
-from oarfutures.cli.status import cmd_status, watch_seconds
+
+#: the shortest ``status --watch`` interval: each refresh asks the schedulers once, and their controllers are shared
+MIN_WATCH_SECONDS = 1.0
+
+
+def watch_seconds(text: str) -> float:
+    """``--interval`` value: seconds between ``--watch`` refreshes, at least ``MIN_WATCH_SECONDS``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not MIN_WATCH_SECONDS <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between refreshes, at least {MIN_WATCH_SECONDS:g}")
+    return value
+
+
+def days(text: str) -> float:
+    """``--older`` value: a number of days >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days >= 0")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,17 +76,14 @@ def parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds between --watch refreshes (default 5, at least 1: each asks the schedulers)",
     )
-    p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("logs", help="stdout and stderr of a task, every run of it")
     p.add_argument("folder")
     p.add_argument("task", help="a task id, <batch>_<index> (the BATCH and TASK columns of status)")
-    p.set_defaults(run=cmd_logs)
 
     p = sub.add_parser("cancel", help="cancel every queued or running job of the folder")
     p.add_argument("folder")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(run=cmd_cancel)
 
     p = sub.add_parser("clean", help="remove the task and result files of complete batches")
     p.add_argument("folder")
@@ -75,7 +95,6 @@ def parser() -> argparse.ArgumentParser:
         type=days,
         help="only batches whose record was last written more than DAYS days ago (fractions allowed)",
     )
-    p.set_defaults(run=cmd_clean)
 
     p = sub.add_parser(
         "results",
@@ -88,12 +107,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON list (value when JSON can hold it, repr always)")
     p.add_argument("--pickle", metavar="OUT", help="pickle the list of results and exceptions to OUT")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit status 1)")
-    p.set_defaults(run=cmd_results)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # the command's module only: the others, and for --help or a usage error all of them, would load for nothing
+    run: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(f"oarfutures.cli.{args.command}"), f"cmd_{args.command}"
+    )
     logger = logging.getLogger("oarfutures")
     if args.verbose:
         handler = logging.StreamHandler()
@@ -104,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.addHandler(logging.NullHandler())
         logger.propagate = False  # nothing by default, not even warnings through logging's last resort
     try:
-        return args.run(args)
+        return run(args)
     except CliError as exc:
         print(f"oarfutures: {exc}", file=sys.stderr)
         return 1

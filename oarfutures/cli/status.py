@@ -140,8 +140,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the shortest ``--watch`` interval: each refresh asks the schedulers once, and their controllers are shared
-MIN_WATCH_SECONDS = 1.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -166,17 +164,6 @@ def watch_status(folder: str, inspectors: FolderInspectors, args: argparse.Names
             time.sleep(args.interval)
     except KeyboardInterrupt:  # the usual way to leave a watch: not an error
         return 0
-
-
-def watch_seconds(text: str) -> float:
-    """``--interval`` value: seconds between ``--watch`` refreshes, at least ``MIN_WATCH_SECONDS``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not MIN_WATCH_SECONDS <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between refreshes, at least {MIN_WATCH_SECONDS:g}")
-    return value
 
 
 def batch_state(record: records.BatchRecord) -> str:

@@ -16,8 +16,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Union
 
-import cloudpickle
-
 from oarfutures.protocol import layout
 
 Call = tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
@@ -55,6 +53,8 @@ def calls_in(task: Task) -> int:
 
 
 def pickle_functions(functions: Sequence[Callable]) -> bytes:
+    import cloudpickle  # at the first submit, not with the executors: ~10 ms an executor that submits nothing skips
+
     try:
         return cloudpickle.dumps(list(functions))
     except Exception as exc:
@@ -63,6 +63,8 @@ def pickle_functions(functions: Sequence[Callable]) -> bytes:
 
 
 def pickle_task(calls: Sequence[Call], number: int = 0) -> bytes:
+    import cloudpickle  # at the first submit (see pickle_functions)
+
     try:
         return cloudpickle.dumps(list(calls))
     except Exception as exc:

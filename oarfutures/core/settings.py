@@ -8,7 +8,6 @@ parameters), and ``JobExecutor`` creates the folder last, so that a refused argu
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -61,7 +60,7 @@ class CoreSettings:
 def folder_path(folder: str | None, kind: str) -> str:
     """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
-        folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+        folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}")
     return os.path.abspath(os.fspath(folder))
 
 

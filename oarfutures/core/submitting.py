@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -143,7 +142,7 @@ class BatchSubmitter(TaskTracker):
         gathered calls). ``accepted``: calls gathered before a shutdown, which go out all the same."""
         if not accepted:
             self._check_open()
-        batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         calls_per_task = [batchfiles.calls_in(calls) for calls in tasks]
@@ -201,8 +200,10 @@ class BatchSubmitter(TaskTracker):
         never started) are submitted now, and a local call whose worker died with its client fails. Processes
         take turns on the folder: a second ``attach()`` follows what the first submitted.
         """
+        import filelock  # on first use: it costs ~35 ms to import, and only attach() takes the lock
+
         attached: list[JobFuture] = []
-        with self._folder_lock:
+        with filelock.FileLock(layout.lock_path(self.folder)):
             for record in records.load_all(self.folder):
                 futures = self._attach_batch(record)
                 if futures:

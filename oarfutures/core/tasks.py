@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import filelock
-
 from oarfutures.backends.base import Backend, JobState, JobStatus
 from oarfutures.core import batchfiles, records
 from oarfutures.core.futures import JobFuture
@@ -98,7 +96,6 @@ class TaskTable:
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # one wave at a time, so the running cap is counted right
         self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
-        self._folder_lock = filelock.FileLock(layout.lock_path(self.folder))
         self._service = ServiceThread(f"oarfutures-service-{backend.name}")
         self._tasks: dict[str, Task] = {}
         self._waiting: collections.deque[collections.deque[Task]] = (

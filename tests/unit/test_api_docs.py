@@ -11,6 +11,7 @@ import re
 import pytest
 
 import oarfutures
+from oarfutures import registry
 from oarfutures.core.executor import ExecutorOptions
 
 PUBLIC = sorted(name for name in oarfutures.__all__ if not name.startswith("_"))
@@ -74,3 +75,12 @@ def test_every_constructor_parameter_is_explained(name, obj):
 
 def documented_attributes(doc):
     return section_entries(doc, "Attributes:")
+
+
+@pytest.mark.parametrize("scheduler", registry.NAMES)
+def test_each_executor_documents_its_backends_result_grace(scheduler):
+    """``executors`` gives each constructor's docstring its backend's grace as a number (it does not import the
+    cluster backends to read it): a backend changing its ``result_grace`` must be documented with it."""
+    grace = registry.backend_class(scheduler).result_grace
+    doc = registry.executor_class(scheduler).__init__.__doc__
+    assert f"(default {grace:g} s)" in " ".join(doc.split())
