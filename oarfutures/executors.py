@@ -23,7 +23,7 @@ from oarfutures import auto, registry
 from oarfutures.backends import params
 from oarfutures.backends.base import Backend
 from oarfutures.backends.local import LocalBackend
-from oarfutures.core.executor import JobExecutor
+from oarfutures.core.executor import SUBMITTED_AHEAD_PER_LOCAL_WORKER, JobExecutor
 from oarfutures.core.settings import CoreSettings
 
 #: the arguments every executor takes that are the core's, not its scheduler's (``CoreSettings``)
@@ -335,7 +335,7 @@ class LocalPoolExecutor(JobExecutor):
         # the generic parameters (mem_gb=, timeout_min=...) are accepted, so that a script runs unchanged here
         backend.parameters.update(backend.validate(parameters))
         super().__init__(backend, settings)
-        self._max_workers = backend.max_workers
+        self._max_workers = SUBMITTED_AHEAD_PER_LOCAL_WORKER * backend.max_workers  # see there: dask reads it
         # weakly: an executor the user dropped is not kept alive by its backend's slots (its futures still resolve)
         backend.on_job_end = functools.partial(_job_ended, weakref.ref(self))
 

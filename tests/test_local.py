@@ -18,6 +18,7 @@ from concurrent.futures import Future, wait
 import pytest
 
 from oarfutures import AutoPoolExecutor, JobFailedError, JobFuture, LocalPoolExecutor, RemoteError, RemoteTraceback
+from oarfutures.core.executor import SUBMITTED_AHEAD_PER_LOCAL_WORKER
 
 import tasks
 from conftest import run_client, wait_for
@@ -140,9 +141,17 @@ def test_max_workers_caps_how_many_calls_run_at_once(tmp_path):
     assert most == 2
 
 
-def test_max_workers_is_a_positive_int_dask_can_read(folder):
-    assert LocalPoolExecutor(3, folder=folder)._max_workers == 3
-    assert LocalPoolExecutor(folder=folder)._max_workers == os.cpu_count()
+def test_dask_keeps_a_few_calls_per_worker_submitted_and_max_workers_still_caps_them(tmp_path):
+    dask = pytest.importorskip("dask")
+    assert LocalPoolExecutor(folder=str(tmp_path / "default"))._max_workers == os.cpu_count() * 4
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    calls = [dask.delayed(tasks.record_interval)(str(marks), f"c{i}", 0.3) for i in range(6)]
+    with LocalPoolExecutor(2, folder=str(tmp_path / "jobs")) as executor:
+        assert executor._max_workers == 2 * SUBMITTED_AHEAD_PER_LOCAL_WORKER  # dask's num_workers
+        dask.compute(*calls, scheduler=executor)
+    spans = [tuple(map(float, (marks / f"c{i}").read_text().split())) for i in range(6)]
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) == 2
 
 
 def test_callbacks_may_submit_more_work(local):

@@ -71,6 +71,8 @@ def test_a_call_that_kills_its_worker_fails_alone_and_a_new_worker_takes_the_nex
             crashed.result(timeout=60)
         pid, task_id = after.result(timeout=60)
     assert task_id == after.task_id and pid != before and not alive(before)
+    # the file each worker kept ready for its next result went with it, the crashed one's too
+    assert [name for name in os.listdir(os.path.join(folder, "results")) if name != "delivered"] == []
 
 
 def test_idle_workers_leave_and_come_back_on_demand(folder, monkeypatch):

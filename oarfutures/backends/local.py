@@ -313,6 +313,8 @@ class LocalBackend(Backend):
             if done is not None:
                 return int(done.split()[1])
         code = resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
+        with contextlib.suppress(OSError):  # the empty file it kept for its next result
+            os.remove(layout.spare_result_path(job.folder, resident.process.pid))
         for spool, log in zip(layout.spool_paths(job.folder, resident.process.pid), self._own_logs(job.job_id)):
             layout.publish_spool(spool, log)  # what the call printed before it died: its log tail names why
             with contextlib.suppress(OSError):

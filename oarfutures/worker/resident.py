@@ -36,6 +36,7 @@ def serve(requests, replies):
     owner = layout.run_owner(None, HOST, os.getpid())
     environment: dict = {}  # the job variables as the last request set them: most stay the same from call to call
     spool = None
+    spare = None  # the empty file its next result goes into (layout.spare_result_path), made while it waits
     try:
         for line in requests:
             request = json.loads(line)
@@ -51,14 +52,34 @@ def serve(requests, replies):
                 os.write(replies, f"refused {exc}\n".encode())
                 continue
             task.before_result = functools.partial(spool.publish, request["logs"])
+            task.spare = spare if spare == layout.spare_result_path(task.folder, os.getpid()) else None
             with _output_to(spool.fds, console):
                 code = _run(task, replies, batch_files.open)
             spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
             os.write(replies, f"done {code}\n".encode())
+            if task.spare is None:  # used (or in another folder): the next one, while the client sends a call
+                spare = _new_spare(task.folder, spare)
     finally:
         if spool is not None:
             spool.close()
+        _remove(spare)
         layout.drop_owner_files()
+
+
+def _new_spare(folder, old):
+    _remove(old)
+    path = layout.spare_result_path(folder, os.getpid())
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    except OSError:  # the folder is gone: its next result makes a file of its own
+        return None
+    return path
+
+
+def _remove(path):
+    if path is not None:
+        with contextlib.suppress(OSError):  # (a spare that was used is gone already)
+            os.remove(path)
 
 
 def _run(task, replies, open_batch):
