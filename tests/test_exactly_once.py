@@ -39,6 +39,7 @@ def handed_to_workers(folder):
     ran = {
         f"{batch}_{name}"
         for batch in os.listdir(claims)
+        if not batch.startswith(layout.OWNER_FILE_PREFIX)  # the files claims link to
         for name in os.listdir(os.path.join(claims, batch))
         if layout.parse_run_owner(layout.claim_owner(os.path.join(claims, batch, name)))
     }

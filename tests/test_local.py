@@ -43,7 +43,7 @@ def test_map_is_one_batch_with_the_function_pickled_once(folder):
         task_files = os.listdir(os.path.join(folder, "tasks"))
         total = sum(os.path.getsize(os.path.join(folder, "tasks", name)) for name in task_files)
     assert results == [2_000_000 + i for i in range(20)]
-    assert len(task_files) == 3  # functions, concatenated arguments, their index
+    assert len(task_files) == 1  # one file: the functions, the concatenated arguments, their index
     assert total < 3_000_000
 
 
@@ -430,7 +430,7 @@ def test_batch_submits_the_calls_of_the_block_as_one_array(folder):
             futures = [executor.submit(tasks.add, i, 1) for i in range(3)] + [executor.submit(tasks.square, 5)]
             assert not any(f.done() for f in futures)
         assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 25]
-    assert len([n for n in os.listdir(os.path.join(folder, "tasks")) if n.endswith(".fn.pkl")]) == 1
+    assert len([n for n in os.listdir(os.path.join(folder, "tasks")) if n.endswith(".batch")]) == 1
 
 
 def test_an_exception_in_a_batch_block_submits_nothing(folder):

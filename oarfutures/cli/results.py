@@ -62,7 +62,7 @@ def reattaching_executor(name: str, folder: str) -> Any:
 def cmd_results(args: argparse.Namespace) -> int:
     folder = open_folder(args.folder)
     unfinished = [
-        r for r in records.load_all(folder) if not r.complete and os.path.exists(layout.functions_path(folder, r.batch))
+        r for r in records.load_all(folder) if not r.complete and os.path.exists(layout.batch_path(folder, r.batch))
     ]
     names = sorted({r.backend for r in unfinished})
     if len(names) > 1:

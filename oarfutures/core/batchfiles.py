@@ -1,8 +1,8 @@
 """Client side of the file protocol (see ``layout``): write a batch's task files (results: ``protocol.results``).
 
 The functions of a batch are pickled once, however many calls it has (a closure holding a large model is written
-once, not once per element); every task's calls go into one file with an offset index, so a map of 100,000
-calls creates three files, not 100,000.
+once, not once per element); every task's calls go into the same file with an offset index, so a map of 100,000
+calls creates one file, not 100,000.
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def write_batch(
         "max_resubmissions": max_resubmissions,
     }
     os.mkdir(os.path.dirname(layout.claim_path(folder, batch, 0)), 0o700)
-    _write_private(layout.functions_path(folder, batch), pickle.dumps((meta, fn_blob)))
-    _write_private(layout.args_path(folder, batch), b"".join(blobs))
-    _write_private(layout.index_path(folder, batch), struct.pack(f"<{len(offsets)}Q", *offsets))
+    head = pickle.dumps((meta, fn_blob))
+    parts = [struct.pack(layout.TASK_FILE_HEADER, len(head), len(blobs)), head]
+    parts += [struct.pack(f"<{len(offsets)}Q", *offsets), *blobs]
+    _write_private(layout.batch_path(folder, batch), b"".join(parts))
 
 
 def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
@@ -111,7 +112,7 @@ def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
 
 def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
     """Remove the batch's task files, claims and delivered results (logs and the record stay)."""
-    paths = [layout.functions_path(folder, batch), layout.args_path(folder, batch), layout.index_path(folder, batch)]
+    paths = [layout.batch_path(folder, batch)]
     for index in range(tasks):
         paths += [layout.delivered_path(folder, batch, index), layout.resume_path(folder, batch, index)]
     for path in paths:

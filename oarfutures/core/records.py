@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from oarfutures.protocol import layout
@@ -39,9 +39,12 @@ class BatchRecord:
         # the user's thread and the executor's threads both change and save a record: one at a time
         self._lock = threading.Lock()
 
-    def set_job_ids(self, job_ids: dict[int, str]) -> None:
+    def set_job_ids(self, job_ids: dict[int, str]) -> bool:
+        """Record these; False if the record had them all already (nothing to save)."""
         with self._lock:
+            changed = any(self.job_ids.get(index) != job_id for index, job_id in job_ids.items())
             self.job_ids.update(job_ids)
+            return changed
 
     def note_outcome(self, index: int, futures: Sequence[Future], job_cancelled: bool = False) -> None:
         """Remember how a settled task ended: "cancelled" if its job was cancelled (``job_cancelled``: scancel,
@@ -73,12 +76,16 @@ class BatchRecord:
         """Write through a temp file of this process and thread, then rename: readers see one whole version."""
         path = layout.record_path(folder, self.batch)
         with self._lock:
-            text = json.dumps(asdict(self))
+            # (not dataclasses.asdict: it deep-copies every list and dict first, 2.5 ms instead of 0.3 for 400 calls)
+            text = json.dumps({name: getattr(self, name) for name in _FIELDS})
             temp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.replace(temp, path)
+
+
+_FIELDS = [item.name for item in fields(BatchRecord)]
 
 
 def client_name() -> str:

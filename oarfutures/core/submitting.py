@@ -147,6 +147,8 @@ class BatchSubmitter(TaskTracker):
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         calls_per_task = [batchfiles.calls_in(calls) for calls in tasks]
         record = records.BatchRecord(batch, self.backend.name, calls_per_task, checkpointable=checkpointable)
+        if self.backend.job_ids_are_task_ids:  # known now: the record is saved once, not again after submit()
+            record.set_job_ids({index: layout.task_id(batch, index) for index in range(len(tasks))})
         try:
             record.save(self.folder)
         except BaseException:
@@ -225,7 +227,7 @@ class BatchSubmitter(TaskTracker):
                 self.backend.name,
             )
             return []
-        if not os.path.exists(layout.functions_path(self.folder, record.batch)):
+        if not os.path.exists(layout.batch_path(self.folder, record.batch)):
             return []  # its files were cleaned up: nothing to attach to
         if not self.backend.jobs_outlive_client and record.client and records.client_alive(record.client):
             raise RuntimeError(f"batch {record.batch} of {self.folder} is followed by the live process {record.client}")
@@ -371,8 +373,8 @@ class BatchSubmitter(TaskTracker):
                     future.job_ids.append(job_id)
                 if task.all_cancelled():
                     self._cancelled.add(task)
-        first.record.set_job_ids({task.index: job_id for task, job_id in zip(wave, job_ids)})
-        self._save(first.record)
+        if first.record.set_job_ids({task.index: job_id for task, job_id in zip(wave, job_ids)}):
+            self._save(first.record)
         if orphans:
             self.backend.cancel(orphans)
         get_poller().query_soon(self)

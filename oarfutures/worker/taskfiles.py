@@ -26,19 +26,19 @@ class BatchFiles:
     """
 
     def __init__(self, folder, batch):
-        fn_file = layout.functions_path(folder, batch)
-        args_file = layout.args_path(folder, batch)
-        layout.check_private(folder, os.path.join(folder, layout.TASKS), fn_file)
-        with open(fn_file, "rb") as f:
-            self.meta, self.fn_blob = pickle.load(f)
-        layout.check_private(args_file)
-        self._functions = None
-        self._index = os.open(layout.index_path(folder, batch), os.O_RDONLY)
+        path = layout.batch_path(folder, batch)
+        self._fd = os.open(path, os.O_RDONLY)
         try:
-            self._args = os.open(args_file, os.O_RDONLY)
+            layout.check_private(folder, os.path.join(folder, layout.TASKS), path)
+            header = struct.calcsize(layout.TASK_FILE_HEADER)
+            head_size, tasks = struct.unpack(layout.TASK_FILE_HEADER, os.pread(self._fd, header, 0))
+            self.meta, self.fn_blob = pickle.loads(os.pread(self._fd, head_size, header))
         except BaseException:
-            os.close(self._index)
+            os.close(self._fd)
             raise
+        self._offsets = header + head_size  # then the N+1 offsets, then the calls
+        self._calls = self._offsets + 8 * (tasks + 1)
+        self._functions = None
 
     def functions(self):
         if self._functions is not None:
@@ -52,12 +52,11 @@ class BatchFiles:
         return functions
 
     def calls(self, index):
-        start, end = struct.unpack("<QQ", os.pread(self._index, 16, 8 * index))
-        return pickle.loads(os.pread(self._args, end - start, start))
+        start, end = struct.unpack("<QQ", os.pread(self._fd, 16, self._offsets + 8 * index))
+        return pickle.loads(os.pread(self._fd, end - start, self._calls + start))
 
     def close(self):
-        os.close(self._index)
-        os.close(self._args)
+        os.close(self._fd)
 
 
 def read_task(folder, batch, index, files=None):
