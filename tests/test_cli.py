@@ -92,6 +92,17 @@ def test_status_tells_done_tasks_from_tasks_whose_result_holds_an_error(kept):
     assert failed["detail"] == "ValueError: ('bad input', 42)"
 
 
+def test_status_gives_the_runtime_each_local_call_took_also_on_a_worker_that_ran_others_since(folder):
+    """A quiet local call leaves no log file, and its worker's claims all link one file: the runtime comes from
+    when the result says its run began."""
+    with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:
+        slow = executor.submit(tasks.sleep_and_return, 1.0, "slow")
+        quick = executor.submit(tasks.square, 3)
+        assert (slow.result(timeout=60), quick.result(timeout=60)) == ("slow", 9)
+    runtimes = {task["task_id"]: task["runtime"] for task in status(folder)["tasks"]}
+    assert 0.9 <= runtimes[slow.task_id] < 10 and runtimes[quick.task_id] < 0.9
+
+
 def test_status_table_has_aligned_columns_and_a_summary_line(kept):
     lines = cli("status", kept).stdout.splitlines()
     header, rows, summary = lines[0], lines[1:-1], lines[-1]
