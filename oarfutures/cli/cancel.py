@@ -57,6 +57,7 @@ def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> tuple[list[TaskRow], 
         except FileNotFoundError:  # its files were removed meanwhile: nothing can run it
             won = True
         (cancelled if won else started).append(row)
+    layout.drop_owner_files()  # the claims keep their owner: the file's name need not outlive this command
     return cancelled, started
 
 
