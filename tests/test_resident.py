@@ -141,3 +141,51 @@ def test_a_plain_function_is_loaded_once_per_worker_and_its_claims_share_one_own
     assert len({os.lstat(p).st_ino for p in paths}) == 1  # one file, linked seven times
     assert layout.parse_run_owner(layout.claim_owner(paths[0]))[0] is None  # a resident names no job
     assert not [n for n in os.listdir(claims) if n.startswith(layout.OWNER_FILE_PREFIX)]  # dropped as it left
+
+
+def _on_hand_over(monkeypatch, action):
+    """Call ``action(backend, job, resident)`` each time a slot hands a worker its next job ahead of its turn."""
+    hand_over = local.LocalBackend._hand_over
+
+    def hand_over_then_act(backend, resident, ending):
+        job = hand_over(backend, resident, ending)
+        if job is not None:
+            action(backend, job, resident)
+        return job
+
+    monkeypatch.setattr(local.LocalBackend, "_hand_over", hand_over_then_act)
+
+
+def test_a_call_handed_to_a_worker_that_dies_before_taking_it_runs_once_on_a_new_worker(folder, tmp_path, monkeypatch):
+    """A worker gets its next call while it writes a result; if it dies then, that call never started (a worker
+    answers "started" before it claims a call): it goes back to the queue, and runs once on a new worker."""
+    runs, handed, requeued = str(tmp_path / "runs"), [], []
+    _on_hand_over(monkeypatch, lambda backend, job, resident: handed.append(job.job_id))
+    requeue = local.LocalBackend._requeue
+    monkeypatch.setattr(local.LocalBackend, "_requeue", lambda b, job: requeued.append(job.job_id) or requeue(b, job))
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        dying = executor.submit(tasks.exit_while_the_result_is_written)
+        after = executor.submit(tasks.note_run, runs, "after")
+        with pytest.raises(JobFailedError, match="status 3"):
+            dying.result(timeout=60)
+        assert after.result(timeout=60) == "after"
+    assert handed == requeued == [after.job_id] and tasks.runs_of(runs, "after") == 1
+
+
+def test_a_call_cancelled_after_it_was_handed_to_its_worker_never_runs(folder, tmp_path, monkeypatch):
+    runs, cancelled = str(tmp_path / "runs"), []
+    futures = []
+
+    def cancel_once(backend, job, resident):
+        if not cancelled:
+            future = next(f for f in futures if f.job_id == job.job_id)
+            cancelled.append((future, future.cancel()))
+
+    _on_hand_over(monkeypatch, cancel_once)
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        futures += [executor.submit(tasks.note_run, runs, f"c{i}", 0.2) for i in range(3)]
+        results = [f.exception(timeout=60) if not f.cancelled() else "cancelled" for f in futures]
+        assert executor.submit(tasks.square, 4).result(timeout=60) == 16  # the worker goes on
+    ((future, won),) = cancelled
+    assert won and future.cancelled() and results[futures.index(future)] == "cancelled"
+    assert [tasks.runs_of(runs, f"c{i}") for i in range(3)] == [0 if f is future else 1 for f in futures]

@@ -64,6 +64,19 @@ def _after_fork_in_child() -> None:
         backend.reset()
 
 
+class _NotTaken(Exception):
+    """A job handed to a worker ahead of its turn, whose worker died before taking it."""
+
+
+def _claim_for_cancel(job: _Job) -> bool:
+    """Take a handed job's claim for a cancellation (its worker then does not run it); False if its worker has."""
+    path = layout.claim_path(job.folder, job.batch, job.index)
+    try:
+        return layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED
+    except OSError:  # its files are gone: nothing can run it
+        return True
+
+
 @dataclass(frozen=True)
 class _Job:
     job_id: str
@@ -175,8 +188,11 @@ class LocalBackend(Backend):
         self._running: dict[str, _Resident] = {}  # the worker of each running job
         self._interrupts: set[str] = set()  # running jobs to interrupt once their task listens
         self._killed: dict[str, str] = {}  # job id -> why we killed it
-        self._skip: set[str] = set()  # queued jobs cancelled before a slot took them
-        self._busy = 0  # slots between taking a job and seeing its worker exit
+        self._skip: set[str] = set()  # queued jobs cancelled before a slot took them (or before they started)
+        self._handed: dict[str, tuple[_Job, _Resident]] = {}  # sent to a worker ahead of its turn, not started yet
+        self._ending: set[str] = set()  # running jobs whose call returned: their worker is not killed for them
+        self._idle = 0  # slots waiting for a job
+        self._busy = 0  # jobs taken by a slot and not over yet
         self._changed: dict[str, JobStatus] = {}  # news for the next query
 
     def drain(self) -> None:
@@ -228,6 +244,7 @@ class LocalBackend(Backend):
         # The job that ended last: the executor hears of it once the next job is on its way to the worker, which
         # then starts that job while the client reads the result, instead of waiting for the client.
         untold: str | None = None
+        following: _Job | None = None  # handed to the worker while it wrote its last result (see _hand_over)
 
         def tell_untold() -> None:
             nonlocal untold
@@ -235,12 +252,20 @@ class LocalBackend(Backend):
                 self.on_job_end(untold)
             untold = None
 
+        def hand_over(ending: _Job) -> None:
+            nonlocal following
+            assert resident is not None
+            following = self._hand_over(resident, ending)
+
         try:
             while True:
+                handed, following = following, None
                 with self._lock:
-                    if untold is not None and not self._queue and not self._closing:
+                    if handed is not None:
+                        job = handed
+                    elif untold is not None and not self._queue and not self._closing:
                         job = None  # no next job to send first: tell now (below), then wait
-                    elif not self._lock.wait_for(lambda: self._queue or self._closing, timeout=IDLE_SECONDS):
+                    elif not self._wait_for_work():
                         self._slots.remove(threading.current_thread())  # under the lock: submit() starts a new slot
                         return
                     elif self._closing:
@@ -258,20 +283,31 @@ class LocalBackend(Backend):
                     continue
                 code: int | None = None
                 try:
-                    if resident is None or not resident.ready_for(job):
+                    if handed is None and (resident is None or not resident.ready_for(job)):
                         if resident is not None:
                             resident.close()
                         resident = _Resident(job.python)
-                    code = self._run(resident, job, sent=tell_untold)
+                    assert resident is not None
+                    code = self._run(resident, job, tell_untold, hand_over, handed is not None)
+                except _NotTaken:  # handed to a worker that died before taking it: it goes back to the queue
+                    with self._lock:
+                        self._requeue(job)
+                    continue
                 except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
                     failure = f"the worker could not start: {exc}"
                 finally:
                     tell_untold()
                 with self._lock:
-                    if code is None:
-                        self._killed[job.job_id] = failure
+                    self._handed.pop(job.job_id, None)
+                    self._ending.discard(job.job_id)
                     self._running.pop(job.job_id, None)
                     self._busy -= 1
+                    if job.job_id in self._skip:  # cancelled while handed over: its claim kept it from running
+                        self._skip.discard(job.job_id)
+                        self._lock.notify_all()
+                        continue
+                    if code is None:
+                        self._killed[job.job_id] = failure
                     if code == RESUBMIT and job.job_id not in self._killed:  # checkpointed: again, same job id
                         self._states[job.job_id] = QUEUED
                         self._queue.append(job)
@@ -285,31 +321,50 @@ class LocalBackend(Backend):
             if resident is not None:
                 resident.close()
 
-    def _run(self, resident: _Resident, job: _Job, sent: Callable[[], None]) -> int:
-        """Hand the job to the worker, call ``sent``, and return the exit status its job ends with (the worker's
-        own if it died)."""
+    def _request(self, job: _Job) -> dict[str, Any]:
         environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
         request = {"folder": job.folder, "batch": job.batch, "index": job.index, "environment": environment}
         request["logs"] = self._own_logs(job.job_id)
-        resident.listening = False
-        try:
-            resident.send(request)
-        finally:
+        return request
+
+    def _run(
+        self, resident: _Resident, job: _Job, sent: Callable[[], None], ended: Callable[[_Job], None], handed: bool
+    ) -> int:
+        """Hand the job to the worker (unless it was ``handed`` over already), call ``sent``, and return the exit
+        status its job ends with (the worker's own if it died). ``ended(job)`` when the worker says the call
+        returned and it writes the result. Raises _NotTaken if a handed job's worker died before taking it."""
+        if not handed:
+            resident.listening = False
+            try:
+                resident.send(self._request(job))
+            finally:
+                sent()
+            with self._lock:
+                self._running[job.job_id] = resident
+                if job.job_id in self._killed:  # cancelled while it was starting
+                    resident.kill()
+        else:
             sent()
-        with self._lock:
-            self._running[job.job_id] = resident
-            if job.job_id in self._killed:  # cancelled while it was starting
-                resident.kill()
         reply = resident.reply()
         if reply is not None and reply.startswith("refused "):
             raise OSError(reply[len("refused ") :])
+        if reply is None and handed:  # "started" comes before the claim: without it, the job never ran
+            raise _NotTaken(job.job_id)
         if reply == "started":
             with self._lock:
+                if handed:  # from now on it is running, unless a cancel took its claim first
+                    self._handed.pop(job.job_id, None)
+                    self._running[job.job_id] = resident
+                    if job.job_id not in self._skip:
+                        self._states[job.job_id] = self._changed[job.job_id] = RUNNING
                 resident.listening = True
                 if job.job_id in self._interrupts:  # interrupt() came before the task could take the signal
                     self._interrupts.discard(job.job_id)
                     resident.process.send_signal(CHECKPOINT_SIGNAL)
             done = resident.reply()
+            if done == "ended":
+                ended(job)
+                done = resident.reply()
             if done is not None:
                 return int(done.split()[1])
         code = resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
@@ -320,6 +375,50 @@ class LocalBackend(Backend):
             with contextlib.suppress(OSError):
                 os.remove(spool)
         return code
+
+    def _hand_over(self, resident: _Resident, ending: _Job) -> _Job | None:
+        """The worker's call returned and it writes the result now: send it the next queued job, which it then
+        finds waiting when it is done (no round trip through this thread between two calls). Only while no slot
+        waits for work (it would start that job sooner), and never to a worker a cancel is killing."""
+        with self._lock:
+            self._ending.add(ending.job_id)  # its call is over: a cancel now must not kill what the worker runs next
+            resident.listening = False  # and an interrupt() would reach the next call
+            if self._closing or self._idle or resident.killed or not self._queue:
+                return None
+            if self._queue[0].python != resident.python:
+                return None
+            job = self._queue.popleft()
+            if job.job_id in self._skip:  # cancelled while queued: never started
+                self._skip.discard(job.job_id)
+                self._lock.notify_all()
+                return None
+            self._handed[job.job_id] = (job, resident)
+            self._busy += 1
+        try:
+            resident.send(self._request(job))
+        except OSError:  # the worker is gone: the job waits for another
+            with self._lock:
+                self._requeue(job)
+            return None
+        return job
+
+    def _requeue(self, job: _Job) -> None:
+        """A handed job that never started goes back to the head of the queue (lock held)."""
+        self._handed.pop(job.job_id, None)
+        self._busy -= 1
+        if job.job_id in self._skip:  # cancelled meanwhile: its cancellation was reported already
+            self._skip.discard(job.job_id)
+        else:
+            self._queue.appendleft(job)
+        self._lock.notify_all()
+
+    def _wait_for_work(self) -> bool:
+        """Wait (lock held) until a job is queued or the backend closes; False after IDLE_SECONDS without."""
+        self._idle += 1
+        try:
+            return bool(self._lock.wait_for(lambda: self._queue or self._closing, timeout=IDLE_SECONDS))
+        finally:
+            self._idle -= 1
 
     def _ended_status(self, job_id: str, code: int | None) -> JobStatus:
         if code is None:
@@ -337,11 +436,15 @@ class LocalBackend(Backend):
         with self._lock:
             for job_id in job_ids:
                 state = self._states.get(job_id)
-                if state is QUEUED:  # its slot will skip it
+                handed = self._handed.get(job_id)
+                if handed is not None and not _claim_for_cancel(handed[0]):  # its worker started it already
+                    self._killed.setdefault(job_id, "cancelled")
+                    handed[1].kill()
+                elif state is QUEUED:  # its slot skips it; a handed one finds its claim taken
                     self._skip.add(job_id)
                     status = JobStatus(JobState.CANCELLED, "CANCELLED", None, "cancelled while queued")
                     self._states[job_id] = self._changed[job_id] = status
-                elif state is RUNNING:
+                elif state is RUNNING and job_id not in self._ending:  # (an ended call's result stands)
                     self._killed.setdefault(job_id, "cancelled")
                     resident = self._running.get(job_id)
                     if resident is not None:  # the kill ends its call, and the slot replaces the worker
@@ -352,6 +455,8 @@ class LocalBackend(Backend):
         with self._lock:
             if self._states.get(job_id) is not RUNNING:
                 raise RuntimeError(f"job {job_id} is not running: nothing to interrupt")
+            if job_id in self._ending:  # its call returned: nothing left to interrupt
+                return
             resident = self._running.get(job_id)
             if resident is not None and resident.listening:
                 resident.process.send_signal(CHECKPOINT_SIGNAL)

@@ -41,7 +41,7 @@ class TaskRun:
         self.checkpointable = False  # one of its functions has a checkpoint(): never stolen from, never steals
         self.all_ok = False  # every call ran and returned (set by run): only then may the job steal more work
         self.before_result = None  # called just before the result is written (a resident worker's logs)
-        self.spare = None  # an empty file in results/ to write the result into (a resident worker's), else a new one
+        self.spare = None  # gives an empty file in results/ to write the result into, if one is ready (a resident's)
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -150,7 +150,7 @@ class TaskRun:
         if self.before_result is not None:
             self.before_result()
         blob = results.dump_result(outcomes, resubmissions, self.stolen_by, self.began)
-        temp, self.spare = self.spare or f"{self.destination}.tmp-{os.getpid()}", None
+        temp = (self.spare() if self.spare is not None else None) or f"{self.destination}.tmp-{os.getpid()}"
         with open(temp, "wb") as f:
             f.write(blob)
             if self.durable:
