@@ -197,3 +197,54 @@ def test_slurm_recognises_the_same_tuple_of_ids_and_only_a_tuple(tmp_path):
     assert backend._arrays_of(listed) == arrays
     listed.append("5_0")  # a list may change between two calls: never taken for the last one
     assert backend._arrays_of(listed) == ["12", "5", "7", "9"]
+
+
+def _answer(rows, counting=False):
+    """A Slurm answer (``slurm_formats.statuses``) of these (job or collapsed row, status) rows."""
+    from oarfutures.backends import slurm_formats
+
+    answer, _ = slurm_formats.statuses(rows)
+    if not counting:
+        return answer
+
+    class CountingAnswer(slurm_formats.Answer):
+        lookups = 0
+
+        def get(self, *args):
+            self.lookups += 1
+            return super().get(*args)
+
+    copy = CountingAnswer()
+    copy.update(answer)
+    copy.rows = answer.rows
+    return copy
+
+
+def test_a_new_answer_after_a_settled_one_looks_only_at_the_rows_that_changed(executor):
+    futures = [executor.submit(abs, i) for i in range(3)]
+    ids = live_ids(executor, 3)
+    assert executor.apply_states(_answer([(i, PENDING) for i in ids]), time.monotonic()) is True
+    news = _answer([(ids[0], RUNNING), (ids[1], PENDING), (ids[2], PENDING)], counting=True)
+    assert executor.apply_states(news, time.monotonic()) is True
+    assert news.lookups == 1  # the one job whose row changed
+    assert futures[0].running() and not futures[1].running()
+
+
+def test_a_job_whose_row_is_gone_from_a_new_answer_is_missing(executor):
+    executor.submit(abs, 1)
+    executor.submit(abs, 2)
+    first, second = live_ids(executor, 2)
+    now = time.monotonic()
+    executor.apply_states(_answer([(first, PENDING), (second, PENDING)]), now)
+    executor.apply_states(_answer([(second, PENDING)]), now + UNSEEN_GRACE + 1)
+    assert tasks_of(executor)[first].vanished and not tasks_of(executor)[second].vanished
+
+
+def test_a_stolen_task_follows_the_row_of_the_job_that_stole_it(executor):
+    futures = [executor.submit(abs, i) for i in range(2)]
+    first, second = live_ids(executor, 2)
+    executor.apply_states(_answer([(first, PENDING), (second, PENDING)]), time.monotonic())
+    executor._note_stolen([(tasks_of(executor)[first].task_id, second)])
+    executor.apply_states(_answer([(first, PENDING), (second, PENDING)]), time.monotonic())  # settled again
+    executor.apply_states(_answer([(first, PENDING), (second, RUNNING)]), time.monotonic())  # only `second` moved
+    assert futures[0].running() and futures[1].running()

@@ -155,6 +155,7 @@ class TaskTable:
         # the last answer apply_states found nothing left to do with, and the version of _by_job it had then
         self._settled_answer: tuple[Mapping[str, JobStatus], int] | None = None
         self._live_ids: tuple[int, tuple[str, ...]] | None = None  # live_job_ids' list, and the version it is of
+        self._stolen: dict[str, Task] = {}  # stolen tasks by the job that stole them (their key in _by_job: their own)
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: set[Task] = set()  # tasks whose futures were all cancelled: their jobs go

@@ -122,18 +122,27 @@ class TaskTracker(TaskTable):
         with self._lock:
             if self.backend.reports_changes_only:  # only the news: no need to look at every task
                 tasks = [self._by_job[job_id] for job_id in statuses if job_id in self._by_job]
-            elif (
-                self._settled_answer is not None
-                and self._settled_answer[0] is statuses
-                and self._settled_answer[1] == self._by_job.version
-            ):
-                # the very answer (the backend gives the same object when the queue did not move) already applied to
-                # these very jobs (no job submitted, retired, followed or stolen since: O(1), not a comparison of
-                # every job), none of them missing from it: going over them again would change nothing
-                return False
             else:
-                tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
                 jobs = self._by_job.version
+                settled, changed_ids = self._settled_answer, None
+                if settled is not None and settled[1] == jobs:
+                    if settled[0] is statuses:
+                        # the very answer (the backend gives the same object when the queue did not move) already
+                        # applied to these very jobs (none submitted, retired, followed or stolen since: O(1), not a
+                        # comparison of every job), none of them missing from it: going over them again changes nothing
+                        return False
+                    # a new answer after a settled one: only the jobs whose rows changed, if the answer can tell
+                    # (``slurm_formats.Answer``); every other job has the very status object it was settled with
+                    telling = getattr(statuses, "changed_ids", None)
+                    changed_ids = telling(settled[0]) if telling is not None else None
+                if changed_ids is not None:
+                    found = list(map(self._by_job.get, changed_ids))
+                    if self._stolen:  # a stolen task is filed under its own job, not the one it follows
+                        found += [self._stolen.get(job_id) for job_id in changed_ids]
+                    tasks = [t for t in found if t is not None and t.phase is Phase.SUBMITTED]
+                else:
+                    tasks = [t for t in self._tasks.values() if t.phase is Phase.SUBMITTED]
+                    self._stolen = {t.job_id: t for t in tasks if t.own_job_id is not None and t.job_id}
         missing = False
         quiet = (
             JobState.PENDING,
@@ -222,6 +231,7 @@ class TaskTracker(TaskTable):
             if self._watched and not self._tasks and not self._cancelled and not self._failed_ids:
                 self._watched = False
                 self._settled_answer = None  # it holds the last answer and the tasks it was applied to
+                self._stolen = {}
                 poller.forget(self)
 
     # ------------------------------------------------------------------ told by the backend
@@ -298,6 +308,7 @@ class TaskTracker(TaskTable):
                     continue  # a task still being submitted is seen again on the next scan
                 task.own_job_id, task.job_id = task.job_id or "", job_id  # "": it had no job (attached, submitting)
                 self._by_job.changed()  # its job id changed: live_job_ids and a settled answer are out of date
+                self._stolen[job_id] = task
                 task.last_status, task.vanished, task.ended_since = None, False, None
                 task.submitted_at = time.monotonic()
                 self._ended.discard(task)
