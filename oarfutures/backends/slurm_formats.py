@@ -78,9 +78,31 @@ def squeue_rows(out: str) -> Iterable[tuple[str, JobStatus]]:
 
 
 class Answer(dict):
-    """A query's answer: a plain dict that can be referred to weakly."""
+    """A query's answer: a plain dict (job id -> status) that can be referred to weakly, and knows the rows it was
+    read from (``rows``: one per job, task or collapsed array of tasks), so that the jobs whose status may have
+    changed since another answer are found from the few rows that differ (``changed_ids``), not from every job."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("__weakref__", "rows")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, JobStatus] | None = None
+
+    def changed_ids(self, previous: object) -> list[str] | None:
+        """The job ids whose status may differ from ``previous``'s (an answer of the same query): every job of a
+        row that is new, gone or of another status. None if that cannot be told (look at every job)."""
+        rows, old = self.rows, getattr(previous, "rows", None)
+        if rows is None or old is None:
+            return None
+        specs = [spec for spec, status in rows.items() if old.get(spec) is not status]
+        specs += [spec for spec in old if spec not in rows]
+        ids: list[str] = []
+        try:
+            for spec in specs:
+                ids += expand(spec)
+        except ValueError:
+            return None
+        return ids
 
 
 def statuses(rows: Iterable[tuple[str, JobStatus]]) -> tuple[Answer, set[str]]:
@@ -90,9 +112,11 @@ def statuses(rows: Iterable[tuple[str, JobStatus]]) -> tuple[Answer, set[str]]:
     come last, so a task's own row wins over a collapsed row that still lists it (sacct lags behind slurmctld).
     """
     statuses = Answer()
+    statuses.rows = read = {}
     own = []
     cut: set[str] = set()
     for job, status in rows:
+        read[job] = status
         if not job.endswith("]") and "_[" not in job:
             own.append((job, status))
             continue

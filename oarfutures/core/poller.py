@@ -58,8 +58,9 @@ class Tracked(Protocol):
     def poll_files(self, now: float) -> bool:
         """Scan for results and overdue jobs (no blocking work); True if anything was found."""
 
-    def live_job_ids(self) -> list[str]:
-        """Job ids whose state the scheduler should be asked for."""
+    def live_job_ids(self) -> Sequence[str]:
+        """Job ids whose state the scheduler should be asked for (not changed by the caller: it may be the very
+        sequence of the last call)."""
 
     def apply_states(self, statuses: Mapping[str, Any], now: float) -> bool:
         """Act on a query's answer; True if any job changed state."""
@@ -76,7 +77,7 @@ class _Query:
 
     def __init__(self, executors: list[Tracked], ids: Sequence[str], done: threading.Event) -> None:
         self.executors = executors
-        self.ids = list(ids)
+        self.ids = ids  # never changed: the poller made it, or an executor gave it (and will not change it)
         self.statuses: Mapping[str, Any] | None = None
         self.error: BaseException | None = None
         self._done = done
@@ -188,10 +189,12 @@ class Poller:
         for group, members in groups.items():
             if group not in due or group in self._queries:
                 continue
-            ids: list[str] = []
+            ids: Sequence[str] = ()
             if not members[0].backend.reports_changes_only:
-                for executor in members:
-                    ids += self._guarded(executor, executor.live_job_ids) or []
+                listed = [self._guarded(executor, executor.live_job_ids) or () for executor in members]
+                # one executor's ids as they are (the same object while its jobs do not change: the backend may
+                # recognise them), several executors' joined
+                ids = listed[0] if len(listed) == 1 else [job_id for some in listed for job_id in some]
                 if not ids:
                     self._reschedule(members, now, changed=False)
                     continue

@@ -49,6 +49,54 @@ class Wave:
         return self.unfinished if self.limit is None else min(self.limit, self.unfinished)
 
 
+class JobIndex(dict[str, "Task"]):
+    """Live submitted tasks by their current job id: a dict that counts its changes (``version``), so that the
+    poller's steady questions (which jobs to ask about; is this answer already applied to these very jobs?) cost
+    nothing per job while nothing is submitted, retired or followed. Every way of changing it counts."""
+
+    __slots__ = ("version",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    def changed(self) -> None:
+        """Something the index does not see changed a task's job id (a stolen task): count it too."""
+        self.version += 1
+
+    def __setitem__(self, key: str, value: Task) -> None:
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.version += 1
+
+    def pop(self, *args: Any) -> Any:
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Task]:
+        self.version += 1
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        self.version += 1
+        return super().setdefault(*args)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+    def __ior__(self, other: Any) -> JobIndex:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+
 @dataclass(eq=False)
 class Task:
     """One array element: its calls' futures and the job that runs it."""
@@ -103,9 +151,11 @@ class TaskTable:
         )  # per batch, tasks not submitted yet
         self._waves: set[Wave] = set()
         self._batch_left: dict[str, int] = {}
-        self._by_job: dict[str, Task] = {}  # live submitted tasks by their current job id
-        # the last answer apply_states found nothing left to do with, and the jobs it had then (see there)
-        self._settled_answer: tuple[Mapping[str, JobStatus], dict[str, Task]] | None = None
+        self._by_job = JobIndex()  # live submitted tasks by their current job id
+        # the last answer apply_states found nothing left to do with, and the version of _by_job it had then
+        self._settled_answer: tuple[Mapping[str, JobStatus], int] | None = None
+        self._live_ids: tuple[int, tuple[str, ...]] | None = None  # live_job_ids' list, and the version it is of
+        self._stolen: dict[str, Task] = {}  # stolen tasks by the job that stole them (their key in _by_job: their own)
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
