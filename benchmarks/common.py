@@ -82,11 +82,12 @@ def code_version(python: str) -> dict[str, Any]:
     import hashlib
 
     def digest(folder: str) -> str:
+        """Of every .py file of the package, its subpackages' too (a change in core/ must reinstall)."""
         h = hashlib.sha256()
-        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    h.update(name.encode() + f.read())
+        paths = sorted(os.path.join(root, n) for root, _, names in os.walk(folder) for n in names if n.endswith(".py"))
+        for path in paths:
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, folder).encode() + f.read())
         return h.hexdigest()[:12]
 
     installed = _out([python, "-c", "import oarfutures, os; print(os.path.dirname(oarfutures.__file__))"], cwd="/")
