@@ -267,7 +267,7 @@ def test_clean_logs_removes_the_logs_and_records_of_complete_batches(local, fold
     future = local.submit(tasks.print_and_return, "out", "err", 5)
     future.result(timeout=60)
     cli("clean", folder, "--logs")
-    # what is left is the spool of the executor's idle workers, still alive (see pool_worker)
+    # what is left is the spool of the executor's idle workers, still alive (see worker.resident)
     assert all(name.startswith("worker-") for name in files_under(folder, "logs")) and files_under(folder, "jobs") == []
     assert "no batches" in cli("status", folder).stdout
 

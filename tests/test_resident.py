@@ -11,7 +11,7 @@ import pytest
 from test_robustness import alive
 
 from oarfutures import JobFailedError, LocalPoolExecutor
-from oarfutures.backends import local
+from oarfutures.backends import local, local_resident
 from oarfutures.protocol import layout
 
 import tasks
@@ -89,7 +89,7 @@ def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(fol
     """A cancel may kill a worker just after its call ended, before the slot hears of it: the slot must not hand
     the next call to that dying worker (the next call would fail with SIGKILL)."""
     executor = LocalPoolExecutor(1, folder=folder)
-    reply, kill, late = local._Resident.reply, local._Resident.kill, []
+    reply, kill, late = local_resident.Resident.reply, local_resident.Resident.kill, []
 
     def reply_then_cancel(resident):
         line = reply(resident)
@@ -104,8 +104,8 @@ def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(fol
         resident.process.kill = lambda: threading.Timer(0.3, kill_now).start()
         kill(resident)
 
-    monkeypatch.setattr(local._Resident, "reply", reply_then_cancel)
-    monkeypatch.setattr(local._Resident, "kill", kill_slowly)
+    monkeypatch.setattr(local_resident.Resident, "reply", reply_then_cancel)
+    monkeypatch.setattr(local_resident.Resident, "kill", kill_slowly)
     try:
         first = executor.submit(tasks.square, 2)
         first.exception(timeout=60)  # its result or a cancellation: either is right for a call cancelled as it ended

@@ -1,31 +1,30 @@
 """The local backend: the same worker and files as on a cluster, in subprocesses on this machine.
 
 It is a tiny scheduler: a queue and ``max_workers`` slot threads, each owning one resident worker process
-(``pool_worker``) that runs task after task, so the concurrency cap is real (submitit's local executor has none)
-and a call costs no interpreter start (as with ``ProcessPoolExecutor``). Job ids are our task ids. A cancelled
-job is never started; a call that kills its worker fails alone, and the slot starts a new worker; a worker that
-cannot start fails its job, never its slot. Slots and their workers leave after ``IDLE_SECONDS`` without work.
+(``local_resident``; its side: ``worker.resident``) that runs task after task, so the concurrency cap is real
+(submitit's local executor has none) and a call costs no interpreter start (as with ``ProcessPoolExecutor``).
+Job ids are our task ids. A cancelled job is never started; a call that kills its worker fails alone, and the
+slot starts a new worker; a worker that cannot start fails its job, never its slot. A worker gets its next job
+while it writes the last one's result (``_hand_over``). Slots and their workers leave after ``IDLE_SECONDS``
+without work.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import functools
-import json
 import os
 import signal
-import subprocess
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from oarfutures.backends import commands, params
+from oarfutures.backends import params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.backends.local_inspector import LocalWorkerInspector
+from oarfutures.backends.local_resident import Resident
 from oarfutures.protocol import layout, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, RESUBMIT
 
@@ -33,23 +32,6 @@ QUEUED = JobStatus(JobState.PENDING, "PENDING")
 RUNNING = JobStatus(JobState.RUNNING, "RUNNING")
 IDLE_SECONDS = 10.0  # a slot and its resident worker leave after this long without work
 CLOSE_WAIT = 10.0  # close() waits this long for each slot (an idle worker leaves in milliseconds, or is killed)
-
-
-def _before_worker_starts(client: int) -> None:
-    """In the worker before exec: be killed when the client dies (Linux), like a job of a dead scheduler.
-
-    Without it a worker of a killed client runs on beside the calls attach() settles. If the client died before
-    the request took effect, the worker already has another parent: it leaves at once.
-    """
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
-        pass
-    if os.getppid() != client:
-        os._exit(1)
-    # interrupt() may come while the interpreter starts, before the worker can catch the checkpoint signal, which
-    # would kill it: blocked, the signal stays pending across exec until the worker listens (it unblocks it then)
-    signal.pthread_sigmask(signal.SIG_BLOCK, [CHECKPOINT_SIGNAL])
 
 
 def _finish_local_work_at_exit() -> None:
@@ -85,59 +67,6 @@ class _Job:
     batch: str
     index: int
     variables: dict[str, str]  # the job's own environment (ranks)
-
-
-class _Resident:
-    """One resident worker (``pool_worker``) and the two pipes to it."""
-
-    def __init__(self, python: str) -> None:
-        self.python = python
-        self.listening = False  # its current task takes the checkpoint signal
-        self.killed = False
-        requests, self._requests = os.pipe()
-        self._replies, replies = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [python, "-u", "-m", "oarfutures.worker.resident", str(requests), str(replies)],
-                stdin=subprocess.DEVNULL,
-                # not what describes a job this client may run in (its rank above all): only the user's settings
-                env=commands.clean_environment((variables.PREFIX,), variables.USER_SETTINGS),
-                pass_fds=(requests, replies),
-                preexec_fn=functools.partial(_before_worker_starts, os.getpid()),
-            )
-        except BaseException:
-            os.close(self._requests)
-            os.close(self._replies)
-            raise
-        finally:
-            os.close(requests)
-            os.close(replies)
-        self._reader = os.fdopen(self._replies, "r")
-
-    def ready_for(self, job: _Job) -> bool:
-        # a worker killed by a cancel may be a moment from dying: poll() alone could still find it alive
-        return self.python == job.python and not self.killed and self.process.poll() is None
-
-    def send(self, request: dict[str, Any]) -> None:
-        os.write(self._requests, (json.dumps(request) + "\n").encode())
-
-    def reply(self) -> str | None:
-        """The worker's next line, or None once it has died."""
-        return self._reader.readline().strip() or None
-
-    def kill(self) -> None:
-        self.killed = True
-        self.process.kill()
-
-    def close(self) -> None:
-        """Closing its request pipe tells an idle worker to leave; one that does not is killed."""
-        os.close(self._requests)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._reader.close()
 
 
 _backends: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
@@ -185,11 +114,11 @@ class LocalBackend(Backend):
         self._slots: list[threading.Thread] = []  # alive, or about to take a job
         self._closing = False
         self._states: dict[str, JobStatus] = {}
-        self._running: dict[str, _Resident] = {}  # the worker of each running job
+        self._running: dict[str, Resident] = {}  # the worker of each running job
         self._interrupts: set[str] = set()  # running jobs to interrupt once their task listens
         self._killed: dict[str, str] = {}  # job id -> why we killed it
         self._skip: set[str] = set()  # queued jobs cancelled before a slot took them (or before they started)
-        self._handed: dict[str, tuple[_Job, _Resident]] = {}  # sent to a worker ahead of its turn, not started yet
+        self._handed: dict[str, tuple[_Job, Resident]] = {}  # sent to a worker ahead of its turn, not started yet
         self._ending: set[str] = set()  # running jobs whose call returned: their worker is not killed for them
         self._idle = 0  # slots waiting for a job
         self._busy = 0  # jobs taken by a slot and not over yet
@@ -240,7 +169,7 @@ class LocalBackend(Backend):
         The worker is started, used and closed by this thread alone: PR_SET_PDEATHSIG fires when the thread that
         started a process ends, and a slot thread ends only after closing its worker.
         """
-        resident: _Resident | None = None
+        resident: Resident | None = None
         # The job that ended last: the executor hears of it once the next job is on its way to the worker, which
         # then starts that job while the client reads the result, instead of waiting for the client.
         untold: str | None = None
@@ -283,10 +212,10 @@ class LocalBackend(Backend):
                     continue
                 code: int | None = None
                 try:
-                    if handed is None and (resident is None or not resident.ready_for(job)):
+                    if handed is None and (resident is None or not resident.ready_for(job.python)):
                         if resident is not None:
                             resident.close()
-                        resident = _Resident(job.python)
+                        resident = Resident(job.python)
                     assert resident is not None
                     code = self._run(resident, job, tell_untold, hand_over, handed is not None)
                 except _NotTaken:  # handed to a worker that died before taking it: it goes back to the queue
@@ -328,7 +257,7 @@ class LocalBackend(Backend):
         return request
 
     def _run(
-        self, resident: _Resident, job: _Job, sent: Callable[[], None], ended: Callable[[_Job], None], handed: bool
+        self, resident: Resident, job: _Job, sent: Callable[[], None], ended: Callable[[_Job], None], handed: bool
     ) -> int:
         """Hand the job to the worker (unless it was ``handed`` over already), call ``sent``, and return the exit
         status its job ends with (the worker's own if it died). ``ended(job)`` when the worker says the call
@@ -376,7 +305,7 @@ class LocalBackend(Backend):
                 os.remove(spool)
         return code
 
-    def _hand_over(self, resident: _Resident, ending: _Job) -> _Job | None:
+    def _hand_over(self, resident: Resident, ending: _Job) -> _Job | None:
         """The worker's call returned and it writes the result now: send it the next queued job, which it then
         finds waiting when it is done (no round trip through this thread between two calls). Only while no slot
         waits for work (it would start that job sooner), and never to a worker a cancel is killing."""

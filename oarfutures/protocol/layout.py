@@ -27,7 +27,7 @@ worker can find its input before anyone knows which job id it got::
       logs/                      stdout/stderr of every job, kept after results are collected
       logs/<batch>_<i>.stolen.out|err   the output of task i when another job of its array ran it (stolen)
       logs/worker-<pid>.out|err  a resident local worker's output of the call it runs now; moved to the call's
-                                 own log files when the call ends, if it printed anything (see pool_worker)
+                                 own log files when the call ends, if it printed anything (see worker.resident)
 
 Besides the files, the job script and the worker share environment variables (``variables``), a signal and an
 exit status (``signals``). This module imports nothing heavy: the worker starts once per task.

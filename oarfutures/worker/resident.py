@@ -9,8 +9,10 @@ process fails only its own task: the backend sees the pipe close, reports the ex
 
 The protocol, one line each way per step, on two pipes that are not the call's stdin or stdout:
 the backend writes a JSON request; the worker answers ``started`` once the task listens for the checkpoint signal
-(so an ``interrupt()`` is never sent to a worker that would drop it) and ``done <exit status>`` when it has ended,
-or ``refused <reason>`` if the task cannot start (the spool files cannot be opened).
+(so an ``interrupt()`` is never sent to a worker that would drop it; before it claims the call, so a worker that
+dies before ``started`` never ran it), ``ended`` when the call returned and its result is about to be written (the
+backend may send the next request now: the worker finds it waiting), and ``done <exit status>`` when the task has
+ended; or ``refused <reason>`` if the task cannot start (the spool files cannot be opened).
 """
 
 import contextlib

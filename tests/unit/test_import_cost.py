@@ -1,10 +1,11 @@
 """What ``import oarfutures`` and the local executor load: not the cluster backends, nor filelock (imported where
-its lock is taken), which together made up half of ``from oarfutures import LocalPoolExecutor``."""
+its lock is taken), which together made up half of ``from oarfutures import LocalPoolExecutor``, nor ctypes (looked
+up when the first worker starts)."""
 
 import subprocess
 import sys
 
-NOT_LOADED = ("oarfutures.backends.slurm", "oarfutures.backends.oar", "filelock")
+NOT_LOADED = ("oarfutures.backends.slurm", "oarfutures.backends.oar", "filelock", "ctypes")
 
 
 def test_the_local_executor_loads_neither_cluster_backend_nor_filelock():
