@@ -3,43 +3,15 @@ pipes of the line protocol that ``worker.resident`` describes. The slots of ``ba
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
 import subprocess
-from typing import Any, Callable
+from typing import Any
 
 from oarfutures.backends import commands
 from oarfutures.protocol import variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
-
-
-def _before_worker_starts(client: int, prctl: Callable[[int, int], int] | None) -> None:
-    """In the worker before exec: be killed when the client dies (Linux), like a job of a dead scheduler.
-
-    Without it a worker of a killed client runs on beside the calls attach() settles. If the client died before
-    the request took effect, the worker already has another parent: it leaves at once.
-    """
-    if prctl is not None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != client:
-        os._exit(1)
-    # interrupt() may come while the interpreter starts, before the worker can catch the checkpoint signal, which
-    # would kill it: blocked, the signal stays pending across exec until the worker listens (it unblocks it then)
-    signal.pthread_sigmask(signal.SIG_BLOCK, [CHECKPOINT_SIGNAL])
-
-
-@functools.cache
-def _prctl() -> Callable[[int, int], int] | None:
-    """libc's prctl, looked up in the client at the first worker (not in the child between fork and exec, where
-    an import could deadlock; nor at import: ctypes costs ~5 ms an executor that starts no worker need not pay)."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None).prctl
-    except (AttributeError, OSError):
-        return None
 
 
 class Resident:
@@ -51,20 +23,25 @@ class Resident:
         self.killed = False
         requests, self._requests = os.pipe()
         self._replies, replies = os.pipe()
+        # interrupt() may come while the interpreter starts, before the worker can catch the checkpoint signal,
+        # which would kill it: the worker starts with the signal blocked (a child inherits the mask of the thread
+        # that forks it), so that it stays pending until the worker listens (and unblocks it)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [CHECKPOINT_SIGNAL])
         try:
+            # no preexec_fn: Python 3.12+ refuses it at interpreter shutdown, when calls submitted before still run
             self.process = subprocess.Popen(
-                [python, "-u", "-m", "oarfutures.worker.resident", str(requests), str(replies)],
+                [python, "-u", "-m", "oarfutures.worker.resident", str(requests), str(replies), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 # not what describes a job this client may run in (its rank above all): only the user's settings
                 env=commands.clean_environment((variables.PREFIX,), variables.USER_SETTINGS),
                 pass_fds=(requests, replies),
-                preexec_fn=functools.partial(_before_worker_starts, os.getpid(), _prctl()),
             )
         except BaseException:
             os.close(self._requests)
             os.close(self._replies)
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(requests)
             os.close(replies)
         self._reader = os.fdopen(self._replies, "r")

@@ -33,8 +33,13 @@ class ServiceThread:
         with self._ready:
             self._jobs.append((job, args))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # at interpreter shutdown (Python 3.12+): the job was not taken
+                    self._jobs.pop()
+                    raise
+                self._thread = thread
             self._ready.notify()
 
     def on_this_thread(self) -> bool:

@@ -248,7 +248,12 @@ class TaskTracker(TaskTable):
             if task.settling:  # the poller's scan found it first
                 return
             task.settling = True
-        self._service.run(self._deliver, task)
+        try:
+            self._service.run(self._deliver, task)
+        except RuntimeError:  # no new thread at interpreter shutdown: the poller's next scan tries again
+            with self._lock:
+                task.settling = False
+            get_poller().wake()
 
     # ------------------------------------------------------------------ settling (service thread)
     def _deliver(self, task: Task) -> None:

@@ -1,4 +1,4 @@
-"""A resident worker of the local backend: ``python -m oarfutures.worker.resident REQUESTS REPLIES``.
+"""A resident worker of the local backend: ``python -m oarfutures.worker.resident REQUESTS REPLIES CLIENT_PID``.
 
 Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
 (as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
@@ -224,7 +224,22 @@ def _flush():
             pass
 
 
+def _die_with(client):
+    """Be killed when the client dies (Linux), like a job of a dead scheduler: without it a worker of a killed
+    client runs on beside the calls attach() settles. If the client died before this took effect, the worker has
+    another parent already: it leaves at once."""
+    try:
+        import ctypes  # here, not in the client: it costs ~5 ms to import
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+    if os.getppid() != client:
+        os._exit(1)
+
+
 if __name__ == "__main__":
+    _die_with(int(sys.argv[3]))
     serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))
     _flush()
     os._exit(0)  # as ProcessPoolExecutor's workers leave: shutdown() waits for no interpreter teardown
