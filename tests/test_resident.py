@@ -178,7 +178,8 @@ def test_a_call_cancelled_after_it_was_handed_to_its_worker_never_runs(folder, t
 
     def cancel_once(backend, job, resident):
         if not cancelled:
-            future = next(f for f in futures if f.job_id == job.job_id)
+            # (by task id: local job ids are task ids, and a future's job id is set only once submit() returned)
+            future = next(f for f in futures if f.task_id == job.job_id)
             cancelled.append((future, future.cancel()))
 
     _on_hand_over(monkeypatch, cancel_once)
