@@ -173,17 +173,22 @@ def test_a_call_handed_to_a_worker_that_dies_before_taking_it_runs_once_on_a_new
 
 
 def test_a_call_cancelled_after_it_was_handed_to_its_worker_never_runs(folder, tmp_path, monkeypatch):
-    runs, cancelled = str(tmp_path / "runs"), []
-    futures = []
+    """The cancel lands while the call is handed over (in the worker's pipe, not taken yet): its claim is taken,
+    so the worker declines it; the worker goes on with the next one."""
+    runs, cancelled, futures = str(tmp_path / "runs"), [], []
+    send = local_resident.Resident.send
 
-    def cancel_once(backend, job, resident):
-        if not cancelled:
-            # (by task id: local job ids are task ids, and a future's job id is set only once submit() returned)
-            future = next(f for f in futures if f.task_id == job.job_id)
+    def cancel_then_send(resident, request):
+        task_id = f"{request['batch']}_{request['index']}"
+        handed = [b for b in backends if task_id in b._handed]
+        if handed and not cancelled:  # (by task id: a future's job id is set only once submit() returned)
+            future = next(f for f in futures if f.task_id == task_id)
             cancelled.append((future, future.cancel()))
+        send(resident, request)
 
-    _on_hand_over(monkeypatch, cancel_once)
+    monkeypatch.setattr(local_resident.Resident, "send", cancel_then_send)
     with LocalPoolExecutor(1, folder=folder) as executor:
+        backends = [executor.backend]
         futures += [executor.submit(tasks.note_run, runs, f"c{i}", 0.2) for i in range(3)]
         results = [f.exception(timeout=60) if not f.cancelled() else "cancelled" for f in futures]
         assert executor.submit(tasks.square, 4).result(timeout=60) == 16  # the worker goes on
