@@ -54,7 +54,7 @@ def _claim_for_cancel(job: _Job) -> bool:
     """Take a handed job's claim for a cancellation (its worker then does not run it); False if its worker has."""
     path = layout.claim_path(job.folder, job.batch, job.index)
     try:
-        return layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED
+        return layout.claim_for_cancel(path)
     except OSError:  # its files are gone: nothing can run it
         return True
 

@@ -53,7 +53,7 @@ def cancel_queued(folder: str, rows: Sequence[TaskRow]) -> tuple[list[TaskRow], 
     for row in rows:
         path = layout.claim_path(folder, row.batch, row.index)
         try:
-            won = layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED
+            won = layout.claim_for_cancel(path)
         except FileNotFoundError:  # its files were removed meanwhile: nothing can run it
             won = True
         (cancelled if won else started).append(row)

@@ -383,7 +383,7 @@ class TaskTracker(TaskTable):
             paths.append(layout.claim_path(self.folder, task.batch, task.index, call))
         for path in paths:
             try:
-                if layout.claim(path, layout.CANCELLED) or layout.claim_owner(path) == layout.CANCELLED:
+                if layout.claim_for_cancel(path):
                     return True
             except OSError as exc:  # the batch's files are gone: no worker can load the call either
                 logger.warning(

@@ -247,6 +247,12 @@ def drop_owner_files() -> None:
     _owner_files.clear()
 
 
+def claim_for_cancel(path: str) -> bool:
+    """Take the claim at ``path`` for a cancellation: True if it is (now or already) a cancel's, False if a worker
+    holds it."""
+    return claim(path, CANCELLED) or claim_owner(path) == CANCELLED
+
+
 def claim_owner(path: str) -> "str | None":
     """Who holds the claim at ``path`` (None: nobody)."""
     try:
