@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import enum
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -53,19 +53,25 @@ class BatchSubmission:
     checkpointable: bool = False  # ask the scheduler for a checkpoint signal and to run the task again
 
     def steal_variables(
-        self, steal_seconds: float, walltime: str, world_size: int, first: int | None = None, count: int | None = None
+        self,
+        steal_seconds: float,
+        walltime: Callable[[], str],
+        world_size: int,
+        first: int | None = None,
+        count: int | None = None,
     ) -> str:
         """The ``export`` line that lets the array's jobs steal its pending tasks (see ``worker.stealing``), or "".
 
-        Never for a checkpointable batch or a multi-task job; ``walltime`` is the job's effective walltime in
+        Never for a checkpointable batch or a multi-task job; ``walltime()`` gives the job's effective walltime in
         seconds, "unlimited", or a shell expression giving it; empty when unknown (the worker then steals nothing).
+        It is asked only for a batch that steals: on Slurm it may ask the controller.
         """
         first = self.first if first is None else first  # one array of a batch Slurm's MaxArraySize split
         count = self.count if count is None else count
         if not steal_seconds or self.checkpointable or world_size > 1 or count < 2:
             return ""
         return (
-            f"export {variables.STEAL_SECONDS}={steal_seconds:g} {variables.WALLTIME}={walltime} "
+            f"export {variables.STEAL_SECONDS}={steal_seconds:g} {variables.WALLTIME}={walltime()} "
             f"{variables.ARRAY_FIRST}={first} {variables.ARRAY_COUNT}={count} {variables.JOB_START}=$EPOCHSECONDS"
         )
 

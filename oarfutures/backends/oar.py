@@ -230,7 +230,7 @@ class OarBackend(Backend):
         world_size = p["nodes"] * p["tasks_per_node"]
         # the walltime OAR gave the job: the parameter, or what the admission rules set (the queue's default)
         walltime = f"${{OAR_JOB_WALLTIME_SECONDS:-{p['walltime'] or ''}}}"
-        steal = p["steal_seconds"] and submission.steal_variables(p["steal_seconds"], walltime, world_size)
+        steal = p["steal_seconds"] and submission.steal_variables(p["steal_seconds"], lambda: walltime, world_size)
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)
         lines += list(p["setup"])

@@ -219,24 +219,29 @@ class SlurmBackend(Backend):
         ``walltime`` as Slurm applies it (whole minutes), else the partition's DefaultTime, else its MaxTime
         (``scontrol show partition``, asked once per partition; the default partition when none is given). A QOS
         or association limit below it is not seen: stealing then keeps to the partition's figure.
+
+        The question is asked once, with the short timeout of a probe: an unknown walltime only means no stealing
+        for this submission, not worth holding ``submit`` for a minute while the controller is unreachable. A
+        failed answer is not kept, so the next submission asks again.
         """
         if p["walltime"]:
             return str(-(-p["walltime"] // 60) * 60)
         partition = p["partition"]
-        if partition not in self._walltimes:
-            self._walltimes[partition] = self._partition_walltime(partition)
-        return self._walltimes[partition]
-
-    def _partition_walltime(self, partition: str | None) -> str:
+        if partition in self._walltimes:
+            return self._walltimes[partition]
+        question = ["scontrol", "show", "partition", "-o", *([partition] if partition else [])]
         try:
-            text = commands.run(
-                ["scontrol", "show", "partition", "-o", *([partition] if partition else [])], env=self.environment
-            )
-        except Exception as exc:
+            text = commands.run(question, env=self.environment, retry=False, timeout=commands.PROBE_TIMEOUT)
+        except commands.SchedulerCommandError as exc:
             logger.warning(
                 "oarfutures: the walltime of partition %s is unknown (%s): no stealing", partition or "(default)", exc
             )
             return ""
+        self._walltimes[partition] = self._partition_walltime(text, partition)
+        return self._walltimes[partition]
+
+    @staticmethod
+    def _partition_walltime(text: str, partition: str | None) -> str:
         for line in text.splitlines():
             fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
             if partition is None and fields.get("Default") != "YES":
@@ -294,7 +299,7 @@ class SlurmBackend(Backend):
             lines.append(EARLY_SIGNAL_TRAP)
         world_size = p["nodes"] * p["tasks_per_node"]
         steal = p["steal_seconds"] and submission.steal_variables(
-            p["steal_seconds"], self.walltime_of(p), world_size, first, count
+            p["steal_seconds"], functools.partial(self.walltime_of, p), world_size, first, count
         )
         if steal:  # first: OARFUTURES_JOB_START is when the job started, before the setup lines
             lines.append(steal)

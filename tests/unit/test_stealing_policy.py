@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from oarfutures.backends import commands
 from oarfutures.backends.base import BatchSubmission
 from oarfutures.backends.oar import OarBackend
 from oarfutures.backends.slurm import SlurmBackend
@@ -40,12 +41,27 @@ def test_scripts_let_the_array_steal_with_its_range_and_walltime(tmp_path):
 @pytest.mark.parametrize(
     "parameters, checkpointable", [({"steal_seconds": 0}, False), ({}, True), ({"tasks_per_node": 2}, False)]
 )
-def test_no_stealing_when_disabled_checkpointable_or_multi_task(tmp_path, parameters, checkpointable):
+def test_no_stealing_when_disabled_checkpointable_or_multi_task(
+    tmp_path, parameters, checkpointable, scheduler_commands
+):
     sub = submission(str(tmp_path), checkpointable)
-    assert "OARFUTURES_STEAL_SECONDS" not in SlurmBackend(str(tmp_path), {"walltime": 60, **parameters}).render_script(
-        sub, 0, 5
-    )
+    assert "OARFUTURES_STEAL_SECONDS" not in SlurmBackend(str(tmp_path), parameters).render_script(sub, 0, 5)
     assert "OARFUTURES_STEAL_SECONDS" not in OarBackend(str(tmp_path), parameters).render_script(sub)[0]
+    assert scheduler_commands == []  # the partition's walltime matters only to stealing: not asked
+
+
+def test_an_unknown_partition_walltime_is_asked_without_retries_and_asked_again_next_time(tmp_path, monkeypatch):
+    asked = []
+
+    def unreachable(command, retry=True, **_):
+        asked.append((command, retry))
+        raise commands.SchedulerCommandError(command, 1, "", "Unable to contact slurm controller (connect failure)")
+
+    monkeypatch.setattr(commands, "run", unreachable)
+    slurm = SlurmBackend(str(tmp_path), {})
+    for _ in range(2):
+        assert "OARFUTURES_WALLTIME= " in slurm.render_script(submission(str(tmp_path)), 0, 5)
+    assert asked == [(["scontrol", "show", "partition", "-o"], False)] * 2
 
 
 def test_slurm_partition_times_are_read_as_seconds():
