@@ -25,9 +25,10 @@ SUBMIT_COMMAND = {"slurm": "sbatch", "oar": "oarsub"}
 
 
 def wait_for(predicate, timeout=60, what="condition", interval=0.3):
+    """Poll ``predicate`` until it holds; ``what`` names it, or is a callable saying what was seen instead."""
     deadline = time.time() + timeout
     while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
+        assert time.time() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(interval)
 
 
