@@ -24,6 +24,30 @@ BACKENDS = [
 SUBMIT_COMMAND = {"slurm": "sbatch", "oar": "oarsub"}
 
 
+@pytest.fixture(autouse=True)
+def scheduler_commands(request, monkeypatch):
+    """In the unit tier (``tests/unit``): the scheduler commands that the code under test tried to run, each
+    failing at once as if not installed. Elsewhere: None, and the real commands run.
+
+    The unit tier runs as on a machine with no scheduler, whatever this machine has. A Slurm whose clients are
+    installed but whose controller is down answers each ``scontrol`` after about 9 s, and ``commands.run``
+    retries that for a minute: CI's fast tier, which runs before the clusters start, once took an hour that way.
+    What the real schedulers answer is tested against them in the cluster tiers.
+    """
+    if request.node.path.parent.name != "unit":
+        return None
+    from oarfutures.backends import commands
+
+    asked = []
+
+    def not_installed(command, **_):
+        asked.append(list(command))
+        raise commands.SchedulerCommandError(command, 127, "", f"{command[0]}: the unit tier runs no scheduler")
+
+    monkeypatch.setattr(commands, "run", not_installed)
+    return asked
+
+
 def wait_for(predicate, timeout=60, what="condition", interval=0.3):
     """Poll ``predicate`` until it holds; ``what`` names it, or is a callable saying what was seen instead."""
     deadline = time.time() + timeout
