@@ -76,14 +76,15 @@ def _call_ended(replies, spool, logs):
 
 
 class _Spare:
-    """The empty file the worker's next result is written into (``layout.spare_result_path``), made ahead by a
-    thread of its own while a call runs: creating a file costs ~0.6 ms of CPU on some disks, which then delays
-    neither the call nor its result."""
+    """The empty file the worker's next result is written into (``layout.spare_result_path``), made and opened
+    ahead by a thread of its own while a call runs: creating a file costs 0.03-0.9 ms of CPU on some disks, and
+    opening an existing one with ``O_TRUNC`` up to 0.14 ms, which then delay neither the call nor its result. The
+    result is written into the open descriptor, which the thread made for it alone."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._wanted = None  # the folder the next one is for
-        self._ready = None  # its path, once made
+        self._ready = None  # (its path, its open descriptor), once made
         self._closed = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._make, name="oarfutures-spare", daemon=True)
@@ -95,14 +96,15 @@ class _Spare:
         self._wake.set()
 
     def take(self, folder):
-        """The spare of ``folder``, now the caller's to write and rename; None if none is ready. No new one is
-        made until the next ``want``: the thread would make it at this very path, which the caller writes now."""
+        """The spare of ``folder`` as (path, open descriptor), now the caller's to write, close and rename; None
+        if none is ready. No new one is made until the next ``want``: the thread would make it at this very path,
+        which the caller writes now."""
         with self._lock:
-            path, self._ready, self._wanted = self._ready, None, None
-        if path is not None and path != layout.spare_result_path(folder, os.getpid()):  # another folder's
-            _remove(path)
+            ready, self._ready, self._wanted = self._ready, None, None
+        if ready is not None and ready[0] != layout.spare_result_path(folder, os.getpid()):  # another folder's
+            _discard(ready)
             return None
-        return path
+        return ready
 
     def _make(self):
         while True:
@@ -112,16 +114,16 @@ class _Spare:
                 if self._closed:
                     return
                 path = None if self._wanted is None else layout.spare_result_path(self._wanted, os.getpid())
-                if path is None or path == self._ready:
+                if path is None or (self._ready is not None and path == self._ready[0]):
                     continue
                 stale, self._ready = self._ready, None
-            _remove(stale)
+            _discard(stale)
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+                made = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
             except OSError:  # the folder is gone: the next result makes a file of its own
                 continue
             with self._lock:
-                self._ready = path
+                self._ready = made
 
     def close(self):
         with self._lock:
@@ -129,8 +131,14 @@ class _Spare:
         self._wake.set()
         self._thread.join(timeout=5)
         with self._lock:
-            path, self._ready = self._ready, None
-        _remove(path)
+            ready, self._ready = self._ready, None
+        _discard(ready)
+
+
+def _discard(spare):
+    if spare is not None:
+        os.close(spare[1])
+        _remove(spare[0])
 
 
 def _remove(path):

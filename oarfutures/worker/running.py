@@ -41,7 +41,7 @@ class TaskRun:
         self.checkpointable = False  # one of its functions has a checkpoint(): never stolen from, never steals
         self.all_ok = False  # every call ran and returned (set by run): only then may the job steal more work
         self.before_result = None  # called just before the result is written (a resident worker's logs)
-        self.spare = None  # gives an empty file in results/ to write the result into, if one is ready (a resident's)
+        self.spare = None  # gives (path, open descriptor) of an empty file for the result, if ready (a resident)
 
     def listen(self):
         """Catch the checkpoint signal from now on, including one the job script caught or held for us.
@@ -150,12 +150,20 @@ class TaskRun:
         if self.before_result is not None:
             self.before_result()
         blob = results.dump_result(outcomes, resubmissions, self.stolen_by, self.began)
-        temp = (self.spare() if self.spare is not None else None) or f"{self.destination}.tmp-{os.getpid()}"
-        with open(temp, "wb") as f:
-            f.write(blob)
+        spare = self.spare() if self.spare is not None else None
+        if spare is None:
+            temp = f"{self.destination}.tmp-{os.getpid()}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        else:
+            temp, fd = spare
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
             if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, self.destination)
 
 
