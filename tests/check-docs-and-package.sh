@@ -17,31 +17,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$1 WORK=$2 JUNIT=${3:-}
 PYTHONS=(3.9 3.10 3.11 3.12 3.13)
 T0=$(date +%s)
-passed=() failed=()
-check() { # NAME COMMAND...: run it, keep its output in WORK/NAME.log, say how it went
-    local name=$1; shift
-    if "$@" >"$WORK/$name.log" 2>&1; then
-        echo "  ok      $name ($(( $(date +%s) - T0 )) s)"; passed+=("$name")
-    else
-        echo "  FAILED  $name: last lines of $WORK/$name.log:"; tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
-        failed+=("$name")
-    fi
-}
-write_junit() {
-    [ -n "$JUNIT" ] || return 0
-    {
-        echo "<testsuite name=\"docs-and-packaging\" tests=\"$(( ${#passed[@]} + ${#failed[@]} ))\" failures=\"${#failed[@]}\" errors=\"0\" skipped=\"0\">"
-        for name in "${passed[@]}"; do echo "  <testcase classname=\"check-docs-and-package\" name=\"$name\"/>"; done
-        for name in "${failed[@]}"; do
-            echo "  <testcase classname=\"check-docs-and-package\" name=\"$name\"><failure message=\"see $WORK/$name.log\"/></testcase>"
-        done
-        echo "</testsuite>"
-    } >"$JUNIT"
-}
+. "$REPO/tests/checks-lib.sh"
 rm -rf "$WORK" && mkdir -p "$WORK"
-# the source tree as a release would see it (no egg-info, build/ or caches of a working copy)
-mkdir "$WORK/src" && cp -r "$REPO/oarfutures" "$REPO/setup.cfg" "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/LICENSE" "$WORK/src/"
-find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+copy_source
 
 # 1. the documentation: built from the repository (the API reference reads its docstrings). Never with -q:
 #    mkdocs then drops warnings before --strict counts them, and a broken link passes (seen).
@@ -72,25 +50,9 @@ print("wheel:", sys.argv[1].rsplit("/", 1)[-1], "holds LICENSE, py.typed and the
 PY
 
 # 3. the wheel on each Python, side by side (they mostly wait for the package index)
-find_python() { # VERSION -> an interpreter of that version: on PATH, else pyenv's
-    local v=$1 candidate
-    for candidate in "$(command -v "python$v")" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python; do
-        if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c "import sys; assert '%d.%d' % sys.version_info[:2] == '$v'" 2>/dev/null; then
-            echo "$candidate"; return 0
-        fi
-    done
-    return 1
-}
 install_on() { # VERSION INTERPRETER
     local venv="$WORK/py$1"
-    # That Python's own pip installs (one pip for all of them fails on some: pip 23.0 cannot install into 3.12+,
-    # pip 26 refuses 3.9); into a venv without pip of its own where it can (--python, pip >= 22.3), since
-    # ensurepip costs ~7 s of CPU per venv; else into a venv with its pip.
-    if "$2" -m pip --python "$2" --version >/dev/null 2>&1; then
-        "$2" -m venv --without-pip "$venv" && "$2" -m pip --python "$venv/bin/python" install -q --disable-pip-version-check "$WORK"/dist/*.whl
-    else
-        "$2" -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check "$WORK"/dist/*.whl
-    fi &&
+    venv_with "$venv" "$2" "$WORK"/dist/*.whl &&
         (cd "$WORK" && OARFUTURES_CLUSTER=local "$venv/bin/python" -c "
 import sys, oarfutures
 with oarfutures.AutoPoolExecutor(max_workers=1, folder='$WORK/jobs$1') as ex:
@@ -117,9 +79,4 @@ for entry in "${pids[@]}"; do
     fi
 done
 
-write_junit
-if [ ${#failed[@]} -gt 0 ]; then
-    echo "docs and packaging: ${#failed[@]} check(s) failed: ${failed[*]}"
-    exit 1
-fi
-echo "docs and packaging: every check passed in $(( $(date +%s) - T0 )) s"
+finish check-docs-and-package "docs and packaging"
