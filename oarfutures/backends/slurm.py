@@ -232,7 +232,7 @@ class SlurmBackend(Backend):
         question = ["scontrol", "show", "partition", "-o", *([partition] if partition else [])]
         try:
             text = commands.run(question, env=self.environment, retry=False, timeout=commands.PROBE_TIMEOUT)
-        except commands.SchedulerCommandError as exc:
+        except (commands.SchedulerCommandError, OSError) as exc:  # (OSError: scontrol there but not runnable)
             logger.warning(
                 "oarfutures: the walltime of partition %s is unknown (%s): no stealing", partition or "(default)", exc
             )

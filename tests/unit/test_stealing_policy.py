@@ -121,3 +121,12 @@ def test_the_policy_is_removed_from_the_environment_calls_inherit():
     env = {"OARFUTURES_STEAL_SECONDS": "60", "OARFUTURES_WALLTIME": "100"}
     stealing.StealPolicy.from_environment(env)
     assert env == {}
+
+
+def test_a_scontrol_that_cannot_run_leaves_the_walltime_unknown_and_the_script_is_still_written(tmp_path, monkeypatch):
+    def not_runnable(command, **_):
+        raise PermissionError(13, "Permission denied", command[0])
+
+    monkeypatch.setattr(commands, "run", not_runnable)
+    script = SlurmBackend(str(tmp_path), {}).render_script(submission(str(tmp_path)), 0, 5)
+    assert "OARFUTURES_WALLTIME= " in script
