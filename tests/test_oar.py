@@ -220,11 +220,19 @@ def test_keyboard_interrupt_in_the_with_block_deletes_all_jobs(folder):
             running = [executor.submit(tasks.sleep_and_return, 300, i) for i in range(2)]
             executor.update_parameters(additional_parameters={"r": far_ahead()})
             waiting = executor.submit(tasks.square, 3)
-            wait_for(lambda: all(f.running() for f in running), 60, "the jobs to run")
+            # OAR starts them on its next scheduling rounds: seconds alone; in CI's loaded OAR phase, where other
+            # tests hold cores for minutes, once more than 60 s
+            wait_for(
+                lambda: all(f.running() for f in running),
+                180,
+                lambda: (
+                    f"the jobs to run: OAR shows {[oarstat(f.job_id).get(f.job_id, {}).get('state') for f in running]}"
+                ),
+            )
             assert oarstat(waiting.job_id)[waiting.job_id]["state"] == "Waiting"
             raise KeyboardInterrupt
     job_ids = [f.job_id for f in running + [waiting]]
-    wait_for(lambda: deleted_by_oardel(job_ids), 30, "every job to be deleted")
+    wait_for(lambda: deleted_by_oardel(job_ids), 120, "every job to be deleted")
     assert waiting.cancelled()
     for future in running:
         with pytest.raises(JobFailedError):
@@ -238,7 +246,7 @@ def test_shutdown_with_cancel_futures_deletes_waiting_jobs(folder):
     assert {job["state"] for job in oarstat(*job_ids).values()} == {"Waiting"}
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures)
-    wait_for(lambda: deleted_by_oardel(job_ids), 30, "oardel of the waiting jobs")
+    wait_for(lambda: deleted_by_oardel(job_ids), 120, "oardel of the waiting jobs")
 
 
 def test_each_of_12_subjobs_is_the_job_of_its_own_call(folder):
