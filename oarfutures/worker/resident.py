@@ -136,15 +136,11 @@ class _Spare:
 
 
 def _discard(spare):
+    """Close and remove a spare (path, descriptor) that no result will be written into."""
     if spare is not None:
         os.close(spare[1])
-        _remove(spare[0])
-
-
-def _remove(path):
-    if path is not None:
         with contextlib.suppress(OSError):
-            os.remove(path)
+            os.remove(spare[0])
 
 
 def _run(task, replies, open_batch):
