@@ -45,6 +45,12 @@ def event_types(record):
     return [event["type"] for event in record.get("events") or []]
 
 
+def what_oar_shows(*job_ids):
+    """Each job's state and events in OAR, for a failure message when OAR did not do what a test waited for."""
+    jobs = oarstat(*job_ids)
+    return {job_id: (jobs.get(job_id, {}).get("state"), event_types(jobs.get(job_id, {}))) for job_id in job_ids}
+
+
 def deleted_by_oardel(job_ids):
     """True once every job is in Error with the FRAG_JOB_REQUEST event ``oardel`` leaves."""
     jobs = oarstat(*job_ids)
@@ -141,8 +147,7 @@ def test_remote_exception_keeps_its_type_args_and_traceback(oar):
 
 def test_cancel_of_a_waiting_future_deletes_its_oar_job(folder, caplog):
     def seen():
-        job = oarstat(job_id).get(job_id, {})
-        return f"oardel: OAR shows {job.get('state')} {event_types(job)}; the client logged:\n{caplog.text[-3000:]}"
+        return f"oardel: OAR shows {what_oar_shows(job_id)}; the client logged:\n{caplog.text[-3000:]}"
 
     caplog.set_level("INFO", logger="oarfutures")
     with OarPoolExecutor(folder=folder, walltime="0:05:00", additional_parameters={"r": far_ahead()}) as executor:
@@ -225,14 +230,12 @@ def test_keyboard_interrupt_in_the_with_block_deletes_all_jobs(folder):
             wait_for(
                 lambda: all(f.running() for f in running),
                 180,
-                lambda: (
-                    f"the jobs to run: OAR shows {[oarstat(f.job_id).get(f.job_id, {}).get('state') for f in running]}"
-                ),
+                lambda: f"the jobs to run: OAR shows {what_oar_shows(*[f.job_id for f in running])}",
             )
             assert oarstat(waiting.job_id)[waiting.job_id]["state"] == "Waiting"
             raise KeyboardInterrupt
     job_ids = [f.job_id for f in running + [waiting]]
-    wait_for(lambda: deleted_by_oardel(job_ids), 120, "every job to be deleted")
+    wait_for(lambda: deleted_by_oardel(job_ids), 120, lambda: f"every job to be deleted: {what_oar_shows(*job_ids)}")
     assert waiting.cancelled()
     for future in running:
         with pytest.raises(JobFailedError):
@@ -246,7 +249,7 @@ def test_shutdown_with_cancel_futures_deletes_waiting_jobs(folder):
     assert {job["state"] for job in oarstat(*job_ids).values()} == {"Waiting"}
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures)
-    wait_for(lambda: deleted_by_oardel(job_ids), 120, "oardel of the waiting jobs")
+    wait_for(lambda: deleted_by_oardel(job_ids), 120, lambda: f"oardel of the waiting jobs: {what_oar_shows(*job_ids)}")
 
 
 def test_each_of_12_subjobs_is_the_job_of_its_own_call(folder):
