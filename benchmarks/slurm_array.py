@@ -34,6 +34,8 @@ from benchmarks import common
 NAME = "slurm_array"
 SIDES = ("floor", "oarfutures", "nosteal", "oarfutures-1s", "nosteal-1s", "submitit")
 POLL = 0.25  # floor: seconds between squeue calls
+FLOOR_TARGET = 0.5  # issue 13: trivial calls take at most half the bare array's time
+SLOW_CALLS_TARGET = 1.0  # issue 13: with 1 s calls, stealing is no worse than not stealing
 ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "SUSPENDED"}
 
 
@@ -162,7 +164,8 @@ def rows(runs: list, n: int) -> list:
             unit="s",
             runs=len(by["oarfutures"]),
             load=common.load_range(*every("floor")),
-        ),
+        )
+        | {"target": FLOOR_TARGET},
         common.row(
             case,
             "submit -> all done [s]",
@@ -209,7 +212,8 @@ def rows(runs: list, n: int) -> list:
                 unit="s",
                 runs=len(by["oarfutures-1s"]),
                 load=common.load_range(*by["oarfutures-1s"], *by["nosteal-1s"]),
-            ),
+            )
+            | {"target": SLOW_CALLS_TARGET},
         )
     queues = "; ".join(f"{r['side']}: {r.get('slurm_queue')}" for r in runs)
     configs = sorted({common.slurm_brief(r.get("slurm_config") or {}) for r in runs})
