@@ -32,7 +32,7 @@ from oarfutures.worker.taskfiles import HOST, BatchFiles
 
 def serve(requests, replies):
     """Run requested tasks until the backend closes the request pipe (idle, shutdown) or dies."""
-    console = os.dup(1), os.dup(2)  # where output between tasks goes: the client's own stdout/stderr
+    console = os.dup(1), os.dup(2)  # the client's own stdout/stderr, where output goes while no spool is in place
     batch_files = _LastBatch()
     # its job ids are task ids, which its claims' names say already: one owner for all its calls, so that they
     # all link to one owner file (see layout.claim)
@@ -48,17 +48,19 @@ def serve(requests, replies):
                     os.environ[name] = environment[name] = value
             task = TaskRun(request["folder"], request["batch"], request["index"], owner)
             task.durable = False  # a crash of this machine takes the client and its futures with it
-            try:
-                if spool is None or spool.folder != task.folder:
-                    spool = _Spool(task.folder) if spool is None else spool.moved_to(task.folder)
-            except OSError as exc:  # the task cannot start, the worker can go on with the next one
-                os.write(replies, f"refused {exc}\n".encode())
-                continue
+            if spool is None or spool.folder != task.folder:
+                if spool is not None:
+                    spool.close()
+                    spool = None
+                try:
+                    spool = _Spool(task.folder, console)
+                except OSError as exc:  # the task cannot start, the worker can go on with the next one
+                    os.write(replies, f"refused {exc}\n".encode())
+                    continue
             task.before_result = functools.partial(_call_ended, replies, spool, request["logs"])
             spare.want(task.folder)
             task.spare = functools.partial(spare.take, task.folder)
-            with _output_to(spool.fds, console):
-                code = _run(task, replies, batch_files.open)
+            code = _run(task, replies, batch_files.open)
             spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
             os.write(replies, f"done {code}\n".encode())
     finally:
@@ -86,6 +88,7 @@ class _Spare:
         self._wanted = None  # the folder the next one is for
         self._ready = None  # (its path, its open descriptor), once made
         self._closed = False
+        self._pid = os.getpid()  # (a system call each time it is asked)
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._make, name="oarfutures-spare", daemon=True)
         self._thread.start()
@@ -101,7 +104,7 @@ class _Spare:
         which the caller writes now."""
         with self._lock:
             ready, self._ready, self._wanted = self._ready, None, None
-        if ready is not None and ready[0] != layout.spare_result_path(folder, os.getpid()):  # another folder's
+        if ready is not None and ready[0] != layout.spare_result_path(folder, self._pid):  # another folder's
             _discard(ready)
             return None
         return ready
@@ -113,7 +116,7 @@ class _Spare:
             with self._lock:
                 if self._closed:
                     return
-                path = None if self._wanted is None else layout.spare_result_path(self._wanted, os.getpid())
+                path = None if self._wanted is None else layout.spare_result_path(self._wanted, self._pid)
                 if path is None or (self._ready is not None and path == self._ready[0]):
                     continue
                 stale, self._ready = self._ready, None
@@ -157,33 +160,46 @@ def _run(task, replies, open_batch):
 
 
 class _Spool:
-    """This worker's two log files, the stdout and stderr of the call it runs (see ``layout.publish_spool``)."""
+    """This worker's two spool files (``layout.publish_spool``), in place of its file descriptors 1 and 2: the
+    output of the calls it runs, C code's and subprocesses' included. They stay in place from call to call, as
+    the worker prints nothing between calls (each change of descriptors cost a system call per call); the
+    console (the client's own stdout and stderr) is back once the spool is closed."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, console):
         self.folder = folder
+        self.console = console
         self.paths = layout.spool_paths(folder, os.getpid())
-        self.fds = [self._open(path) for path in self.paths]
+        out = self._open(self.paths[0])
+        try:
+            err = self._open(self.paths[1])
+        except OSError:
+            os.close(out)
+            raise
+        _flush()
+        for target, fd in ((1, out), (2, err)):
+            self._put(fd, target)
 
     @staticmethod
     def _open(path):
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
 
+    @staticmethod
+    def _put(fd, target):
+        os.dup2(fd, target)
+        os.close(fd)
+
     def publish(self, logs):
         """The call's output, if any, becomes its log files (before its result appears: a finished future's
         logs are complete)."""
         _flush()
-        for position, (path, log) in enumerate(zip(self.paths, logs)):
-            if os.fstat(self.fds[position]).st_size and layout.publish_spool(path, log):
-                os.close(self.fds[position])
-                self.fds[position] = self._open(path)
-
-    def moved_to(self, folder):
-        self.close()
-        return _Spool(folder)
+        for target, path, log in zip((1, 2), self.paths, logs):
+            if os.fstat(target).st_size and layout.publish_spool(path, log):
+                self._put(self._open(path), target)
 
     def close(self):
-        for fd, path in zip(self.fds, self.paths):
-            os.close(fd)
+        _flush()
+        for target, saved, path in zip((1, 2), self.console, self.paths):
+            os.dup2(saved, target)
             with contextlib.suppress(OSError):  # (not empty: a call's child process still writes to it)
                 if os.path.getsize(path) == 0:
                     os.remove(path)
@@ -203,20 +219,6 @@ class _LastBatch:
             self._files = BatchFiles(folder, batch)
             self._key = (folder, batch)
         return self._files
-
-
-@contextlib.contextmanager
-def _output_to(spool, console):
-    """File descriptors 1 and 2 go to the spool, so output of C code and subprocesses is the call's too."""
-    _flush()
-    for fd, log in zip((1, 2), spool):
-        os.dup2(log, fd)
-    try:
-        yield
-    finally:
-        _flush()
-        for fd, saved in zip((1, 2), console):
-            os.dup2(saved, fd)
 
 
 def _flush():
