@@ -53,6 +53,28 @@ def test_a_running_call_output_is_readable_and_a_quiet_call_leaves_no_log_file(f
     assert not any(name.startswith(quiet.task_id + ".") for name in os.listdir(os.path.join(folder, "logs")))
 
 
+def test_a_result_is_written_into_the_file_its_worker_made_while_the_call_ran(folder):
+    """Creating a file costs up to a millisecond of CPU on some disks: the worker makes the file of its next result
+    while the call runs, and the result goes into that very file (same inode)."""
+    marker = os.path.join(folder, "go")
+    with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:  # (its result file outlives delivery)
+        running = executor.submit(tasks.print_then_wait, "running", marker)
+        spare = os.path.join(folder, "results", f"worker-{_worker_pid(executor, running)}.spare")
+        wait_for(lambda: os.path.exists(spare), timeout=30, what=f"{spare}, made while the call runs")
+        made = os.stat(spare).st_ino
+        open(marker, "w").close()
+        assert running.result(timeout=60) == "running"
+        batch, index = running.task_id.rsplit("_", 1)
+        paths = layout.result_path(folder, batch, int(index)), layout.delivered_path(folder, batch, int(index))
+        inodes = {os.stat(path).st_ino for path in paths if os.path.exists(path)}  # (moved to delivered/ meanwhile?)
+        assert inodes == {made}
+
+
+def _worker_pid(executor, future):
+    wait_for(lambda: future.job_id in executor.backend._running, timeout=30, what="the call to start")
+    return executor.backend._running[future.job_id].process.pid
+
+
 def test_what_a_call_printed_before_killing_its_worker_is_in_its_logs_and_its_error(folder):
     with LocalPoolExecutor(1, folder=folder) as executor:
         crashed = executor.submit(tasks.print_then_kill_self, "last words")

@@ -46,7 +46,7 @@ def serve(requests, replies):
             for name, value in request["environment"].items():
                 if environment.get(name) != value:
                     os.environ[name] = environment[name] = value
-            task = TaskRun(request["folder"], request["batch"], request["index"], owner)
+            task = _Task(request["folder"], request["batch"], request["index"], owner, spare)
             task.durable = False  # a crash of this machine takes the client and its futures with it
             if spool is None or spool.folder != task.folder:
                 if spool is not None:
@@ -58,7 +58,6 @@ def serve(requests, replies):
                     os.write(replies, f"refused {exc}\n".encode())
                     continue
             task.before_result = functools.partial(_call_ended, replies, spool, request["logs"])
-            spare.want(task.folder)
             task.spare = functools.partial(spare.take, task.folder)
             code = _run(task, replies, batch_files.open)
             spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
@@ -68,6 +67,19 @@ def serve(requests, replies):
             spool.close()
         spare.close()
         layout.drop_owner_files()
+
+
+class _Task(TaskRun):
+    """A task this worker runs: its spare result file is made while its call runs, so that the thread making it
+    does not compete for the interpreter with the work that starts the call."""
+
+    def __init__(self, folder, batch, index, owner, spare):
+        super().__init__(folder, batch, index, owner)
+        self._spare_maker = spare
+
+    def enter_call(self):
+        self._spare_maker.want(self.folder)
+        super().enter_call()
 
 
 def _call_ended(replies, spool, logs):
