@@ -143,6 +143,20 @@ def test_each_call_gets_the_function_as_submitted_not_as_an_earlier_call_left_it
         assert list(executor.map(tasks.CountingCall(), range(10))) == [1] * 10
 
 
+def test_a_plain_function_submitted_batch_after_batch_keeps_its_state_in_its_worker(folder):
+    """dask and joblib submit the same function in batch after batch: a worker loads it once (the same pickled
+    bytes), and its state lives on from batch to batch, as module globals do in a ProcessPoolExecutor worker."""
+    seen = []
+
+    def count_calls_in_this_worker():  # pickled by value, with its closure
+        seen.append(1)
+        return len(seen)
+
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        counts = [executor.submit(count_calls_in_this_worker).result(timeout=60) for _ in range(3)]
+    assert counts == [1, 2, 3]
+
+
 def test_a_plain_function_is_loaded_once_per_worker_and_its_claims_share_one_owner(folder):
     """Per call, a resident worker neither unpickles a plain function again nor creates a claim file: what
     ProcessPoolExecutor's workers do not pay either (a function's state lives on in its worker, as module globals
