@@ -56,6 +56,8 @@ def test_an_interrupted_checkpointable_resumes_from_its_saved_state(make_executo
     assert len(run_starts) == 2 and run_starts[0] == 0 and 0 < run_starts[1] < 40  # resumed, not restarted
     assert future.resubmissions == 1
     assert "checkpointed" in executor.logs(future)
+    executor.shutdown()  # the batch is done: its files go, the saved state included
+    assert not os.path.exists(os.path.join(executor.folder, "tasks", future.task_id + ".resume.pkl"))
 
 
 def interrupt_at_once(executor, futures):

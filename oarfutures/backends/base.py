@@ -124,6 +124,9 @@ class Backend(abc.ABC):
     reports_changes_only: bool = False
     #: False when jobs die with the client that submitted them (the local backend): attach() runs them again
     jobs_outlive_client: bool = True
+    #: False when a job's log files exist only if it printed something (the local backend): a done batch's empty
+    #: logs are then not looked for, two system calls per task
+    leaves_empty_logs: bool = True
     #: how long a job that ended normally may be over, with no result file yet, before its future fails:
     #: shared filesystems lag (NFS caches directory listings up to 60 s by default)
     result_grace: float = 60.0

@@ -79,6 +79,7 @@ class LocalBackend(Backend):
     caps_all_jobs = True
     query_is_cheap = True
     jobs_outlive_client = False
+    leaves_empty_logs = False  # a worker's spool becomes a call's log only if the call printed something
     reports_changes_only = True
     # A finished worker wakes the poller, which then finds its result at once; queries only catch crashes.
     query_interval = (0.2, 1.0)

@@ -110,11 +110,14 @@ def _warn_if_large(blob: bytes, limit: int, what: str) -> None:
         )
 
 
-def remove_batch_files(folder: str, batch: str, tasks: int = 0) -> None:
-    """Remove the batch's task files, claims and delivered results (logs and the record stay)."""
+def remove_batch_files(folder: str, batch: str, tasks: int = 0, checkpointable: bool = True) -> None:
+    """Remove the batch's task files, claims and delivered results (logs and the record stay); resume files only
+    for a ``checkpointable`` batch, the only kind that writes any (a removal costs a system call per task)."""
     paths = [layout.batch_path(folder, batch)]
     for index in range(tasks):
-        paths += [layout.delivered_path(folder, batch, index), layout.resume_path(folder, batch, index)]
+        paths.append(layout.delivered_path(folder, batch, index))
+        if checkpointable:
+            paths.append(layout.resume_path(folder, batch, index))
     for path in paths:
         try:
             os.remove(path)

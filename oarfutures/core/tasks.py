@@ -243,8 +243,9 @@ class TaskTable:
             return
         try:
             if not self.keep_files:
-                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls))
-                self._remove_empty_logs(record)
+                batchfiles.remove_batch_files(self.folder, record.batch, len(record.calls), record.checkpointable)
+                if self.backend.leaves_empty_logs:
+                    self._remove_empty_logs(record)
             record.complete = True
             record.save(self.folder)
         except OSError as exc:
@@ -258,7 +259,7 @@ class TaskTable:
                 try:
                     if os.path.getsize(path) == 0:
                         os.remove(path)
-                except OSError:  # not there (a local call that printed nothing, a job that never started)
+                except OSError:  # not there (a job that never started)
                     pass
 
     def _save(self, record: records.BatchRecord) -> None:
