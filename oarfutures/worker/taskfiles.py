@@ -15,6 +15,9 @@ from oarfutures.protocol import layout, results, variables
 
 DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
 KNOWN_FUNCTIONS_KEPT = 16
+#: only functions pickled this small are kept for later batches: a larger pickle holds data (a closure's model,
+#: say), which 16 kept functions would pin in the worker's memory, and whose unpickling a cache would barely shorten
+KNOWN_FUNCTION_BYTES = 64 * 1024
 _known_functions: dict = {}  # plain functions unpickled for earlier batches, by their pickled bytes and origins
 
 
@@ -58,9 +61,8 @@ class BatchFiles:
         restore_file_names(functions, self.meta["origins"])
         if all(isinstance(f, (types.FunctionType, types.BuiltinFunctionType)) for f in functions):
             self._functions = functions
-            if len(_known_functions) >= KNOWN_FUNCTIONS_KEPT:
-                del _known_functions[next(iter(_known_functions))]  # the oldest
-            _known_functions[key] = functions
+            if len(self.fn_blob) <= KNOWN_FUNCTION_BYTES:
+                _remember(key, functions)
         return functions
 
     def calls(self, index):
@@ -69,6 +71,12 @@ class BatchFiles:
 
     def close(self):
         os.close(self._fd)
+
+
+def _remember(key, functions):
+    if len(_known_functions) >= KNOWN_FUNCTIONS_KEPT:
+        del _known_functions[next(iter(_known_functions))]  # the oldest
+    _known_functions[key] = functions
 
 
 def read_task(folder, batch, index, files=None):
