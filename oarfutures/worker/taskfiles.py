@@ -26,7 +26,7 @@ class BatchFiles:
 
     Plain functions are unpickled once too and kept from call to call, as a ``ProcessPoolExecutor`` worker keeps
     the modules it imported (a call sees what earlier calls in the same worker did to its globals, as it would
-    there); also across batches whose functions were pickled to the same bytes (dask and joblib send the same
+    there); also across batches whose functions were pickled to the same few bytes (dask and joblib send the same
     function in batch after batch, and unpickling it again cost each of their calls ~0.1 ms). Any other callable
     (an object with ``__call__``, a ``functools.partial``) is unpickled for each task, as ``ProcessPoolExecutor``
     unpickles it for each call: a call never sees what an earlier one did to it.
