@@ -14,7 +14,7 @@ import types
 from oarfutures.protocol import layout, results, variables
 
 DYNAMIC_CODE = "<dynamic-code>"  # the file name cloudpickle gives code it pickled by value
-KNOWN_FUNCTIONS_KEPT = 16
+KNOWN_FUNCTIONS_KEPT = 16  # the latest few: a dask graph alternates between a handful of functions
 #: only functions pickled this small are kept for later batches: a larger pickle holds data (a closure's model,
 #: say), which 16 kept functions would pin in the worker's memory, and whose unpickling a cache would barely shorten
 KNOWN_FUNCTION_BYTES = 64 * 1024
@@ -52,16 +52,16 @@ class BatchFiles:
             return self._functions
         # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
         sys.path.extend(p for p in self.meta["sys_path"] if p not in sys.path)
-        key = (self.fn_blob, tuple(self.meta["origins"]))
-        known = _known_functions.get(key)
-        if known is not None:
-            self._functions = known
-            return known
+        # (a large pickle is not even looked up: hashing it would cost more than a small one's unpickling)
+        key = (self.fn_blob, tuple(self.meta["origins"])) if len(self.fn_blob) <= KNOWN_FUNCTION_BYTES else None
+        if key in _known_functions:
+            self._functions = _known_functions[key]
+            return self._functions
         functions = pickle.loads(self.fn_blob)
         restore_file_names(functions, self.meta["origins"])
         if all(isinstance(f, (types.FunctionType, types.BuiltinFunctionType)) for f in functions):
             self._functions = functions
-            if len(self.fn_blob) <= KNOWN_FUNCTION_BYTES:
+            if key is not None:
                 _remember(key, functions)
         return functions
 
