@@ -47,7 +47,6 @@ def serve(requests, replies):
                 if environment.get(name) != value:
                     os.environ[name] = environment[name] = value
             task = _Task(request["folder"], request["batch"], request["index"], owner, spare)
-            task.durable = False  # a crash of this machine takes the client and its futures with it
             if spool is None or spool.folder != task.folder:
                 if spool is not None:
                     spool.close()
@@ -58,7 +57,6 @@ def serve(requests, replies):
                     os.write(replies, f"refused {exc}\n".encode())
                     continue
             task.before_result = functools.partial(_call_ended, replies, spool, request["logs"])
-            task.spare = functools.partial(spare.take, task.folder)
             code = _run(task, replies, batch_files.open)
             spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
             os.write(replies, f"done {code}\n".encode())
@@ -70,11 +68,13 @@ def serve(requests, replies):
 
 
 class _Task(TaskRun):
-    """A task this worker runs: its spare result file is made while its call runs, so that the thread making it
-    does not compete for the interpreter with the work that starts the call."""
+    """A task this worker runs: its result goes into the spare file, made while its call runs, so that the thread
+    making it does not compete for the interpreter with the work that starts the call."""
 
     def __init__(self, folder, batch, index, owner, spare):
         super().__init__(folder, batch, index, owner)
+        self.durable = False  # a crash of this machine takes the client and its futures with it
+        self.spare = functools.partial(spare.take, folder)
         self._spare_maker = spare
 
     def enter_call(self):
