@@ -378,12 +378,14 @@ def row(
     load: Any = None,
     ratio_: float | None = "auto",
     note: str = "",
+    target: float | str | None = None,
 ) -> dict[str, Any]:  # type: ignore[assignment]
-    """One line of the summary table: oarfutures' median against one baseline's median."""
+    """One line of the summary table: oarfutures' median against one baseline's median. ``target``: issue 13's
+    upper bound on the ratio, or a bound on something else said in words (most rows have none)."""
     if ratio_ == "auto":
         ratio_ = ratio(ours, base) if isinstance(ours, (int, float)) and isinstance(base, (int, float)) else None
     note = " ".join(str(note).split())
-    return {
+    line = {
         "case": case,
         "measure": measure,
         "oarfutures": ours,
@@ -395,6 +397,9 @@ def row(
         "load": load,
         "note": note if len(note) <= 300 else note[:297] + "...",
     }
+    if target is not None:
+        line["target"] = target
+    return line
 
 
 def load_range(*results: dict[str, Any]) -> str:

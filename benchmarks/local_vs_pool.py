@@ -254,7 +254,6 @@ def rows(runs: list, n: dict) -> list:
             mine = [r for r in runs if r.get("scenario") == scenario]
             good = {s: [r for r in mine if r.get("side") == s and "error" not in r] for s in SIDES}
             value = {s: common.median([r[key] for r in good[s]]) for s in SIDES}
-            target = TARGETS[scenario] if kind == "wall" else CPU_TARGET
             if kind == "wall":
                 last = {s: common.median([r["to_last_result_seconds"] for r in good[s]]) for s in SIDES}
                 note = (
@@ -279,19 +278,20 @@ def rows(runs: list, n: dict) -> list:
             ]
             if failed:
                 note += "; FAILED " + "; ".join(failed)
-            row = common.row(
-                case,
-                f"{describe(scenario, n[scenario])}: {kind} [s]",
-                value["oarfutures"],
-                BASELINES[scenario],
-                value["baseline"],
-                unit="s",
-                runs=min(len(good["oarfutures"]), len(good["baseline"])),
-                load=common.load_range(*mine),
-                note=note,
+            out.append(
+                common.row(
+                    case,
+                    f"{describe(scenario, n[scenario])}: {kind} [s]",
+                    value["oarfutures"],
+                    BASELINES[scenario],
+                    value["baseline"],
+                    unit="s",
+                    runs=min(len(good["oarfutures"]), len(good["baseline"])),
+                    load=common.load_range(*mine),
+                    note=note,
+                    target=TARGETS[scenario] if kind == "wall" else CPU_TARGET,
+                )
             )
-            row["target"] = target
-            out.append(row)
     return out
 
 

@@ -178,8 +178,8 @@ def rows(runs: list, n: int) -> list:
             unit="s",
             runs=len(by["oarfutures"]),
             load=load,
-        )
-        | {"target": FLOOR_TARGET},
+            target=FLOOR_TARGET,
+        ),
         common.row(
             case,
             "oarstat calls",

@@ -164,8 +164,8 @@ def rows(runs: list, n: int) -> list:
             unit="s",
             runs=len(by["oarfutures"]),
             load=common.load_range(*every("floor")),
-        )
-        | {"target": FLOOR_TARGET},
+            target=FLOOR_TARGET,
+        ),
         common.row(
             case,
             "submit -> all done [s]",
@@ -212,8 +212,8 @@ def rows(runs: list, n: int) -> list:
                 unit="s",
                 runs=len(by["oarfutures-1s"]),
                 load=common.load_range(*by["oarfutures-1s"], *by["nosteal-1s"]),
-            )
-            | {"target": SLOW_CALLS_TARGET},
+                target=SLOW_CALLS_TARGET,
+            ),
         )
     queues = "; ".join(f"{r['side']}: {r.get('slurm_queue')}" for r in runs)
     configs = sorted({common.slurm_brief(r.get("slurm_config") or {}) for r in runs})
