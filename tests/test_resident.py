@@ -5,6 +5,7 @@ that kills its process failing alone, workers that leave when idle and die with 
 """
 
 import os
+import signal
 import threading
 from concurrent.futures import CancelledError
 
@@ -98,14 +99,58 @@ def test_a_call_that_kills_its_worker_fails_alone_and_a_new_worker_takes_the_nex
     assert [name for name in os.listdir(os.path.join(folder, "results")) if name != "delivered"] == []
 
 
-def test_idle_workers_leave_and_come_back_on_demand(folder, monkeypatch):
+def test_idle_workers_and_their_fork_server_leave_and_come_back_on_demand(folder, monkeypatch):
     monkeypatch.setattr(local, "IDLE_SECONDS", 0.5)
     with LocalPoolExecutor(1, folder=folder) as executor:
         first, _ = executor.submit(tasks.pid_and_task_id).result(timeout=60)
+        server = _fork_server(executor).pid
         wait_for(lambda: not alive(first), timeout=20, what=f"idle worker {first} to leave", interval=0.1)
-        assert executor.backend._slots == []
+        wait_for(lambda: not alive(server), timeout=20, what=f"idle fork server {server} to leave", interval=0.1)
+        assert executor.backend._slots == [] and executor.backend._servers == {}
         second, _ = executor.submit(tasks.pid_and_task_id).result(timeout=60)
+        assert _fork_server(executor).pid != server
     assert second != first
+
+
+def _fork_server(executor):
+    (server,) = executor.backend._servers.values()
+    return server
+
+
+def test_a_new_worker_starts_with_the_environment_and_directory_of_its_client_at_that_moment(
+    folder, tmp_path, monkeypatch
+):
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        assert executor.submit(tasks.environment_variable, "OARF_TEST_SETTING").result(timeout=60) is None
+        monkeypatch.setenv("OARF_TEST_SETTING", "changed")
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(JobFailedError):  # the next call gets a new worker, forked by the same server
+            executor.submit(tasks.kill_self).result(timeout=60)
+        assert executor.submit(tasks.environment_variable, "OARF_TEST_SETTING").result(timeout=60) == "changed"
+        assert executor.submit(os.getcwd).result(timeout=60) == str(tmp_path)
+
+
+def test_a_fork_server_killed_under_its_workers_fails_their_calls_and_the_next_call_gets_a_new_one(folder, tmp_path):
+    marker = tmp_path / "pid"
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        running = executor.submit(tasks.touch_and_sleep, str(marker), 60)
+        wait_for(lambda: marker.exists() and marker.read_text(), timeout=60, what="the call to start", interval=0.05)
+        server = _fork_server(executor).pid
+        os.kill(server, signal.SIGKILL)
+        with pytest.raises(JobFailedError, match="SIGKILL"):  # its worker died with it
+            running.result(timeout=30)
+        assert executor.submit(tasks.square, 5).result(timeout=60) == 25
+        assert _fork_server(executor).pid != server
+    assert not alive(int(marker.read_text()))
+
+
+def test_a_job_interpreter_that_dies_at_start_fails_the_call_with_its_exit_status(folder, tmp_path):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\nexit 3\n")
+    broken.chmod(0o755)
+    with LocalPoolExecutor(1, folder=folder, python=str(broken)) as executor:
+        with pytest.raises(JobFailedError, match=r"could not start: the fork server of .* exited with status 3"):
+            executor.submit(tasks.square, 3).result(timeout=60)
 
 
 def test_a_worker_killed_by_a_cancel_that_came_late_never_gets_the_next_call(folder, monkeypatch):

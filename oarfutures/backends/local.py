@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar
 
 from oarfutures.backends import params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
+from oarfutures.backends.local_forkserver import ForkServer
 from oarfutures.backends.local_inspector import LocalWorkerInspector
 from oarfutures.backends.local_resident import Resident
 from oarfutures.protocol import layout, variables
@@ -124,6 +125,7 @@ class LocalBackend(Backend):
         self._idle = 0  # slots waiting for a job
         self._busy = 0  # jobs taken by a slot and not over yet
         self._changed: dict[str, JobStatus] = {}  # news for the next query
+        self._servers: dict[str, ForkServer] = {}  # job interpreter -> the server forking its workers
 
     def drain(self) -> None:
         """Wait until every queued worker has run."""
@@ -216,7 +218,7 @@ class LocalBackend(Backend):
                     if handed is None and (resident is None or not resident.ready_for(job.python)):
                         if resident is not None:
                             resident.close()
-                        resident = Resident(job.python)
+                        resident = Resident(self._server_for(job.python))
                     assert resident is not None
                     code = self._run(resident, job, tell_untold, hand_over, handed is not None)
                 except _NotTaken:  # handed to a worker that died before taking it: it goes back to the queue
@@ -250,6 +252,26 @@ class LocalBackend(Backend):
             tell_untold()
             if resident is not None:
                 resident.close()
+            self._release_servers(unless_in_use=True)
+
+    def _server_for(self, python: str) -> ForkServer:
+        """The fork server of ``python``'s workers, started on first need (again if it died)."""
+        with self._lock:
+            server = self._servers.get(python)
+            if server is None or not server.alive:
+                server = self._servers[python] = ForkServer(python)
+            return server
+
+    def _release_servers(self, unless_in_use: bool, wait: float | None = None) -> None:
+        """The fork servers leave: once the last slot has left after idling (``unless_in_use``: not while another
+        slot may fork, nor while closing, which is close()'s to do), and on close(); after their workers, as a
+        worker whose server leaves dies with it, leaving its spool files behind. The next slot starts one again."""
+        with self._lock:
+            if unless_in_use and (self._slots or self._closing):
+                return
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.close(wait)
 
     def _request(self, job: _Job) -> dict[str, Any]:
         environment = {**job.variables, variables.JOB_ID: job.job_id, **dict.fromkeys(variables.RANK_PLACEMENT, "")}
@@ -426,3 +448,4 @@ class LocalBackend(Backend):
             slots = [slot for slot in self._slots if slot is not threading.current_thread()]
         for slot in slots:
             slot.join(timeout=CLOSE_WAIT)
+        self._release_servers(unless_in_use=False, wait=CLOSE_WAIT)

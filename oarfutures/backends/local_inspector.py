@@ -15,8 +15,9 @@ from oarfutures.backends.base import JobState, JobStatus
 from oarfutures.protocol import layout
 
 #: what the command lines of our processes hold (/proc/PID/cmdline): a one-shot worker or a rank, and a resident one
+#: (which keeps the command line of the fork server that forked it)
 WORKER_MODULE = b"oarfutures.worker"
-RESIDENT_MODULE = b"oarfutures.worker.resident"
+RESIDENT_MODULE = b"oarfutures.worker.forkserver"
 
 
 class LocalWorkerInspector:
@@ -37,8 +38,8 @@ class LocalWorkerInspector:
         """task id -> pids of the processes running it: the worker (one-shot or resident) and a multi-task job's ranks.
 
         One-shot workers and ranks name their task on their command line, ``python -u -m oarfutures.worker
-        FOLDER BATCH INDEX``; a resident worker (``oarfutures.worker.resident``) serves task after task, and the claim
-        of a task without a result names the one running it.
+        FOLDER BATCH INDEX``; a resident worker (forked by ``oarfutures.worker.forkserver``) serves task after task,
+        and the claim of a task without a result names the one running it.
         """
         named, residents = self._scan()
         for job_id in job_ids:

@@ -1,4 +1,4 @@
-"""A resident worker of the local backend: ``python -m oarfutures.worker.resident REQUESTS REPLIES CLIENT_PID``.
+"""A resident worker of the local backend, forked by the backend's fork server (``worker.forkserver``).
 
 Starting an interpreter costs far more than a short call, so the local backend keeps up to ``max_workers`` of these
 (as ``ProcessPoolExecutor`` does) and sends each one task after task. Each task runs exactly as in a one-shot job
@@ -187,7 +187,7 @@ class _Spool:
         except OSError:
             os.close(out)
             raise
-        _flush()
+        flush_output()
         for target, fd in ((1, out), (2, err)):
             self._put(fd, target)
 
@@ -203,13 +203,13 @@ class _Spool:
     def publish(self, logs):
         """The call's output, if any, becomes its log files (before its result appears: a finished future's
         logs are complete)."""
-        _flush()
+        flush_output()
         for target, path, log in zip((1, 2), self.paths, logs):
             if os.fstat(target).st_size and layout.publish_spool(path, log):
                 self._put(self._open(path), target)
 
     def close(self):
-        _flush()
+        flush_output()
         for target, saved, path in zip((1, 2), self.console, self.paths):
             os.dup2(saved, target)
             with contextlib.suppress(OSError):  # (not empty: a call's child process still writes to it)
@@ -233,31 +233,10 @@ class _LastBatch:
         return self._files
 
 
-def _flush():
+def flush_output():
     """C stdio needs no flush: the worker runs under ``python -u``, which also makes C's stdout unbuffered."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # a call may have replaced or closed them
             pass
-
-
-def _die_with(client):
-    """Be killed when the client dies (Linux), like a job of a dead scheduler: without it a worker of a killed
-    client runs on beside the calls attach() settles. If the client died before this took effect, the worker has
-    another parent already: it leaves at once."""
-    try:
-        import ctypes  # here, not in the client: it costs ~5 ms to import
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
-        pass
-    if os.getppid() != client:
-        os._exit(1)
-
-
-if __name__ == "__main__":
-    _die_with(int(sys.argv[3]))
-    serve(os.fdopen(int(sys.argv[1]), "r"), int(sys.argv[2]))
-    _flush()
-    os._exit(0)  # as ProcessPoolExecutor's workers leave: shutdown() waits for no interpreter teardown
