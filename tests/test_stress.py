@@ -12,8 +12,10 @@ import time
 from concurrent.futures import CancelledError, wait
 
 import pytest
+from test_robustness import alive
 
-from oarfutures import LocalPoolExecutor
+from oarfutures import JobFailedError, LocalPoolExecutor
+from oarfutures.backends import local
 
 import tasks
 
@@ -88,3 +90,49 @@ def test_many_executors_and_threads_with_forced_switches_never_hang(tmp_path, fa
             pass
     for executor in executors:
         executor.shutdown(wait=True)
+
+
+def test_workers_and_fork_servers_leaving_and_coming_back_under_load_lose_no_call(tmp_path, fast_switches, monkeypatch):
+    """Slots, workers and fork servers leave after a few idle milliseconds and come back at the next call, while
+    other threads submit and some calls kill their worker: each call gets its result or its JobFailedError, and
+    nothing of the pools is left after shutdown."""
+    monkeypatch.setattr(local, "IDLE_SECONDS", 0.02)
+    executors = [LocalPoolExecutor(2, folder=str(tmp_path / f"jobs{i}")) for i in range(3)]
+    servers, outcomes, errors = set(), [], []
+
+    def bursts(executor, seed):
+        rng = random.Random(seed)
+        try:
+            for round_ in range(8):
+                crash = rng.random() < 0.3
+                futures = [executor.submit(tasks.square, round_) for _ in range(rng.choice([1, 3]))]
+                if crash:
+                    futures.append(executor.submit(tasks.kill_self))
+                servers.update(server.pid for server in list(executor.backend._servers.values()))
+                for future in futures:
+                    try:
+                        outcomes.append(future.result(timeout=120) == round_ * round_)
+                    except JobFailedError:
+                        outcomes.append(crash)
+                time.sleep(rng.choice([0.0, 0.05, 0.1]))  # long enough, often, for the pools to leave
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=bursts, args=(executor, 5 * i + j))
+        for i, executor in enumerate(executors)
+        for j in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    if any(thread.is_alive() for thread in threads):
+        faulthandler.dump_traceback(all_threads=True)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    assert outcomes and all(outcomes)
+    for executor in executors:
+        executor.shutdown(wait=True)
+    assert len(servers) > len(executors)  # servers did leave and come back
+    assert not [pid for pid in servers if alive(pid)]

@@ -19,6 +19,7 @@ process with its client (``PR_SET_PDEATHSIG``), as a job dies with its scheduler
 tells this process to leave.
 """
 
+import gc
 import json
 import os
 import select
@@ -44,6 +45,9 @@ def serve_forks(control):
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler of our own, so that it writes wake_write
     children: set = set()
     server = os.getpid()
+    # what the server imported stays in the workers, untouched by their garbage collections, which would otherwise
+    # copy every page of it into each worker (copy on write)
+    gc.freeze()
     while True:
         ready = select.select([control, wake_read], [], [])[0]
         if wake_read in ready:
