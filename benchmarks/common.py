@@ -58,6 +58,18 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def stolen_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests so far (the steal column of ``/proc/stat``, all CPUs), None
+    where there is none to read. On a shared VM it slows one run of a pair and not the other: the load average
+    does not show it, the per-repeat ratios do, and this says why."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine(python: str | None = None) -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
