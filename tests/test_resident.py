@@ -112,6 +112,20 @@ def test_idle_workers_and_their_fork_server_leave_and_come_back_on_demand(folder
     assert second != first
 
 
+def test_the_fork_server_starts_while_the_batch_is_written_not_after(folder, monkeypatch):
+    started_before_submit = []
+    submit = local.LocalBackend.submit
+
+    def note_then_submit(backend, submission):
+        started_before_submit.append(submission.python in backend._servers)
+        return submit(backend, submission)
+
+    monkeypatch.setattr(local.LocalBackend, "submit", note_then_submit)
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        assert list(executor.map(tasks.square, range(3))) == [0, 1, 4]
+    assert started_before_submit == [True]
+
+
 def _fork_server(executor):
     (server,) = executor.backend._servers.values()
     return server

@@ -154,6 +154,10 @@ class Backend(abc.ABC):
         """How long to gather ``submit`` calls after a submission (``gather_seconds``, unless there is no point)."""
         return self.gather_seconds
 
+    def expect_batch(self, python: str) -> None:  # noqa: B027 (not abstract: a scheduler starts its own jobs)
+        """A batch for ``python`` is about to be written: a backend that starts its own workers may get them ready
+        meanwhile. Failing here fails nothing: the submission that follows says why."""
+
     @abc.abstractmethod
     def submit(self, submission: BatchSubmission) -> list[str]:
         """Submit one array; return the job id of each task, in task order. Raise with the scheduler's message."""

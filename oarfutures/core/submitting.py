@@ -142,6 +142,7 @@ class BatchSubmitter(TaskTracker):
         gathered calls). ``accepted``: calls gathered before a shutdown, which go out all the same."""
         if not accepted:
             self._check_open()
+        self.backend.expect_batch(self.python)
         batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
