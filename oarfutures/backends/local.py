@@ -3,10 +3,11 @@
 It is a tiny scheduler: a queue and ``max_workers`` slot threads, each owning one resident worker process
 (``local_resident``; its side: ``worker.resident``) that runs task after task, so the concurrency cap is real
 (submitit's local executor has none) and a call costs no interpreter start (as with ``ProcessPoolExecutor``).
+Workers are forked by a fork server (``local_forkserver``), which paid the interpreter start once.
 Job ids are our task ids. A cancelled job is never started; a call that kills its worker fails alone, and the
 slot starts a new worker; a worker that cannot start fails its job, never its slot. A worker gets its next job
 while it writes the last one's result (``_hand_over``). Slots and their workers leave after ``IDLE_SECONDS``
-without work.
+without work, and the fork server with the last of them.
 """
 
 from __future__ import annotations
@@ -169,8 +170,7 @@ class LocalBackend(Backend):
     def _slot(self) -> None:
         """One slot: run queued jobs one after the other on its resident worker, until idle or closed.
 
-        The worker is started, used and closed by this thread alone: PR_SET_PDEATHSIG fires when the thread that
-        started a process ends, and a slot thread ends only after closing its worker.
+        The worker is started (by the fork server), used and closed by this thread alone.
         """
         resident: Resident | None = None
         # The job that ended last: the executor hears of it once the next job is on its way to the worker, which
