@@ -141,6 +141,32 @@ def test_a_worker_that_cannot_start_fails_its_future_and_the_pool_runs_the_next_
         assert executor.submit(tasks.square, 4).result(timeout=30) == 16
 
 
+def test_a_slot_that_cannot_start_refuses_a_submission_only_when_no_slot_would_run_it(folder, tmp_path, monkeypatch):
+    """A thread that cannot start (the process's thread limit) must not count as a slot: none would start in its
+    place, and the calls queued for it would wait forever."""
+    runs, refuse = str(tmp_path / "runs"), []
+    start = threading.Thread.start
+
+    def start_unless_refused(thread):
+        if refuse and thread.name.startswith("oarfutures-local-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_refused)
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        refuse.append(True)
+        with pytest.raises(RuntimeError, match="can't start new thread"):  # no slot at all: refused
+            executor.submit(tasks.note_run, runs, "refused")
+        assert not executor.backend._queue and not executor.backend._states  # nothing of it is left to run
+        refuse.clear()
+        first = executor.submit(tasks.note_run, runs, "first", 1)
+        wait_for(lambda: tasks.runs_of(runs, "first"), timeout=60, what="the first call to start", interval=0.05)
+        refuse.append(True)
+        second = executor.submit(tasks.note_run, runs, "second")  # its own slot cannot start: the first's runs it
+        assert [first.result(timeout=60), second.result(timeout=60)] == ["first", "second"]
+    assert [tasks.runs_of(runs, name) for name in ("refused", "first", "second")] == [0, 1, 1]
+
+
 # ------------------------------------------------------------------ records
 def test_records_of_one_batch_saved_from_many_threads_stay_readable(folder):
     layout.make_folder(folder)

@@ -160,12 +160,34 @@ class LocalBackend(Backend):
             for index, job_id in enumerate(job_ids, submission.first):
                 self._states[job_id] = QUEUED
                 self._queue.append(_Job(job_id, submission.python, submission.folder, submission.batch, index, ranks))
-            while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
-                slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
-                self._slots.append(slot)
-                slot.start()
+            try:
+                self._start_slots()
+            except RuntimeError:
+                if not self._slots:  # nothing would run them: refused, as a scheduler refuses a submission
+                    self._withdraw(set(job_ids))
+                    raise
+                # the slots there run the whole queue, these jobs included
             self._lock.notify(len(job_ids))
         return job_ids
+
+    def _start_slots(self) -> None:
+        """As many slots as queued work needs, up to ``max_workers`` (lock held). A thread that cannot start
+        (the process's thread limit; Python 3.12.0-3.12.2 at interpreter exit, gh-113964) is not counted as a slot:
+        otherwise no other would ever start in its place, and close() would wait for it."""
+        while len(self._slots) < min(self.max_workers, len(self._queue) + self._busy):
+            slot = threading.Thread(target=self._slot, name=f"oarfutures-local-{len(self._slots)}", daemon=True)
+            self._slots.append(slot)
+            try:
+                slot.start()
+            except RuntimeError:
+                self._slots.remove(slot)
+                raise
+
+    def _withdraw(self, job_ids: set[str]) -> None:
+        """Forget queued jobs of a refused submission (lock held)."""
+        self._queue = collections.deque(job for job in self._queue if job.job_id not in job_ids)
+        for job_id in job_ids:
+            self._states.pop(job_id, None)
 
     def _slot(self) -> None:
         """One slot: run queued jobs one after the other on its resident worker, until idle or closed.
