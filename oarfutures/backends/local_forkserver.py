@@ -145,15 +145,14 @@ class ForkServer:
                 env=worker_environment(),
                 pass_fds=(theirs.fileno(),),
             )
+            self.pid = process.pid
         except BaseException as exc:
             failure.append(exc)
-            started.set()
             return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
-        self.pid = process.pid
-        started.set()
+            started.set()
         try:
             while True:
                 message = self._control.recv(65536)
