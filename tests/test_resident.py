@@ -169,6 +169,30 @@ def test_a_fork_server_killed_under_its_workers_fails_their_calls_and_the_next_c
     assert not alive(int(marker.read_text()))
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH") or os.sched_getscheduler(0) != os.SCHED_OTHER, reason="Linux's default policy"
+)
+def test_slots_do_not_preempt_their_workers_and_calls_and_callbacks_run_under_the_default_policy(
+    folder, tmp_path, monkeypatch
+):
+    """A slot thread wakes for each line its worker writes, under SCHED_BATCH so as not to take the worker's CPU for
+    it (oarfutures.threadpolicy). What a slot starts takes the default policy back: the service thread that runs
+    the callbacks (started by the first delivery, from the slot), and here the fork server, whose workers run calls."""
+    monkeypatch.setattr(local.LocalBackend, "expect_batch", lambda self, python: None)  # the slot starts the server
+    marker = tmp_path / "go"
+    in_callback = []
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        future = executor.submit(tasks.print_then_wait, "started", str(marker))
+        future.add_done_callback(lambda _: in_callback.append(os.sched_getscheduler(0)))
+        wait_for(lambda: "started" in executor.logs(future), timeout=60, what="the call to start")
+        (slot,) = [thread for thread in threading.enumerate() if thread.name.startswith("oarfutures-local-")]
+        assert os.sched_getscheduler(slot.native_id) == os.SCHED_BATCH
+        marker.touch()
+        assert future.result(timeout=60) == "started"
+        assert executor.submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_OTHER
+    assert in_callback == [os.SCHED_OTHER]
+
+
 def test_a_job_interpreter_that_dies_at_start_fails_the_call_with_its_exit_status(folder, tmp_path):
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\nexit 3\n")

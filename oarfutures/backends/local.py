@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+from oarfutures import threadpolicy
 from oarfutures.backends import params
 from oarfutures.backends.base import Backend, BatchSubmission, JobState, JobStatus
 from oarfutures.backends.local_forkserver import ForkServer
@@ -194,6 +195,7 @@ class LocalBackend(Backend):
 
         The worker is started (by the fork server), used and closed by this thread alone.
         """
+        threadpolicy.relay()  # it wakes for every line its worker writes: without preempting the worker
         resident: Resident | None = None
         # The job that ended last: the executor hears of it once the next job is on its way to the worker, which
         # then starts that job while the client reads the result, instead of waiting for the client.

@@ -17,6 +17,7 @@ import subprocess
 import threading
 from typing import Any
 
+from oarfutures import threadpolicy
 from oarfutures.backends import commands
 from oarfutures.protocol import variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
@@ -133,6 +134,7 @@ class ForkServer:
 
     def _serve(self, theirs: socket.socket, started: threading.Event, failure: list[BaseException]) -> None:
         """Start the server, then hand out its news until it leaves."""
+        threadpolicy.inherited()  # (a slot thread, a relay, may start a server: its workers run users' calls)
         # interrupt() may come while a worker starts, before it can catch the checkpoint signal, which would kill
         # it: the server starts with the signal blocked (a child inherits the mask of the thread that forks it)
         # and so does every worker it forks, until the worker listens (and unblocks it)

@@ -16,6 +16,8 @@ import logging
 import threading
 from typing import Any, Callable
 
+from oarfutures import threadpolicy
+
 logger = logging.getLogger("oarfutures")
 
 IDLE_SECONDS = 2.0
@@ -46,6 +48,7 @@ class ServiceThread:
         return threading.current_thread() is self._thread
 
     def _loop(self) -> None:
+        threadpolicy.inherited()  # (a local slot thread, a relay, may start this one: callbacks run here)
         while True:
             with self._ready:
                 if not self._jobs:
