@@ -396,3 +396,10 @@ class _ExitsWhilePickled:
 
 def exit_while_the_result_is_written():
     return _ExitsWhilePickled()
+
+
+def importer_of_preloaded(_=None):
+    """Which process imported ``preloaded`` (the fork server if it was preloaded), this one, and its parent."""
+    import preloaded
+
+    return preloaded.IMPORTED_BY, os.getpid(), os.getppid()

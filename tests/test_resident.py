@@ -193,6 +193,35 @@ def test_slots_do_not_preempt_their_workers_and_calls_and_callbacks_run_under_th
     assert in_callback == [os.SCHED_OTHER]
 
 
+def test_preloaded_modules_are_imported_once_by_the_fork_server_and_every_worker_has_them(folder):
+    with LocalPoolExecutor(2, folder=folder, preload=["preloaded"]) as executor:
+        seen = list(executor.map(tasks.importer_of_preloaded, range(20)))
+    assert all(imported_by == parent != pid for imported_by, pid, parent in seen)
+    assert len({imported_by for imported_by, _, _ in seen}) == 1
+
+
+def test_a_preload_that_cannot_be_imported_is_named_and_the_other_calls_run(folder, capfd):
+    with LocalPoolExecutor(1, folder=folder, preload="no_such_module_here") as executor:
+        assert executor.submit(tasks.square, 3).result(timeout=60) == 9
+    assert "preload='no_such_module_here' could not be imported" in capfd.readouterr().err
+
+
+def test_a_preload_that_starts_a_thread_is_refused_and_the_calls_fail_saying_why(folder, capfd):
+    """A process with threads cannot fork safely (a child gets copies of locks held by threads it does not have)."""
+    with LocalPoolExecutor(1, folder=folder, preload=["starts_a_thread"]) as executor:
+        with pytest.raises(JobFailedError, match=r"fork server .* exited with status 3"):
+            executor.submit(tasks.square, 3).result(timeout=60)
+    assert "preload=['starts_a_thread'] started a thread" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("preload", [["os; rm -rf ~"], ["os\nimport x"], [b"os"], ["../evil"], [""], [3]])
+def test_a_preload_that_is_not_a_module_name_is_refused_before_anything_exists(tmp_path, preload):
+    folder = tmp_path / "jobs"
+    with pytest.raises(ValueError, match=r"preload: .* is not a module name"):
+        LocalPoolExecutor(1, folder=str(folder), preload=preload)
+    assert not folder.exists()
+
+
 def test_a_job_interpreter_that_dies_at_start_fails_the_call_with_its_exit_status(folder, tmp_path):
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\nexit 3\n")

@@ -101,10 +101,11 @@ class LocalBackend(Backend):
         "setup": params.setup_lines,
     }
 
-    def __init__(self, max_workers: int, folder: str) -> None:
+    def __init__(self, max_workers: int, folder: str, preload: Sequence[str] = ()) -> None:
         self.parameters: dict[str, object] = {}
         self.folder = folder
         self.max_workers = max_workers
+        self.preload = tuple(preload)  # modules the fork servers import before forking (checked: module names)
         #: called with the job id after each job ended, outside the backend's lock: the executor delivers its
         #: result there at once, instead of at its poller's next scan
         self.on_job_end: Callable[[str], None] | None = None
@@ -289,7 +290,7 @@ class LocalBackend(Backend):
         with self._lock:
             server = self._servers.get(python)
             if server is None or not server.alive:
-                server = self._servers[python] = ForkServer(python)
+                server = self._servers[python] = ForkServer(python, self.preload)
             return server
 
     def _release_servers(self, unless_in_use: bool, wait: float | None = None) -> None:

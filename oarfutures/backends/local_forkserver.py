@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from oarfutures import threadpolicy
@@ -63,8 +65,11 @@ class ForkServer:
     ends, so the server dies with the client, not with whichever slot asked first.
     """
 
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, preload: Sequence[str] = ()) -> None:
+        """``preload``: module names (checked by the caller) the server imports before forking any worker, with
+        this process's import path after its own, as a worker finds a batch's modules."""
         self.python = python
+        self._preload = list(preload)
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._lock = threading.Lock()
         self._tokens = itertools.count()
@@ -141,8 +146,11 @@ class ForkServer:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, [CHECKPOINT_SIGNAL])
         try:
             # no preexec_fn: Python 3.12+ refuses it at interpreter shutdown, when calls submitted before still run
+            command = [self.python, "-u", "-m", "oarfutures.worker.forkserver", str(theirs.fileno()), str(os.getpid())]
+            if self._preload:
+                command.append(json.dumps({"modules": self._preload, "path": sys.path}))
             process = subprocess.Popen(
-                [self.python, "-u", "-m", "oarfutures.worker.forkserver", str(theirs.fileno()), str(os.getpid())],
+                command,
                 stdin=subprocess.DEVNULL,
                 env=worker_environment(),
                 pass_fds=(theirs.fileno(),),

@@ -17,6 +17,7 @@ from oarfutures import registry
 
 TOKEN = re.compile(r"[A-Za-z0-9_.:+@%/,=\-\[\]]+")  # always fullmatch: "$" would let a trailing newline through
 OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 FORBIDDEN_IN_LINE = ("\n", "\r", "\x00")
 #: what a job folder may not hold: control characters end a directive line; sbatch reads '"' as a quote; OAR
 #: writes the log paths and the launching directory into single-quoted Perl and bash strings ("'" and "\\")
@@ -225,6 +226,17 @@ def setup_lines(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     return tuple(line(name, item) for item in _sequence(name, value))
+
+
+def module_names(name: str, value: Any) -> tuple[str, ...]:
+    """Modules to import by name (``preload``): dotted identifiers, which no command line or path reads otherwise."""
+    if isinstance(value, str):
+        value = [value]
+    names = tuple(_sequence(name, value))
+    for item in names:
+        if not isinstance(item, str) or not MODULE_NAME.fullmatch(item):
+            raise ValueError(f"{name}: {item!r} is not a module name (dotted Python identifiers, like 'dask.local')")
+    return names
 
 
 def extra_options(name: str, value: Mapping[Any, Any] | None) -> dict[str, Any]:

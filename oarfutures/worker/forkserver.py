@@ -1,4 +1,4 @@
-"""The local backend's fork server: ``python -u -m oarfutures.worker.forkserver CONTROL_FD CLIENT_PID``.
+"""The local backend's fork server: ``python -u -m oarfutures.worker.forkserver CONTROL_FD CLIENT_PID [PRELOAD]``.
 
 Each resident worker (``worker.resident``) used to be an interpreter of its own, and starting one costs ~0.1 s of
 CPU (most of it importing ``cloudpickle``), paid again after every crash and every idle spell. This process pays
@@ -13,6 +13,12 @@ CODE}`` once a worker has been reaped (``subprocess``'s convention: ``-SIG`` if 
 this process, the workers' parent, can learn how they ended. Signals go through here too: a pid is signalled only
 while it is an unreaped child of this process, so a signal never reaches a process that took a dead worker's pid.
 
+``PRELOAD`` (JSON: ``{"modules": [...], "path": [...]}``, the executor's ``preload``) names modules this process
+imports before it forks any worker, the client's import path after its own, so that every worker has them as a
+``ProcessPoolExecutor`` worker has its client's, instead of importing them itself (dask: 0.1 s of CPU per worker). A
+module that starts a thread when imported makes this process unsafe to fork: it then says so and exits (status 3),
+which fails the calls with that status.
+
 A worker reads its environment and working directory, the client's at the moment it asked, as the first line on
 its request pipe, then serves requests as ``worker.resident`` describes. A worker dies with this process, and this
 process with its client (``PR_SET_PDEATHSIG``), as a job dies with its scheduler. Closing the control socket
@@ -20,6 +26,7 @@ tells this process to leave.
 """
 
 import gc
+import importlib
 import json
 import os
 import select
@@ -33,6 +40,7 @@ import cloudpickle  # noqa: F401  (imported once here rather than in every worke
 from oarfutures.worker import resident
 
 WORKER_FDS = 4  # request pipe, reply pipe, stdout, stderr
+PRELOAD_STARTED_A_THREAD = 3  # the exit status when a preloaded module started a thread
 
 
 def serve_forks(control):
@@ -152,8 +160,37 @@ def die_with(parent):
         os._exit(1)
 
 
+def preload(request):
+    """Import the modules of ``request`` (see above); one that cannot be imported is named on stderr, and the calls
+    that need it fail as they would without it."""
+    sys.path.extend(path for path in request["path"] if path not in sys.path)
+    for name in request["modules"]:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # a typo, a module this interpreter lacks, an error in the module
+            print(f"oarfutures fork server: preload={name!r} could not be imported: {exc!r}", file=sys.stderr)
+    if _threads() > 1:  # a forked child would hold copies of locks that no thread of its own can release
+        print(
+            f"oarfutures fork server: importing preload={request['modules']!r} started a thread, and a process with "
+            "threads cannot fork safely: no worker starts (leave out the module that starts it)",
+            file=sys.stderr,
+        )
+        os._exit(PRELOAD_STARTED_A_THREAD)
+
+
+def _threads():
+    try:
+        return len(os.listdir("/proc/self/task"))  # also the threads of C libraries (OpenMP pools...)
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
 if __name__ == "__main__":
     die_with(int(sys.argv[2]))
+    if len(sys.argv) > 3:
+        preload(json.loads(sys.argv[3]))
     try:
         serve_forks(socket.socket(fileno=int(sys.argv[1])))
     except ConnectionError:  # the client is gone (and this process is about to be killed with it)

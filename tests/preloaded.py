@@ -1,0 +1,5 @@
+"""A module for the ``preload`` tests: it records which process imported it."""
+
+import os
+
+IMPORTED_BY = os.getpid()
