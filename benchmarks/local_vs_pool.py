@@ -15,6 +15,8 @@ Four scenarios, each with oarfutures' ``LocalPoolExecutor(max_workers=2)`` and w
   the same baseline. Each call creates a file (its result), and on a disk where that is slow (this VM's ext4 has
   no journal, and scans the inodes deleted in the last minutes for each new one: ~0.7 ms) the difference between
   the two ``map`` rows is what the disk costs, not the code.
+* ``dask_preload``, a diagnostic without a target: ``dask`` again with ``LocalPoolExecutor(preload=["dask"])``: the
+  fork server imports dask once instead of each worker, as a ``ProcessPoolExecutor`` worker has its client's.
 
 ``work`` (defined here, so a ``__main__`` function in the child, as in a user's script) sleeps 5 ms: the floor of
 400 calls on 2 workers is 1 s. ``--quick``: 100 and 50 calls.
@@ -50,7 +52,7 @@ from benchmarks import common
 NAME = "local_vs_pool"
 SLEEP = 0.005
 WORKERS = 2
-SCENARIOS = ("map", "submit", "dask", "joblib", "map_tmpfs")
+SCENARIOS = ("map", "submit", "dask", "joblib", "map_tmpfs", "dask_preload")
 SIDES = ("baseline", "oarfutures")
 BASELINES = {
     "map": "ProcessPoolExecutor",
@@ -58,8 +60,9 @@ BASELINES = {
     "dask": "ProcessPoolExecutor",
     "joblib": "joblib loky",
     "map_tmpfs": "ProcessPoolExecutor",
+    "dask_preload": "ProcessPoolExecutor",
 }
-TARGETS = {"map": 1.2, "submit": 1.2, "dask": 1.5, "joblib": 1.5, "map_tmpfs": None}
+TARGETS = {"map": 1.2, "submit": 1.2, "dask": 1.5, "joblib": 1.5, "map_tmpfs": None, "dask_preload": None}
 CPU_TARGET = 2.0
 TMPFS = "/dev/shm"
 #: a pair of runs one of which lost more than this share of the VM's CPU time to the host runs again, at most
@@ -75,9 +78,9 @@ def work(x):
 
 def sizes(quick: bool) -> dict:
     return (
-        {"map": 100, "submit": 100, "dask": 50, "joblib": 50, "map_tmpfs": 100}
+        {"map": 100, "submit": 100, "dask": 50, "joblib": 50, "map_tmpfs": 100, "dask_preload": 50}
         if quick
-        else {"map": 400, "submit": 400, "dask": 200, "joblib": 200, "map_tmpfs": 400}
+        else {"map": 400, "submit": 400, "dask": 200, "joblib": 200, "map_tmpfs": 400, "dask_preload": 200}
     )
 
 
@@ -88,14 +91,15 @@ def describe(scenario: str, n: int) -> str:
         "dask": f"dask.compute {n} tasks + sum",
         "joblib": f"joblib Parallel {n}",
         "map_tmpfs": f"map {n}, folder on tmpfs (diagnostic)",
+        "dask_preload": f"dask.compute {n} tasks + sum, preload=['dask'] (diagnostic)",
     }[scenario]
 
 
 # ---------------------------------------------------------------------- child
-def _oarfutures_executor(args: dict, folder: str):
+def _oarfutures_executor(args: dict, folder: str, preload: tuple = ()):
     import oarfutures
 
-    return oarfutures.LocalPoolExecutor(max_workers=WORKERS, folder=folder, python=args["python"])
+    return oarfutures.LocalPoolExecutor(max_workers=WORKERS, folder=folder, python=args["python"], preload=preload)
 
 
 def _shutdown_loky() -> None:
@@ -116,7 +120,7 @@ def measure(args: dict) -> dict:
     out["subreaper"] = common.become_subreaper()
     expected = list(range(n))
     graph = None
-    if scenario == "dask":
+    if scenario in ("dask", "dask_preload"):
         import dask
 
         graph = dask.delayed(sum)([dask.delayed(work)(i) for i in range(n)])
@@ -159,7 +163,11 @@ def measure(args: dict) -> dict:
         out["effective_batch_size"] = getattr(getattr(parallel, "_backend", None), "_effective_batch_size", None)
         ok = values == expected
     else:
-        ex = _oarfutures_executor(args, folder) if side == "oarfutures" else cf.ProcessPoolExecutor(max_workers=WORKERS)
+        preload = ("dask",) if scenario == "dask_preload" else ()
+        if side == "oarfutures":
+            ex = _oarfutures_executor(args, folder, preload)
+        else:
+            ex = cf.ProcessPoolExecutor(max_workers=WORKERS)
         if scenario in ("map", "map_tmpfs"):
             values = list(ex.map(work, range(n)))
             ok = values == expected
@@ -167,7 +175,7 @@ def measure(args: dict) -> dict:
             futures = [ex.submit(work, i) for i in range(n)]
             values = [f.result() for f in cf.as_completed(futures)]
             ok = sorted(values) == expected
-        elif scenario == "dask":
+        elif scenario in ("dask", "dask_preload"):
             import dask
 
             (total,) = dask.compute(graph, scheduler=ex)
