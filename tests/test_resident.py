@@ -6,6 +6,7 @@ that kills its process failing alone, workers that leave when idle and die with 
 
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import CancelledError
 
@@ -198,6 +199,13 @@ def test_preloaded_modules_are_imported_once_by_the_fork_server_and_every_worker
         seen = list(executor.map(tasks.importer_of_preloaded, range(20)))
     assert all(imported_by == parent != pid for imported_by, pid, parent in seen)
     assert len({imported_by for imported_by, _, _ in seen}) == 1
+
+
+def test_a_preload_works_with_a_path_object_in_the_import_path(folder, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "path", [*sys.path, tmp_path])  # importlib skips it; the server must not choke on it
+    with LocalPoolExecutor(1, folder=folder, preload=["preloaded"]) as executor:
+        imported_by, _, parent = executor.submit(tasks.importer_of_preloaded).result(timeout=60)
+    assert imported_by == parent
 
 
 def test_a_preload_that_cannot_be_imported_is_named_and_the_other_calls_run(folder, capfd):

@@ -148,7 +148,8 @@ class ForkServer:
             # no preexec_fn: Python 3.12+ refuses it at interpreter shutdown, when calls submitted before still run
             command = [self.python, "-u", "-m", "oarfutures.worker.forkserver", str(theirs.fileno()), str(os.getpid())]
             if self._preload:
-                command.append(json.dumps({"modules": self._preload, "path": sys.path}))
+                # (default=str: a user may have put a pathlib.Path in sys.path)
+                command.append(json.dumps({"modules": self._preload, "path": sys.path}, default=str))
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
