@@ -286,9 +286,12 @@ class LocalBackend(Backend):
                 self._server_for(python)
 
     def _server_for(self, python: str) -> ForkServer:
-        """The fork server of ``python``'s workers, started on first need (again if it died)."""
+        """The fork server of ``python``'s workers, started on first need (again if it died, unless it refused the
+        preload: then every call fails with why, rather than each starting a server that refuses it again)."""
         with self._lock:
             server = self._servers.get(python)
+            if server is not None and server.refused_preload:
+                raise OSError(server.why_gone())
             if server is None or not server.alive:
                 server = self._servers[python] = ForkServer(python, self.preload)
             return server

@@ -22,7 +22,7 @@ from typing import Any
 from oarfutures import threadpolicy
 from oarfutures.backends import commands
 from oarfutures.protocol import variables
-from oarfutures.protocol.signals import CHECKPOINT_SIGNAL
+from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, PRELOAD_REFUSED
 
 #: the status of the workers of a server that died: they died with it (PR_SET_PDEATHSIG), by SIGKILL
 KILLED_WITH_SERVER = -signal.SIGKILL
@@ -76,6 +76,8 @@ class ForkServer:
         self._asked: dict[int, tuple[threading.Event, dict[str, Any]]] = {}  # fork token -> (answered, answer)
         self._workers: dict[int, ForkedProcess] = {}  # not reported exited yet
         self._ended: str | None = None  # how the server ended, once it has
+        #: it ended refusing its preload (a module started a thread): another server would refuse it again
+        self.refused_preload = False
         self.pid: int | None = None
         started = threading.Event()
         failure: list[BaseException] = []
@@ -110,14 +112,14 @@ class ForkServer:
                 failure = exc
         if failure is not None:  # it has left: say how, which its news thread learns in a moment
             self._thread.join(timeout=5)
-            raise OSError(self._why_gone(failure))
+            raise OSError(self.why_gone(failure))
         answered.wait()
         if "pid" not in answer:
-            raise OSError(answer.get("error") or self._why_gone())
+            raise OSError(answer.get("error") or self.why_gone())
         process: ForkedProcess = answer["process"]
         return process
 
-    def _why_gone(self, failure: OSError | None = None) -> str:
+    def why_gone(self, failure: OSError | None = None) -> str:
         return self._ended or str(failure or "the fork server is gone")
 
     def signal(self, pid: int, signum: int) -> None:
@@ -177,6 +179,7 @@ class ForkServer:
             status = process.wait()
             with self._lock:  # (fork() and signal() send under it: none does while the socket closes)
                 self._ended = f"the fork server of {self.python} exited with status {status}"
+                self.refused_preload = bool(self._preload) and status == PRELOAD_REFUSED
                 self._control.close()
                 asked, self._asked = self._asked, {}
                 workers, self._workers = self._workers, {}

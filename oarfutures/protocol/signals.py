@@ -13,5 +13,7 @@ from oarfutures.protocol import variables
 #: the local backend requeues the task on it (Slurm requeues through ``variables.REQUEUE_COMMAND`` instead)
 RESUBMIT = 99
 CHECKPOINT_SIGNAL = signal.SIGUSR2
+#: exit status of a local fork server that will not fork: a module of its ``preload`` started a thread
+PRELOAD_REFUSED = 3
 #: the first command of a checkpointable job script: a signal while it runs (setup lines) is passed to the worker
 EARLY_SIGNAL_TRAP = f"trap 'export {variables.SIGNALLED}=1' {CHECKPOINT_SIGNAL.name[3:]}"

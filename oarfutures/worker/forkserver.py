@@ -16,8 +16,8 @@ while it is an unreaped child of this process, so a signal never reaches a proce
 ``PRELOAD`` (JSON: ``{"modules": [...], "path": [...]}``, the executor's ``preload``) names modules this process
 imports before it forks any worker, the client's import path after its own, so that every worker has them as a
 ``ProcessPoolExecutor`` worker has its client's, instead of importing them itself (dask: 0.1 s of CPU per worker). A
-module that starts a thread when imported makes this process unsafe to fork: it then says so and exits (status 3),
-which fails the calls with that status.
+module that starts a thread when imported makes this process unsafe to fork: it then says so and exits
+(``PRELOAD_REFUSED``), which fails the calls with that status; the client starts no other server for them.
 
 A worker reads its environment and working directory, the client's at the moment it asked, as the first line on
 its request pipe, then serves requests as ``worker.resident`` describes. A worker dies with this process, and this
@@ -37,10 +37,10 @@ import traceback
 
 import cloudpickle  # noqa: F401  (imported once here rather than in every worker: most payloads need it)
 
+from oarfutures.protocol.signals import PRELOAD_REFUSED
 from oarfutures.worker import resident
 
 WORKER_FDS = 4  # request pipe, reply pipe, stdout, stderr
-PRELOAD_STARTED_A_THREAD = 3  # the exit status when a preloaded module started a thread
 
 
 def serve_forks(control):
@@ -175,7 +175,7 @@ def preload(request):
             "threads cannot fork safely: no worker starts (leave out the module that starts it)",
             file=sys.stderr,
         )
-        os._exit(PRELOAD_STARTED_A_THREAD)
+        os._exit(PRELOAD_REFUSED)
 
 
 def _threads():
