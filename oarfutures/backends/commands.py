@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from typing import Callable
@@ -93,6 +94,12 @@ def run(
 def clean_environment(prefixes: Sequence[str], keep: Sequence[str] = ()) -> dict[str, str]:
     """This process's environment without the variables a surrounding job set (nested submission)."""
     return {k: v for k, v in os.environ.items() if k in keep or not k.startswith(tuple(prefixes))}
+
+
+def client_sys_path() -> list[str]:
+    """This process's import path, each entry absolute (the empty one is the current directory): the path a job's
+    worker, and a local fork server's preload, add after their own."""
+    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
 #: seconds a scheduler has to answer ``probe``: a Slurm client whose controller is down hangs about a minute

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -150,8 +149,7 @@ class ForkServer:
             # no preexec_fn: Python 3.12+ refuses it at interpreter shutdown, when calls submitted before still run
             command = [self.python, "-u", "-m", "oarfutures.worker.forkserver", str(theirs.fileno()), str(os.getpid())]
             if self._preload:
-                # (default=str: a user may have put a pathlib.Path in sys.path)
-                command.append(json.dumps({"modules": self._preload, "path": sys.path}, default=str))
+                command.append(json.dumps({"modules": self._preload, "path": commands.client_sys_path()}))
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,

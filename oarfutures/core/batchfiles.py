@@ -11,11 +11,11 @@ import os
 import pickle
 import shutil
 import struct
-import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Union
 
+from oarfutures.backends.commands import client_sys_path
 from oarfutures.protocol import layout
 
 Call = tuple[int, tuple, dict]  # (index into the batch's functions, args, kwargs)
@@ -32,10 +32,6 @@ def _origin(fn: Callable) -> Any:
     method = getattr(type(fn), "__call__", None)  # noqa: B004 - its code, for a callable object
     code = getattr(fn, "__code__", None) or getattr(method, "__code__", None)
     return getattr(code, "co_filename", None)
-
-
-def client_sys_path() -> list[str]:
-    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
 class PickledTask(NamedTuple):

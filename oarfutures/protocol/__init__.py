@@ -15,7 +15,8 @@ job folder and a job script, the job writes files back. Everything they share is
   ``functions``, ``calls``, ``done`` (the outcomes so far) and ``resubmissions``;
 - ``results``: the result file of a task, its outcomes as named types, their dump and read;
 - ``variables``: every ``OARFUTURES_*`` environment variable, who sets it and who reads it;
-- ``signals``: the checkpoint signal and the exit status of a task that must run again.
+- ``signals``: the checkpoint signal, the exit status of a task that must run again, and that of a local fork
+  server refusing its preload.
 
 Its modules import nothing heavy: the worker imports them at every start.
 """

@@ -1,4 +1,4 @@
-"""The signal and the exit status that pass between a scheduler, a job script and the worker.
+"""The signal and the exit statuses that pass between a scheduler, a job script and the worker.
 
 A checkpointable job is told it will be stopped by ``CHECKPOINT_SIGNAL`` (Slurm's ``--signal=B:USR2``, OAR's
 ``--signal=12``, the local backend's ``interrupt()``); a worker that saved its task's next calls asks to be run

@@ -39,6 +39,7 @@ import cloudpickle  # noqa: F401  (imported once here rather than in every worke
 
 from oarfutures.protocol.signals import PRELOAD_REFUSED
 from oarfutures.worker import resident
+from oarfutures.worker.taskfiles import add_client_path
 
 WORKER_FDS = 4  # request pipe, reply pipe, stdout, stderr
 
@@ -163,7 +164,7 @@ def die_with(parent):
 def preload(request):
     """Import the modules of ``request`` (see above); one that cannot be imported is named on stderr, and the calls
     that need it fail as they would without it."""
-    sys.path.extend(path for path in request["path"] if path not in sys.path)
+    add_client_path(request["path"])
     for name in request["modules"]:
         try:
             importlib.import_module(name)

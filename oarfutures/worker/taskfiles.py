@@ -50,8 +50,7 @@ class BatchFiles:
     def functions(self):
         if self._functions is not None:
             return self._functions
-        # The client's import path, after ours: modules next to the user's script (or a test folder) import here.
-        sys.path.extend(p for p in self.meta["sys_path"] if p not in sys.path)
+        add_client_path(self.meta["sys_path"])
         # (a large pickle is not even looked up: hashing it would cost more than a small one's unpickling)
         key = (self.fn_blob, tuple(self.meta["origins"])) if len(self.fn_blob) <= KNOWN_FUNCTION_BYTES else None
         if key in _known_functions:
@@ -71,6 +70,11 @@ class BatchFiles:
 
     def close(self):
         os.close(self._fd)
+
+
+def add_client_path(paths):
+    """The client's import path, after ours: modules next to the user's script (or a test folder) import here."""
+    sys.path.extend(p for p in paths if p not in sys.path)
 
 
 def _remember(key, functions):
