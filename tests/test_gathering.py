@@ -179,3 +179,20 @@ def test_calls_on_their_way_to_the_scheduler_are_still_cancelled_by_shutdown(fol
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures[1:]), [f._state for f in futures]
     assert_ran_once_or_never(futures, runs, [f"c{n}" for n in range(5)])
+
+
+def test_a_gathering_window_starts_no_thread_of_its_own(folder, monkeypatch):
+    """dask submits one call each time one ends: each submit opened a window, closed by a timer thread of its own
+    (~90 threads for 200 tasks); the executor's service thread closes them now."""
+    started = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread.name), real_start(thread)))
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        running = {executor.submit(tasks.square, n) for n in range(4)}  # a full queue: every submit opens a window
+        for n in range(4, 40):
+            done = next(iter(running))
+            done.result(timeout=60)
+            running.discard(done)
+            running.add(executor.submit(tasks.square, n))
+        assert [f.result(timeout=60) for f in running]
+    assert len(started) <= 10, started  # the service, poller, slot and fork server threads

@@ -97,10 +97,8 @@ class BatchSubmitter(TaskTracker):
         elif not window:
             self._close_if_idle()
         else:
-            _gather_at_exit(self)
-            timer = threading.Timer(window, self._submission_ended, (options, True))
-            timer.daemon = True  # at exit, _submit_gathered_at_exit submits what it would have
-            timer.start()
+            _gather_at_exit(self)  # at exit, what the window would have sent goes out then
+            self._service.run_later(window, self._submission_ended, options, True)
 
     def _submit_gathered_then_next(self, gathering: Gathering) -> None:
         if gathering.pid != os.getpid():  # a forked child's copy of the service queue: the parent submits these
