@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import CancelledError
 
 import pytest
@@ -55,20 +56,37 @@ def test_a_running_call_output_is_readable_and_a_quiet_call_leaves_no_log_file(f
     assert not any(name.startswith(quiet.task_id + ".") for name in os.listdir(os.path.join(folder, "logs")))
 
 
-def test_a_result_is_written_into_the_file_its_worker_made_while_the_call_ran(folder):
-    """Creating a file costs up to a millisecond of CPU on some disks: the worker makes the file of its next result
-    while the call runs, and the result goes into that very file (same inode)."""
+def test_a_result_is_written_into_a_file_its_worker_made_while_the_call_ran(folder):
+    """Creating a file costs up to a millisecond of CPU on some disks: the worker makes the files of its next
+    results while a call runs, and a result goes into one of those very files (same inode)."""
     marker = os.path.join(folder, "go")
     with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:  # (its result file outlives delivery)
         running = executor.submit(tasks.print_then_wait, "running", marker)
-        spare = os.path.join(folder, "results", f"worker-{_worker_pid(executor, running)}.spare")
-        wait_for(lambda: os.path.exists(spare), timeout=30, what=f"{spare}, made while the call runs")
-        made = os.stat(spare).st_ino
+        spares = layout.spare_result_paths(folder, _worker_pid(executor, running))
+        wait_for(lambda: all(map(os.path.exists, spares)), timeout=30, what=f"{spares}, made while the call runs")
+        made = _inodes(spares)
         open(marker, "w").close()
         assert running.result(timeout=60) == "running"
         batch, index = running.task_id.rsplit("_", 1)
         paths = layout.result_path(folder, batch, int(index)), layout.delivered_path(folder, batch, int(index))
-        assert _inodes(paths) == {made}
+        assert len(made) == layout.SPARE_RESULTS and _inodes(paths) <= made and _inodes(paths)
+
+
+def test_a_worker_makes_its_spare_result_files_a_few_at_a_time(folder):
+    """Waking the thread that makes them for every call cost more CPU than the files: it is woken once only
+    a few are left, and then makes several."""
+    with LocalPoolExecutor(1, folder=folder, keep_files=True) as executor:  # (no inode is freed, nor reused)
+        pid = executor.submit(os.getpid).result(timeout=60)
+        spares = layout.spare_result_paths(folder, pid)
+        # all of them, but the one the first call may have taken
+        wait_for(lambda: len(_inodes(spares)) >= len(spares) - 1, timeout=30, what="the first spares")
+        made = _inodes(spares)
+        for _ in range(len(made) - 2):  # each call takes one: none is made while more than 2 are left
+            assert executor.submit(os.getpid).result(timeout=60) == pid
+        time.sleep(0.3)
+        assert _inodes(spares) <= made and len(_inodes(spares)) == 2
+        assert executor.submit(os.getpid).result(timeout=60) == pid  # down to 2 at its start: more are made
+        wait_for(lambda: len(_inodes(spares) - made) >= len(spares) - 3, timeout=30, what="new spares")
 
 
 def _inodes(paths):

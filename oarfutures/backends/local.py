@@ -354,8 +354,9 @@ class LocalBackend(Backend):
             if done is not None:
                 return int(done.split()[1])
         code = resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
-        with contextlib.suppress(OSError):  # the empty file it kept for its next result
-            os.remove(layout.spare_result_path(job.folder, resident.process.pid))
+        for spare in layout.spare_result_paths(job.folder, resident.process.pid):  # the empty files it kept ready
+            with contextlib.suppress(OSError):
+                os.remove(spare)
         for spool, log in zip(layout.spool_paths(job.folder, resident.process.pid), self._own_logs(job.job_id)):
             layout.publish_spool(spool, log)  # what the call printed before it died: its log tail names why
             with contextlib.suppress(OSError):

@@ -39,14 +39,14 @@ def serve(requests, replies):
     owner = layout.run_owner(None, HOST, os.getpid())
     environment: dict = {}  # the job variables as the last request set them: most stay the same from call to call
     spool = None
-    spare = _Spare()
+    spares = _Spares()
     try:
         for line in requests:
             request = json.loads(line)
             for name, value in request["environment"].items():
                 if environment.get(name) != value:
                     os.environ[name] = environment[name] = value
-            task = _Task(request["folder"], request["batch"], request["index"], owner, spare)
+            task = _Task(request["folder"], request["batch"], request["index"], owner, spares)
             if spool is None or spool.folder != task.folder:
                 if spool is not None:
                     spool.close()
@@ -63,22 +63,21 @@ def serve(requests, replies):
     finally:
         if spool is not None:
             spool.close()
-        spare.close()
+        spares.close()
         layout.drop_owner_files()
 
 
 class _Task(TaskRun):
-    """A task this worker runs: its result goes into the spare file, made while its call runs, so that the thread
-    making it does not compete for the interpreter with the work that starts the call."""
+    """A task this worker runs: its result goes into a spare file, made while calls run (``_Spares``)."""
 
-    def __init__(self, folder, batch, index, owner, spare):
+    def __init__(self, folder, batch, index, owner, spares):
         super().__init__(folder, batch, index, owner)
         self.durable = False  # a crash of this machine takes the client and its futures with it
-        self.spare = functools.partial(spare.take, folder)
-        self._spare_maker = spare
+        self.spare = functools.partial(spares.take, folder)
+        self._spares = spares
 
     def enter_call(self):
-        self._spare_maker.want(self.folder)
+        self._spares.want(self.folder)  # (the thread makes more now, if few are left, while the call runs)
         super().enter_call()
 
 
@@ -89,16 +88,21 @@ def _call_ended(replies, spool, logs):
     spool.publish(logs)
 
 
-class _Spare:
-    """The empty file the worker's next result is written into (``layout.spare_result_path``), made and opened
-    ahead by a thread of its own while a call runs: creating a file costs 0.03-0.9 ms of CPU on some disks, and
-    opening an existing one with ``O_TRUNC`` up to 0.14 ms, which then delay neither the call nor its result. The
-    result is written into the open descriptor, which the thread made for it alone."""
+class _Spares:
+    """The empty files the worker's next results are written into (``layout.spare_result_paths``), made ahead by a
+    thread of its own while calls run: creating a file costs 0.03-0.9 ms of CPU on some disks, which then delays
+    neither a call nor its result. The thread makes them several at a time, once only a few are left: waking it
+    for each call cost more CPU (two context switches and a handful of futex calls) than the file itself on a fast
+    disk. A result is written into the open descriptor, which the thread made for it alone."""
+
+    LOW = 2  # the thread is woken when no more than this many are left
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._wanted = None  # the folder the next one is for
-        self._ready = None  # (its path, its open descriptor), once made
+        self._folder = None  # the folder they are made for: the last task's
+        self._ready = []  # (path, open descriptor) of those made for it, oldest first
+        self._taken = None  # the path of the one given to the last result: reusable once that result is written
+        self._making = False  # the thread was woken and has not finished
         self._closed = False
         self._pid = os.getpid()  # (a system call each time it is asked)
         self._wake = threading.Event()
@@ -106,48 +110,67 @@ class _Spare:
         self._thread.start()
 
     def want(self, folder):
+        """A task of ``folder`` starts: the last result is written, and its name can be made again."""
         with self._lock:
-            self._wanted = folder
-        self._wake.set()
+            self._taken = None
+            if folder != self._folder:
+                stale, self._ready, self._folder = self._ready, [], folder
+            else:
+                stale = []
+            wake = len(self._ready) <= self.LOW and not self._making
+            self._making = self._making or wake
+        for spare in stale:
+            _discard(spare)
+        if wake:
+            self._wake.set()
 
     def take(self, folder):
-        """The spare of ``folder`` as (path, open descriptor), now the caller's to write, close and rename; None
-        if none is ready. No new one is made until the next ``want``: the thread would make it at this very path,
-        which the caller writes now."""
+        """A spare of ``folder`` as (path, open descriptor), now the caller's to write, close and rename; None if
+        none is ready (the caller makes a file of its own)."""
         with self._lock:
-            ready, self._ready, self._wanted = self._ready, None, None
-        if ready is not None and ready[0] != layout.spare_result_path(folder, self._pid):  # another folder's
-            _discard(ready)
-            return None
-        return ready
+            if folder != self._folder or not self._ready:
+                return None
+            spare = self._ready.pop(0)
+            self._taken = spare[0]
+            return spare
 
     def _make(self):
         while True:
             self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                if self._closed:
-                    return
-                path = None if self._wanted is None else layout.spare_result_path(self._wanted, self._pid)
-                if path is None or (self._ready is not None and path == self._ready[0]):
-                    continue
-                stale, self._ready = self._ready, None
-            _discard(stale)
-            try:
-                made = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-            except OSError:  # the folder is gone: the next result makes a file of its own
-                continue
-            with self._lock:
-                self._ready = made
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    folder = self._folder
+                    busy = {path for path, _ in self._ready} | {self._taken}
+                    names = layout.spare_result_paths(folder, self._pid) if folder is not None else []
+                    free = [name for name in names if name not in busy]
+                    if not free:
+                        self._making = False
+                        break
+                    path = free[0]
+                try:
+                    made = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                except OSError:  # the folder is gone: results make files of their own
+                    with self._lock:
+                        self._making = False
+                    break
+                with self._lock:
+                    kept = folder == self._folder and not self._closed
+                    if kept:
+                        self._ready.append(made)
+                if not kept:  # made for a folder left meanwhile
+                    _discard(made)
 
     def close(self):
         with self._lock:
             self._closed = True
+            ready, self._ready = self._ready, []
         self._wake.set()
         self._thread.join(timeout=5)
-        with self._lock:
-            ready, self._ready = self._ready, None
-        _discard(ready)
+        for spare in ready:
+            _discard(spare)
 
 
 def _discard(spare):
