@@ -105,6 +105,7 @@ class _Spares:
         self._making = False  # the thread was woken and has not finished
         self._closed = False
         self._pid = os.getpid()  # (a system call each time it is asked)
+        self._paths: tuple = (None, [])  # (folder, the spares' paths in it), see _names
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._make, name="oarfutures-spare", daemon=True)
         self._thread.start()
@@ -144,8 +145,7 @@ class _Spares:
                         return
                     folder = self._folder
                     busy = {path for path, _ in self._ready} | {self._taken}
-                    names = layout.spare_result_paths(folder, self._pid) if folder is not None else []
-                    free = [name for name in names if name not in busy]
+                    free = [name for name in self._names(folder) if name not in busy]
                     if not free:
                         self._making = False
                         break
@@ -162,6 +162,14 @@ class _Spares:
                         self._ready.append(made)
                 if not kept:  # made for a folder left meanwhile
                     _discard(made)
+
+    def _names(self, folder):
+        """The spares' paths in ``folder`` (computed once per folder: they are looked at for every file made)."""
+        if folder is None:
+            return []
+        if self._paths[0] != folder:
+            self._paths = folder, layout.spare_result_paths(folder, self._pid)
+        return self._paths[1]
 
     def close(self):
         with self._lock:
