@@ -391,3 +391,19 @@ def _exception_or_cancelled(future):
         return future.exception(timeout=60)
     except CancelledError:
         return "cancelled"
+
+
+def test_a_worker_that_finds_its_call_claimed_says_so_in_the_call_log(folder):
+    """A call whose claim was taken (by a cancel from another process, say) before its worker got to it does not
+    run, and its log says why: what a worker prints after a task that wrote no result becomes the task's log."""
+    marker = os.path.join(folder, "go")
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        blocker = executor.submit(tasks.print_then_wait, "blocking", marker)
+        taken = executor.submit(tasks.square, 3)
+        wait_for(lambda: taken.job_id is not None, timeout=30, what="the second call to be queued")
+        batch, index = taken.task_id.rsplit("_", 1)
+        assert layout.claim_for_cancel(layout.claim_path(folder, batch, int(index)))
+        open(marker, "w").close()
+        assert blocker.result(timeout=60) == "blocking"
+        wait_for(lambda: "its future was cancelled" in executor.logs(taken), timeout=30, what="why it did not run")
+        assert "blocking" not in executor.logs(taken)

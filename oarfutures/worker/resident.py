@@ -56,9 +56,11 @@ def serve(requests, replies):
                 except OSError as exc:  # the task cannot start, the worker can go on with the next one
                     os.write(replies, f"refused {exc}\n".encode())
                     continue
-            task.before_result = functools.partial(_call_ended, replies, spool, request["logs"])
+            task.before_result = functools.partial(_call_ended, task, replies, spool, request["logs"])
             code = _run(task, replies, batch_files.open)
-            spool.publish(request["logs"])  # what it printed after its result (say, why it did not run)
+            # what it printed instead of a result (say, why it did not run); after a result nothing of ours prints
+            if code or not task.logs_published:
+                spool.publish(request["logs"])
             os.write(replies, f"done {code}\n".encode())
     finally:
         if spool is not None:
@@ -73,6 +75,7 @@ class _Task(TaskRun):
     def __init__(self, folder, batch, index, owner, spares):
         super().__init__(folder, batch, index, owner)
         self.durable = False  # a crash of this machine takes the client and its futures with it
+        self.logs_published = False  # the call's output became its logs, just before its result
         self.spare = functools.partial(spares.take, folder)
         self._spares = spares
 
@@ -81,11 +84,12 @@ class _Task(TaskRun):
         super().enter_call()
 
 
-def _call_ended(replies, spool, logs):
+def _call_ended(task, replies, spool, logs):
     """Just before the result is written: the backend may send the next call now, which this worker then finds
     waiting when it is done; and the call's output becomes its logs, complete before its result appears."""
     os.write(replies, b"ended\n")
     spool.publish(logs)
+    task.logs_published = True
 
 
 class _Spares:

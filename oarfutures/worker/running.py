@@ -12,7 +12,7 @@ import time
 
 from oarfutures.protocol import layout, results, variables
 from oarfutures.protocol.signals import CHECKPOINT_SIGNAL, RESUBMIT
-from oarfutures.worker.taskfiles import claim_call, claim_task, job_owner, read_task
+from oarfutures.worker.taskfiles import FIRST_RUN, claim_call, claim_task, job_owner, read_task
 
 
 class Interrupted(BaseException):
@@ -184,7 +184,8 @@ def run_task(task, rank=False, open_batch=None):
     # Functions may want to know where they run (checkpoint files, logs of their own)
     os.environ[variables.JOB_FOLDER], os.environ[variables.TASK_ID] = folder, layout.task_id(batch, index)
     world_size = int(os.environ.get(variables.RANKS, "1"))
-    if not rank and not claim_task(folder, batch, index, task.owner):
+    claimed = rank or claim_task(folder, batch, index, task.owner)
+    if not claimed:
         return 0
     if world_size > 1:
         from oarfutures.worker import ranks
@@ -197,7 +198,8 @@ def run_task(task, rank=False, open_batch=None):
         task.destination = layout.rank_path(folder, batch, index, ranks.rank_environment())
         task.claims_calls = False
     try:
-        loaded = read_task(folder, batch, index, open_batch(folder, batch) if open_batch else None)
+        files = open_batch(folder, batch) if open_batch else None
+        loaded = read_task(folder, batch, index, files, resumable=claimed is not FIRST_RUN)
     except layout.UnsafeFolderError as exc:
         print(f"oarfutures worker: {exc}", file=sys.stderr)
         return 2

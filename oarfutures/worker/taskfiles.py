@@ -83,12 +83,14 @@ def _remember(key, functions):
     _known_functions[key] = functions
 
 
-def read_task(folder, batch, index, files=None):
+def read_task(folder, batch, index, files=None, resumable=True):
     """Return (meta, functions, calls, outcomes so far, resubmissions so far) of one task.
 
     A checkpointed task's resume file, when there is one, replaces its slice of the batch: the calls still to
     run, with what the earlier runs already returned.
     ``files``: the batch's files already opened (a resident worker's); else they are opened and closed here.
+    ``resumable=False``: this run took the task's claim first (``FIRST_RUN``), so no earlier run left a resume
+    file, and none is looked for.
     """
     own = files is None
     files = BatchFiles(folder, batch) if own else files
@@ -96,7 +98,7 @@ def read_task(folder, batch, index, files=None):
         meta = files.meta
         functions = files.functions()
         resume = layout.resume_path(folder, batch, index)
-        if os.path.exists(resume):
+        if resumable and os.path.exists(resume):
             layout.check_private(resume)
             with open(resume, "rb") as f:
                 state = pickle.load(f)
@@ -156,17 +158,21 @@ def job_owner():
     return layout.run_owner(os.environ.get(variables.JOB_ID), HOST, os.getpid())
 
 
+#: what ``claim_task`` returns when this run took the claim first (any other true value: it resumes a checkpoint)
+FIRST_RUN = "first run"
+
+
 def claim_task(folder, batch, index, owner):
     """Win the task's claim before running anything: a call runs once, and never after its cancel() won.
 
     A run that finds the claim held by an earlier run of the same task goes on only if that run checkpointed
     (its resume file exists); otherwise the task already ran (say, a scheduler requeued it after a node failure)
-    and running it twice is what the claim prevents.
+    and running it twice is what the claim prevents. True (``FIRST_RUN`` if no run held it before) if it may run.
     """
     path = layout.claim_path(folder, batch, index)
     try:
         if layout.claim(path, owner):
-            return True
+            return FIRST_RUN
         holder = layout.claim_owner(path) or ""
     except OSError as exc:
         print(f"oarfutures worker: cannot claim task {layout.task_id(batch, index)}: {exc}", file=sys.stderr)
