@@ -224,7 +224,7 @@ def _settle(cpu: dict, quiet: float = 1.0, limit: float = 15.0) -> dict:
 # ---------------------------------------------------------------------- orchestrator
 def run(ctx) -> dict:
     n = sizes(ctx.quick)
-    repeats = ctx.repeats(3, 3)
+    repeats = ctx.repeats(3, 5)  # (the per-repeat CPU ratios of one run spread by ~0.3x: 5 make the median firmer)
     runs, set_aside = [], []
     for r in range(repeats):
         for i, scenario in enumerate(s for s in SCENARIOS if s != "map_tmpfs" or os.path.isdir(TMPFS)):
