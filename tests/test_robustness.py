@@ -309,6 +309,23 @@ def test_a_callback_waiting_on_another_executor_stops_no_future(tmp_path):
         assert seen == ["b"]
 
 
+def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_service_thread(folder):
+    """The local backend settles a call's future in the slot of the worker that ran it (no thread hop per call), but
+    runs none of its callbacks there: they go to the executor's service thread. A callback that blocks then
+    holds up later callbacks only, not the worker, nor the results of the calls after it."""
+    release = threading.Event()
+    ran_in = []
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        first = executor.submit(tasks.square, 2)
+        first.add_done_callback(lambda _: (ran_in.append(threading.current_thread().name), release.wait(30)))
+        later = [executor.submit(tasks.square, n) for n in range(5)]
+        later[-1].add_done_callback(lambda _: ran_in.append("later"))
+        assert [f.result(timeout=20) for f in later] == [n * n for n in range(5)]
+        assert ran_in == ["oarfutures-service-local"]  # the later callback waits for the blocked one
+        release.set()
+        wait_for(lambda: "later" in ran_in, timeout=20, what="the later callback")
+
+
 def test_a_callback_raising_system_exit_stops_no_future(local):
     futures = futures_of(local.map(tasks.square, range(4), chunksize=4))
 

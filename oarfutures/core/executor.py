@@ -40,8 +40,9 @@ Lock order (outer first; never take an outer lock while holding an inner one):
     future._transition  ->  executor._submit_lock  ->  executor._tidy_lock  ->  executor._lock
                         ->  poller, record, backend locks
 
-No user callback runs under any of them: futures settle on the service thread with no package lock held, and
-``futures.py`` defers callbacks until a future's own transition lock is released.
+No user callback runs under any of them: futures settle on the service thread (a local backend's: on the slot that
+relayed the call, with their callbacks handed to the service thread) with no package lock held, and ``futures.py``
+defers callbacks until a future's own transition lock is released.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Two rules keep this deadlock-free (the package's lock order is written in ``exec
 * No user callback runs while ``_transition`` is held: callbacks that ``Future`` would run inside a transition
   are deferred until the lock is released, in the same thread. A callback may therefore cancel or wait on other
   futures, or ``submit`` more work (joblib and dask do).
+
+A thread that must not run user code at all (a local backend's slot, which settles the futures of the job its
+worker just ended: ``callbacks_run_by``) hands the callbacks of what it settles to the executor's service thread.
 """
 
 from __future__ import annotations
@@ -80,7 +83,25 @@ class JobFuture(Future):
         if self._deferring == threading.get_ident():
             self._deferred = True  # run when this thread's transition ends, outside the lock
             return
-        super()._invoke_callbacks()  # type: ignore[misc]  # (private to Future, hence not in its stubs)
+        runner = getattr(_this_thread, "run_callbacks", None)
+        if runner is None:
+            super()._invoke_callbacks()  # type: ignore[misc]  # (private to Future, hence not in its stubs)
+        elif self._done_callbacks:  # type: ignore[attr-defined]  # (settled: no callback is added to it any more)
+            runner(super()._invoke_callbacks)  # type: ignore[misc]
+
+
+#: ``run_callbacks``: set by ``callbacks_run_by`` for the thread it runs in
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def callbacks_run_by(runner: Callable[[Callable[[], None]], None]) -> Iterator[None]:
+    """Futures settled in this block have their callbacks run by ``runner`` (which gets a function to call)."""
+    _this_thread.run_callbacks = runner
+    try:
+        yield
+    finally:
+        _this_thread.run_callbacks = None
 
 
 @contextlib.contextmanager

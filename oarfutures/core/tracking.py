@@ -14,9 +14,10 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from typing import Callable
 
 from oarfutures.backends.base import JobState, JobStatus
-from oarfutures.core.futures import JobFuture, mark_running, set_exception, set_result
+from oarfutures.core.futures import JobFuture, callbacks_run_by, mark_running, set_exception, set_result
 from oarfutures.core.poller import Poller, get_poller
 from oarfutures.core.tasks import Phase, Task, TaskTable, remove_file, settle_guarded
 from oarfutures.errors import JobFailedError
@@ -236,9 +237,11 @@ class TaskTracker(TaskTable):
 
     # ------------------------------------------------------------------ told by the backend
     def job_ended(self, job_id: str) -> None:
-        """A backend that sees its jobs end (the local one) says so at once: a result already there is delivered
-        now, without waiting for the poller's next scan; a job that ended without one is the poller's to judge
-        (it asks the backend, and starts the grace period)."""
+        """A backend that sees its jobs end (the local one) says so at once, from its own thread (no lock held): a
+        result already there is delivered now, in that thread, without waiting for the poller's next scan nor
+        waking the service thread for each call; only the futures' callbacks, and bookkeeping that may wait, go
+        to the service thread. A job that ended without a result is the poller's to judge (it asks the backend,
+        and starts the grace period)."""
         with self._lock:
             task = self._by_job.get(job_id)
         if task is None or not os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
@@ -248,12 +251,14 @@ class TaskTracker(TaskTable):
             if task.settling:  # the poller's scan found it first
                 return
             task.settling = True
+        with callbacks_run_by(self._run_callbacks):
+            self._deliver(task)
+
+    def _run_callbacks(self, callbacks: Callable[[], None]) -> None:
         try:
-            self._service.run(self._deliver, task)
-        except RuntimeError:  # no new thread at interpreter shutdown: the poller's next scan tries again
-            with self._lock:
-                task.settling = False
-            get_poller().wake()
+            self._service.run(callbacks)
+        except RuntimeError:  # no new thread at interpreter shutdown: here, rather than never
+            callbacks()
 
     # ------------------------------------------------------------------ settling (service thread)
     def _deliver(self, task: Task) -> None:
@@ -287,13 +292,29 @@ class TaskTracker(TaskTable):
         with contextlib.suppress(OSError):
             os.replace(path, delivered)
         self._forget_stolen_marker(task)
-        self._retire(task)
+        self._retire_delivered(task)
 
     def _settle_failure(self, task: Task, error: BaseException) -> None:
         for future in task.futures:
             settle_guarded(set_exception, future, error)
         self._forget_stolen_marker(task)
-        self._retire(task)
+        self._retire_delivered(task)
+
+    def _retire_delivered(self, task: Task) -> None:
+        """Retire a delivered task; on a thread other than the service thread (a local slot's, see job_ended),
+        what may then be due (tidying a finished batch, the next wave, closing after a shutdown) goes to the
+        service thread, which is woken once per batch rather than once per call."""
+        if self._service.on_this_thread():
+            self._retire(task)
+            return
+        with self._lock:
+            self._retire_locked(task)
+            due = bool(self._finished_batches or any(self._waiting) or self._shutdown)
+        if due:
+            try:
+                self._service.run(self._after_retire)
+            except RuntimeError:  # no new thread at interpreter shutdown
+                self._after_retire()
 
     # ------------------------------------------------------------------ stolen tasks (see worker.stealing)
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
