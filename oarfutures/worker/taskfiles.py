@@ -97,8 +97,8 @@ def read_task(folder, batch, index, files=None, resumable=True):
     try:
         meta = files.meta
         functions = files.functions()
-        resume = layout.resume_path(folder, batch, index)
-        if resumable and os.path.exists(resume):
+        resume = layout.resume_path(folder, batch, index) if resumable else ""
+        if resume and os.path.exists(resume):
             layout.check_private(resume)
             with open(resume, "rb") as f:
                 state = pickle.load(f)
