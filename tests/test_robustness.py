@@ -377,3 +377,27 @@ def test_an_executor_whose_results_folder_vanished_fails_its_futures_and_others_
     finally:
         a.shutdown(wait=False, cancel_futures=True)
         b.shutdown(wait=True)
+
+
+def test_a_local_delivery_that_fails_fails_its_future_and_the_next_calls_run(folder, monkeypatch):
+    """Where the local backend settles futures (its slot thread), a failure of the delivery itself fails the
+    futures of that call with it rather than leaving them pending, and the slot goes on with its worker."""
+    from oarfutures.core import tracking
+
+    read_result = tracking.results.read_result
+    failures = ["a bug in delivery"]
+
+    def fail_once(*args, **kwargs):
+        if failures:
+            raise RuntimeError(failures.pop())
+        return read_result(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.results, "read_result", fail_once)
+    executor = LocalPoolExecutor(1, folder=folder)
+    try:
+        first = executor.submit(tasks.square, 2)
+        with pytest.raises(RuntimeError, match="a bug in delivery"):
+            first.result(timeout=30)
+        assert [executor.submit(tasks.square, n).result(timeout=30) for n in range(3)] == [0, 1, 4]
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)  # (a future left pending would hold up shutdown(wait=True))

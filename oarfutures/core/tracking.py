@@ -252,7 +252,11 @@ class TaskTracker(TaskTable):
                 return
             task.settling = True
         with callbacks_run_by(self._run_callbacks):
-            self._deliver(task)
+            try:
+                self._deliver(task)
+            except Exception as exc:  # a bug of ours: its futures fail with it, and the slot goes on with its worker
+                logger.exception("oarfutures: delivering the result of %s failed", task.task_id)
+                self._settle_failure(task, exc)
 
     def _run_callbacks(self, callbacks: Callable[[], None]) -> None:
         try:

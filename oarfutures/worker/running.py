@@ -199,7 +199,7 @@ def run_task(task, rank=False, open_batch=None):
         task.claims_calls = False
     try:
         files = open_batch(folder, batch) if open_batch else None
-        loaded = read_task(folder, batch, index, files, resumable=claimed is not FIRST_RUN)
+        loaded = read_task(folder, batch, index, files, resumable=claimed != FIRST_RUN)
     except layout.UnsafeFolderError as exc:
         print(f"oarfutures worker: {exc}", file=sys.stderr)
         return 2
