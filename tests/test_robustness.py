@@ -315,15 +315,20 @@ def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_serv
     holds up later callbacks only, not the worker, nor the results of the calls after it."""
     release = threading.Event()
     ran_in = []
+    go_first, go_last = os.path.join(folder, "go-first"), os.path.join(folder, "go-last")
     with LocalPoolExecutor(1, folder=folder) as executor:
-        first = executor.submit(tasks.square, 2)
+        # (each waits for its marker: its callback is added before it can be done, so it never runs in this thread)
+        first = executor.submit(tasks.print_then_wait, "first", go_first)
         first.add_done_callback(lambda _: (ran_in.append(threading.current_thread().name), release.wait(30)))
-        later = [executor.submit(tasks.square, n) for n in range(5)]
-        later[-1].add_done_callback(lambda _: ran_in.append("later"))
-        assert [f.result(timeout=20) for f in later] == [n * n for n in range(5)]
+        later = [executor.submit(tasks.square, n) for n in range(4)]
+        last = executor.submit(tasks.print_then_wait, "last", go_last)
+        last.add_done_callback(lambda _: ran_in.append("last"))
+        for marker in (go_first, go_last):
+            open(marker, "w").close()
+        assert [f.result(timeout=20) for f in later] == [0, 1, 4, 9] and last.result(timeout=20) == "last"
         assert ran_in == ["oarfutures-service-local"]  # the later callback waits for the blocked one
         release.set()
-        wait_for(lambda: "later" in ran_in, timeout=20, what="the later callback")
+        wait_for(lambda: "last" in ran_in, timeout=20, what="the later callback")
 
 
 def test_a_callback_raising_system_exit_stops_no_future(local):

@@ -20,7 +20,7 @@ def test_work_due_later_runs_in_order_of_its_time_and_not_before():
     service.run_later(0.3, note, "late")
     service.run_later(0.1, note, "early")
     service.run(note, "now")
-    service.run_later(0.1, note, "early too")  # same time as "early": after it, in the order handed over
+    service.run_later(0.1, note, "early too")  # handed over after "early": due a moment after it
     assert done.wait(10)
     assert [name for name, _ in ran] == ["now", "early", "early too", "late"]
     times = dict(ran)
