@@ -115,6 +115,28 @@ def test_the_calls_of_a_map_closed_early_never_run_and_start_no_worker(folder, r
     assert not any(started(folder, future) for future in futures[2:])
 
 
+def test_a_call_cancelled_while_queued_is_never_handed_to_a_worker_even_while_a_callback_blocks(folder, runs):
+    """On the local backend cancel() cancels the job itself before it returns: handed to the service thread, where
+    a callback may block, a cancellation could come after the slot had handed the job to its worker (which then
+    found the claim taken and said so in a log of its own; the call never ran)."""
+    release = threading.Event()
+    executor = LocalPoolExecutor(1, folder=folder, keep_files=True)
+    try:
+        first = executor.submit(tasks.note_run, runs, "first")
+        first.add_done_callback(lambda _: release.wait(30))  # the service thread is busy from now on
+        assert first.result(timeout=30) == "first"
+        futures = futures_of(executor.map(tasks.note_run, [runs] * 3, ["q0", "q1", "q2"], [0.5] * 3))
+        wait_for(lambda: started(folder, futures[0]), timeout=30, what="the first call to start")
+        assert futures[2].cancel() and futures[1].cancel()
+        assert futures[0].result(timeout=30) == "q0"
+        time.sleep(0.5)  # what a slot would have handed its worker after q0, it has handed by now
+        assert not started(folder, futures[1]) and not started(folder, futures[2])
+        assert tasks.runs_of(runs, "q1") == tasks.runs_of(runs, "q2") == 0
+    finally:
+        release.set()
+        executor.shutdown(wait=True)
+
+
 def test_keyboard_interrupt_while_iterating_a_map_cancels_the_queued_calls(folder, runs):
     executor = LocalPoolExecutor(1, folder=folder, keep_files=True)  # no with block: only the map iterator cancels
     blocker = executor.submit(tasks.note_run, runs, "blocker", 1.0)

@@ -117,6 +117,9 @@ class Backend(abc.ABC):
     caps_all_jobs: bool = False
     #: True when query() only reads memory (the local backend): the poller then needs no thread to call it
     query_is_cheap: bool = False
+    #: True when cancel() runs no command and waits for nothing (the local backend): a future's cancel() then
+    #: cancels its job before it returns, so that a worker is never handed a job cancelled before
+    cancel_is_cheap: bool = False
     #: seconds between state queries: the first after a submission, growing to the last while nothing changes
     query_interval: tuple[float, float] = (1.0, 5.0)
     #: True when query() answers with the jobs whose state changed since its last call, whatever it is asked

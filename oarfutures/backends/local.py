@@ -81,6 +81,7 @@ class LocalBackend(Backend):
     name = "local"
     caps_all_jobs = True
     query_is_cheap = True
+    cancel_is_cheap = True
     jobs_outlive_client = False
     leaves_empty_logs = False  # a worker's spool becomes a call's log only if the call printed something
     reports_changes_only = True

@@ -315,10 +315,13 @@ class TaskTracker(TaskTable):
             self._retire_locked(task)
             due = bool(self._finished_batches or any(self._waiting) or self._shutdown)
         if due:
-            try:
-                self._service.run(self._after_retire)
-            except RuntimeError:  # no new thread at interpreter shutdown
-                self._after_retire()
+            self._after_retire_soon()
+
+    def _after_retire_soon(self) -> None:
+        try:
+            self._service.run(self._after_retire)
+        except RuntimeError:  # no new thread at interpreter shutdown
+            self._after_retire()
 
     # ------------------------------------------------------------------ stolen tasks (see worker.stealing)
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
@@ -423,10 +426,16 @@ class TaskTracker(TaskTable):
             if task is None or task.settling or not task.all_cancelled():
                 return  # (a settling task's job is dealt with by whoever settles it: abort, a result)
             self._cancelled.add(task)
-        self._service.run(self._process_cancellations)
+        if self.backend.cancel_is_cheap:
+            self._process_cancellations()
+        else:  # (scancel may hang for minutes)
+            self._service.run(self._process_cancellations)
 
     def _process_cancellations(self) -> None:
-        """Cancel the jobs of tasks whose every future was cancelled (one backend call). Service thread."""
+        """Cancel the jobs of tasks whose every future was cancelled (one backend call). On the service thread, or
+        in the thread that cancelled them when the backend's cancel is cheap: a slot of the local backend must not
+        hand a worker a job whose future was cancelled before (the worker would find its claim taken, and say so
+        in a log of its own). What may wait (tidying, closing) is the service thread's."""
         with self._lock:
             candidates, self._cancelled = self._cancelled, set()
             to_cancel: list[str] = []
@@ -445,7 +454,10 @@ class TaskTracker(TaskTable):
                 logger.info("cancelled %d job(s)", len(to_cancel))
             except Exception as exc:  # their calls are claimed: at worst the jobs start and exit at once
                 logger.warning("oarfutures: cancelling %d job(s) failed: %s", len(to_cancel), exc)
-        self._after_retire()
+        if self._service.on_this_thread():
+            self._after_retire()
+        else:
+            self._after_retire_soon()
 
 
 def _no_result_reason(status: JobStatus | None, last_seen: JobStatus | None) -> str:
