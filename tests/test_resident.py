@@ -412,7 +412,8 @@ def test_a_worker_that_finds_its_call_claimed_says_so_in_the_call_log(folder):
 
 def test_a_map_wakes_the_executor_service_thread_per_batch_not_per_call(folder, monkeypatch):
     """A slot settles the futures of the calls its worker ran: handing each to the service thread cost a thread
-    wake-up per call (~6% of a short call's CPU). The service thread still tidies the batch once it is done."""
+    wake-up per call (~6% of a short call's CPU). The service thread still tidies the batch once it is done, and
+    delivers what the poller's scan finds before the slot tells the executor."""
     handed = []
     run = ServiceThread.run
 
@@ -424,4 +425,6 @@ def test_a_map_wakes_the_executor_service_thread_per_batch_not_per_call(folder, 
     with LocalPoolExecutor(2, folder=folder) as executor:
         assert list(executor.map(tasks.square, range(60))) == [n * n for n in range(60)]
         wait_for(lambda: not os.listdir(os.path.join(folder, "tasks")), timeout=30, what="the batch to be tidied")
-    assert len(handed) <= 5, [getattr(job, "__name__", job) for job in handed]
+    # (the poller's scan of results/ may find a few results first, under load, and hand those over: 7 in one CI run;
+    # one per call, as before, is 60 and more)
+    assert len(handed) <= 20, [getattr(job, "__name__", job) for job in handed]
