@@ -384,9 +384,11 @@ def test_an_executor_whose_results_folder_vanished_fails_its_futures_and_others_
         b.shutdown(wait=True)
 
 
-def test_a_local_delivery_that_fails_fails_its_future_and_the_next_calls_run(folder, monkeypatch):
-    """Where the local backend settles futures (its slot thread), a failure of the delivery itself fails the
-    futures of that call with it rather than leaving them pending, and the slot goes on with its worker."""
+@pytest.mark.parametrize("delivered_by", ["slot", "service thread"])
+def test_a_delivery_that_fails_fails_its_future_and_the_next_calls_run(folder, monkeypatch, delivered_by):
+    """A failure of the delivery itself fails the futures of that call with it rather than leaving them pending,
+    and the thread that delivers goes on: a local slot (which settles its worker's results), or the service
+    thread (the poller's scan finds results first under load, and always on a cluster)."""
     from oarfutures.core import tracking
 
     read_result = tracking.results.read_result
@@ -399,6 +401,8 @@ def test_a_local_delivery_that_fails_fails_its_future_and_the_next_calls_run(fol
 
     monkeypatch.setattr(tracking.results, "read_result", fail_once)
     executor = LocalPoolExecutor(1, folder=folder)
+    if delivered_by == "service thread":
+        executor.backend.on_job_end = None  # the slots tell nobody: the poller's scan finds each result
     try:
         first = executor.submit(tasks.square, 2)
         with pytest.raises(RuntimeError, match="a bug in delivery"):

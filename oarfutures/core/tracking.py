@@ -252,11 +252,7 @@ class TaskTracker(TaskTable):
                 return
             task.settling = True
         with callbacks_run_by(self._run_callbacks):
-            try:
-                self._deliver(task)
-            except Exception as exc:  # a bug of ours: its futures fail with it, and the slot goes on with its worker
-                logger.exception("oarfutures: delivering the result of %s failed", task.task_id)
-                self._settle_failure(task, exc)
+            self._deliver(task)
 
     def _run_callbacks(self, callbacks: Callable[[], None]) -> None:
         try:
@@ -266,7 +262,16 @@ class TaskTracker(TaskTable):
 
     # ------------------------------------------------------------------ settling (service thread)
     def _deliver(self, task: Task) -> None:
-        """Read a task's result, settle its futures, then move the file and do the bookkeeping."""
+        """Read a task's result, settle its futures, then move the file and do the bookkeeping. Whichever thread
+        delivers (the service thread, a local slot), a failure of ours fails the task's futures: none stays
+        pending, and the thread goes on."""
+        try:
+            self._deliver_result(task)
+        except Exception as exc:
+            logger.exception("oarfutures: delivering the result of %s failed", task.task_id)
+            self._settle_failure(task, exc)
+
+    def _deliver_result(self, task: Task) -> None:
         path = layout.result_path(self.folder, task.batch, task.index)
         delivered = layout.delivered_path(self.folder, task.batch, task.index)
         try:
