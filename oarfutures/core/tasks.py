@@ -218,11 +218,19 @@ class TaskTable:
         with self._lock:
             more = any(self._waiting)
         if more:
-            if self._service.on_this_thread():
-                self._submit_waiting()
-            else:
-                self._service.run(self._submit_waiting)
+            self._on_service_thread(self._submit_waiting)
         self._close_if_idle()
+
+    def _on_service_thread(self, job: Callable[..., Any], *args: Any) -> None:
+        """Run ``job(*args)`` on the service thread: now if this is it, else handed over. At interpreter shutdown,
+        when no thread can start any more, here and now rather than never."""
+        if self._service.on_this_thread():
+            job(*args)
+            return
+        try:
+            self._service.run(job, *args)
+        except RuntimeError:
+            job(*args)
 
     def _tidy_finished(self) -> None:
         with self._tidy_lock:  # held until tidied: shutdown(wait=True) returns only after that

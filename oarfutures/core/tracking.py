@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Callable
 
 from oarfutures.backends.base import JobState, JobStatus
 from oarfutures.core.futures import JobFuture, callbacks_run_by, mark_running, set_exception, set_result
@@ -251,14 +250,8 @@ class TaskTracker(TaskTable):
             if task.settling:  # the poller's scan found it first
                 return
             task.settling = True
-        with callbacks_run_by(self._run_callbacks):
+        with callbacks_run_by(self._on_service_thread):
             self._deliver(task)
-
-    def _run_callbacks(self, callbacks: Callable[[], None]) -> None:
-        try:
-            self._service.run(callbacks)
-        except RuntimeError:  # no new thread at interpreter shutdown: here, rather than never
-            callbacks()
 
     # ------------------------------------------------------------------ settling (service thread)
     def _deliver(self, task: Task) -> None:
@@ -310,23 +303,14 @@ class TaskTracker(TaskTable):
         self._retire_delivered(task)
 
     def _retire_delivered(self, task: Task) -> None:
-        """Retire a delivered task; on a thread other than the service thread (a local slot's, see job_ended),
-        what may then be due (tidying a finished batch, the next wave, closing after a shutdown) goes to the
-        service thread, which is woken once per batch rather than once per call."""
-        if self._service.on_this_thread():
-            self._retire(task)
-            return
+        """Retire a delivered task. What may then be due (tidying a finished batch, the next wave, closing after a
+        shutdown) runs on the service thread: from a local slot's thread (see job_ended), one hand-over per batch
+        rather than one per call. (Whoever changes one of these conditions later sees to it: a shutdown closes.)"""
         with self._lock:
             self._retire_locked(task)
             due = bool(self._finished_batches or any(self._waiting) or self._shutdown)
         if due:
-            self._after_retire_soon()
-
-    def _after_retire_soon(self) -> None:
-        try:
-            self._service.run(self._after_retire)
-        except RuntimeError:  # no new thread at interpreter shutdown
-            self._after_retire()
+            self._on_service_thread(self._after_retire)
 
     # ------------------------------------------------------------------ stolen tasks (see worker.stealing)
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
@@ -459,10 +443,7 @@ class TaskTracker(TaskTable):
                 logger.info("cancelled %d job(s)", len(to_cancel))
             except Exception as exc:  # their calls are claimed: at worst the jobs start and exit at once
                 logger.warning("oarfutures: cancelling %d job(s) failed: %s", len(to_cancel), exc)
-        if self._service.on_this_thread():
-            self._after_retire()
-        else:
-            self._after_retire_soon()
+        self._on_service_thread(self._after_retire)
 
 
 def _no_result_reason(status: JobStatus | None, last_seen: JobStatus | None) -> str:
