@@ -104,12 +104,11 @@ class _Spares:
     def __init__(self):
         self._lock = threading.Lock()
         self._folder = None  # the folder they are made for: the last task's
+        self._names = []  # the spares' paths in that folder (looked at for every file made)
         self._ready = []  # (path, open descriptor) of those made for it, oldest first
         self._taken = None  # the path of the one given to the last result: reusable once that result is written
         self._making = False  # the thread was woken and has not finished
         self._closed = False
-        self._pid = os.getpid()  # (a system call each time it is asked)
-        self._paths: tuple = (None, [])  # (folder, the spares' paths in it), see _names
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._make, name="oarfutures-spare", daemon=True)
         self._thread.start()
@@ -120,6 +119,7 @@ class _Spares:
             self._taken = None
             if folder != self._folder:
                 stale, self._ready, self._folder = self._ready, [], folder
+                self._names = layout.spare_result_paths(folder, os.getpid())
             else:
                 stale = []
             wake = len(self._ready) <= self.LOW and not self._making
@@ -149,7 +149,7 @@ class _Spares:
                         return
                     folder = self._folder
                     busy = {path for path, _ in self._ready} | {self._taken}
-                    free = [name for name in self._names(folder) if name not in busy]
+                    free = [name for name in self._names if name not in busy]
                     if not free:
                         self._making = False
                         break
@@ -166,14 +166,6 @@ class _Spares:
                         self._ready.append(made)
                 if not kept:  # made for a folder left meanwhile
                     _discard(made)
-
-    def _names(self, folder):
-        """The spares' paths in ``folder`` (computed once per folder: they are looked at for every file made)."""
-        if folder is None:
-            return []
-        if self._paths[0] != folder:
-            self._paths = folder, layout.spare_result_paths(folder, self._pid)
-        return self._paths[1]
 
     def close(self):
         with self._lock:
