@@ -10,6 +10,7 @@ cancelled; checkpointable and multi-task arrays are never stolen from.
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -92,6 +93,11 @@ def cancelled_unstarted(cluster, job_ids):
     ]
 
 
+def cancelled_leftovers(caplog):
+    """How many leftover jobs the client cancelled, per its log."""
+    return sum(int(n) for n in re.findall(r"cancelled (\d+) leftover job", caplog.text))
+
+
 def kill(cluster, job_id):
     subprocess.run(["scancel", job_id] if cluster == "slurm" else ["oardel", job_id], check=True, capture_output=True)
 
@@ -130,16 +136,38 @@ def test_leftover_tasks_are_cancelled_once_every_call_has_a_result(cluster, fold
     with caplog.at_level(logging.INFO, logger="oarfutures"), at_a_time(cluster, folder) as executor:
         futures = array_of(executor, lambda ex: [ex.submit(tasks.square, i) for i in range(calls)])
         assert [f.result(timeout=TIMEOUT[cluster]) for f in futures] == [i * i for i in range(calls)]
-    # shutdown(wait=True) returned: the batch is tidied and its leftover jobs cancelled, all in one command
+    # shutdown(wait=True) returned: the batch is tidied and every leftover job cancelled
     leftovers = [f.job_ids[0] for f in stolen(futures)]
     assert len(leftovers) >= calls // 2
-    assert f"cancelled {len(leftovers)} leftover job(s)" in caplog.text
+    assert cancelled_leftovers(caplog) == len(leftovers)
     wait_for(lambda: not live_jobs(cluster, leftovers), timeout=90, what="the leftover jobs to be gone")
     # Uncancelled, each would start in turn, find its task claimed and exit in its batch script (Slurm starts one
     # every ~30 ms here, so under load the first few start before the client's cancel arrives): the cancel comes
     # long before the end of that chain, so the last ones never start
     never_started = cancelled_unstarted(cluster, leftovers)
     assert never_started, f"every one of {leftovers} started: their cancel came too late or never"
+
+
+def test_leftover_tasks_are_cancelled_while_a_long_stolen_call_keeps_the_batch_open(cluster, folder, caplog):
+    # one task at a time: the first runs call 0, then steals from the end: the quick calls 9..2, then the long call
+    # 1. Its leftovers wait behind it; they must go while it runs, not when the batch ends (once the stealer
+    # frees its place, each would start in turn only to exit)
+    long_call = 40
+    with caplog.at_level(logging.INFO, logger="oarfutures"), at_a_time(cluster, folder) as executor:
+        futures = array_of(
+            executor, lambda ex: [ex.submit(tasks.sleep_and_return, long_call if i == 1 else 0, i) for i in range(10)]
+        )
+        wait_for(lambda: len(futures[1].job_ids) > 1, timeout=TIMEOUT[cluster], what="the long call to be stolen")
+        leftovers = [f.job_ids[0] for f in futures if len(f.job_ids) > 1]
+        assert len(leftovers) == 9, futures
+        wait_for(
+            lambda: cancelled_leftovers(caplog) == len(leftovers) and not live_jobs(cluster, leftovers),
+            timeout=long_call / 2,
+            what="the leftovers to be cancelled",
+        )
+        assert not futures[1].done()  # (the batch is still open: the cancel came before its end)
+        assert [f.result(timeout=TIMEOUT[cluster]) for f in futures] == list(range(10))
+    assert set(cancelled_unstarted(cluster, leftovers)) == set(leftovers)
 
 
 def test_calls_cancelled_while_stealers_drain_the_array_never_run(cluster, folder, tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -161,7 +163,9 @@ class TaskTable:
         self._cancelled: set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
         self._ended: set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._failed_ids: dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
-        self._leftovers: dict[str, list[str]] = {}  # per batch, the own jobs of stolen tasks: cancelled at its end
+        self._leftovers: dict[str, list[str]] = {}  # per batch, the own jobs of stolen tasks, not cancelled yet
+        self._leftover_cancel_due = False  # a cancel of the leftovers noticed so far waits on the service thread
+        self._last_leftover_cancel = -math.inf  # (monotonic): at most one per query interval
         self._watched = False
         self._broken = False  # its folder is gone: every future failed
         self._finished_batches: list[tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
@@ -299,17 +303,46 @@ class TaskTable:
                 parts.append(f"[{os.path.basename(path)}]\n{text}")
         return "\n".join(parts)
 
+    def _note_leftovers(self, batch: str, job_ids: list[str]) -> None:
+        """The own jobs of tasks another job stole (lock held): nothing is left for them to run. Stealers take the
+        tasks the scheduler would start last, but a long call can keep a batch open while a stealer that is done
+        frees its place: its array's leftovers would then start one by one, each only to exit. So they are
+        cancelled as they are noticed, in one command per query interval at most, not when the batch ends."""
+        self._leftovers.setdefault(batch, []).extend(job_ids)
+        if self._leftover_cancel_due:
+            return
+        self._leftover_cancel_due = True
+        due_in = self._last_leftover_cancel + self.backend.query_interval[0] - time.monotonic()
+        try:
+            self._service.run_later(max(0.0, due_in), self._cancel_noticed_leftovers)
+        except RuntimeError:  # no new thread at interpreter shutdown: their batch's end cancels them
+            self._leftover_cancel_due = False
+
+    def _cancel_noticed_leftovers(self) -> None:
+        with self._lock:
+            self._leftover_cancel_due = False
+            self._last_leftover_cancel = time.monotonic()
+            leftovers, self._leftovers = self._leftovers, {}
+        self._cancel_jobs_left_over([job_id for job_ids in leftovers.values() for job_id in job_ids])
+
     def _cancel_leftovers(self, batch: str) -> None:
-        """Every task of the batch is settled: its stolen tasks' own jobs have nothing to run, one cancel for all
-        (Slurm: ranges of one array). Those that started already exited at once (their claim was taken)."""
+        """Every task of the batch is settled: the leftovers not cancelled yet go now, in one command."""
         with self._lock:
             leftovers = self._leftovers.pop(batch, [])
-        if leftovers:
-            try:
-                self.backend.cancel(leftovers)
-                logger.info("cancelled %d leftover job(s) of batch %s (their tasks were stolen)", len(leftovers), batch)
-            except Exception as exc:  # they exit at once if they start: their claims are taken
-                logger.warning("oarfutures: cancelling the leftover jobs of batch %s failed: %s", batch, exc)
+            if leftovers:
+                self._last_leftover_cancel = time.monotonic()
+        self._cancel_jobs_left_over(leftovers)
+
+    def _cancel_jobs_left_over(self, job_ids: list[str]) -> None:
+        """One cancel for all (Slurm: ranges of each array). Those that started already exited at once, since
+        their claims are taken; a failed cancel costs no more than that."""
+        if not job_ids:
+            return
+        try:
+            self.backend.cancel(job_ids)
+            logger.info("cancelled %d leftover job(s) (their tasks were stolen)", len(job_ids))
+        except Exception as exc:
+            logger.warning("oarfutures: cancelling %d leftover job(s) failed: %s", len(job_ids), exc)
 
 
 def settle_guarded(settle: Callable[[JobFuture, Any], None], future: JobFuture, value: Any) -> None:

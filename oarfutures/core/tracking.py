@@ -316,7 +316,7 @@ class TaskTracker(TaskTable):
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
         """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
         running, or over without a result, which fails the task naming that job); the own job is left over and
-        cancelled once its batch is done. ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
+        cancelled soon (``_note_leftovers``). ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
         whose result names its stealer, being delivered (so settling, and perhaps attached without a job)."""
         if not stolen:
             return
@@ -335,7 +335,7 @@ class TaskTracker(TaskTable):
                 task.submitted_at = time.monotonic()
                 self._ended.discard(task)
                 if task.own_job_id:
-                    self._leftovers.setdefault(task.batch, []).append(task.own_job_id)
+                    self._note_leftovers(task.batch, [task.own_job_id])
                 for future in task.futures:
                     future.job_ids.append(job_id)
                 changed = True
