@@ -92,6 +92,7 @@ def measure(args: dict) -> dict:
             ex.shutdown()
         out["ok"] = values == list(range(n))
         out["poller_queries"] = queries.count
+        out["tasks_started"] = _tasks_started(name)
     elif side == "submitit":
         import submitit
         from submitit.slurm.slurm import SlurmJob
@@ -109,6 +110,16 @@ def measure(args: dict) -> dict:
     return out
 
 
+def _tasks_started(name: str) -> int:
+    """How many array tasks of the job named ``name`` Slurm started: with stealing, the others' calls ran in a
+    stealer, and their own tasks were cancelled while pending (such a task is no longer listed on its own, and
+    MinJobAge keeps the others listed)."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-n", name, "-o", "%i"], capture_output=True, text=True
+    ).stdout.split()
+    return sum("_" in job_id for job_id in listed)
+
+
 # ---------------------------------------------------------------------- orchestrator
 def run(ctx) -> dict:
     n = 100 if ctx.quick else 1000
@@ -121,7 +132,7 @@ def run(ctx) -> dict:
         )  # rotate, so no contender always runs on the busiest minute
         for side in order:
             folder = common.scratch(f"{NAME}-{side}")
-            name = f"bench-{side[:5]}-{os.getpid()}-{r}"
+            name = f"bench-{side}-{os.getpid()}-{r}"  # (unique per side: tasks are counted by name)
             quiet = common.wait_for_quiet(common.slurm_queue, ("PENDING",))
             before = {"slurm_queue": quiet["queue_at_start"], "slurm_config": common.slurm_config(), **quiet}
             calls = os.path.join(folder, "calls.log")
@@ -215,6 +226,23 @@ def rows(runs: list, n: int) -> list:
                 target=SLOW_CALLS_TARGET,
             ),
         )
+    started = {side: common.median([r["tasks_started"] for r in by[side] if "tasks_started" in r]) for side in SIDES}
+    started_rows = (("array tasks started", "oarfutures"), ("1 s calls: array tasks started", "oarfutures-1s"))
+    for measure_name, side in started_rows:
+        baseline = side.replace("oarfutures", "nosteal")
+        if by[side] and by[baseline] and started[side] is not None:
+            out.append(
+                common.row(
+                    case,
+                    measure_name,
+                    started[side],
+                    "steal_seconds=0",
+                    started[baseline],
+                    runs=len(by[side]),
+                    load=common.load_range(*by[side], *by[baseline]),
+                    note="the tasks whose call a stealer ran were cancelled before they started",
+                )
+            )
     queues = "; ".join(f"{r['side']}: {r.get('slurm_queue')}" for r in runs)
     configs = sorted({common.slurm_brief(r.get("slurm_config") or {}) for r in runs})
     out[0]["note"] = (
