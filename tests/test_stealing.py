@@ -152,7 +152,7 @@ def test_leftover_tasks_are_cancelled_while_a_long_stolen_call_keeps_the_batch_o
     # one task at a time: the first runs call 0, then steals from the end: the quick calls 9..2, then the long call
     # 1. Its leftovers wait behind it; they must go while it runs, not when the batch ends (once the stealer
     # frees its place, each would start in turn only to exit)
-    long_call = 40
+    long_call = {"slurm": 40, "oar": 60}[cluster]  # the leftovers go within its half (OAR: oardel every 10 s)
     with caplog.at_level(logging.INFO, logger="oarfutures"), at_a_time(cluster, folder) as executor:
         futures = array_of(
             executor, lambda ex: [ex.submit(tasks.sleep_and_return, long_call if i == 1 else 0, i) for i in range(10)]

@@ -165,7 +165,7 @@ class TaskTable:
         self._failed_ids: dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
         self._leftovers: dict[str, list[str]] = {}  # per batch, the own jobs of stolen tasks, not cancelled yet
         self._leftover_cancel_due = False  # a cancel of the leftovers noticed so far waits on the service thread
-        self._last_leftover_cancel = -math.inf  # (monotonic): at most one per query interval
+        self._last_leftover_cancel = -math.inf  # (monotonic): at most one per longest query interval
         self._watched = False
         self._broken = False  # its folder is gone: every future failed
         self._finished_batches: list[tuple[records.BatchRecord, str]] = []  # to tidy, outside the lock
@@ -307,12 +307,14 @@ class TaskTable:
         """The own jobs of tasks another job stole (lock held): nothing is left for them to run. Stealers take the
         tasks the scheduler would start last, but a long call can keep a batch open while a stealer that is done
         frees its place: its array's leftovers would then start one by one, each only to exit. So they are
-        cancelled as they are noticed, in one command per query interval at most, not when the batch ends."""
+        cancelled as they are noticed, not when the batch ends: the first at once, then in one command per longest
+        query interval at most (Slurm: 5 s; 1,000 calls of 1 s then need 14 commands instead of 62 at 1 s, with
+        no more leftovers started)."""
         self._leftovers.setdefault(batch, []).extend(job_ids)
         if self._leftover_cancel_due:
             return
         self._leftover_cancel_due = True
-        due_in = self._last_leftover_cancel + self.backend.query_interval[0] - time.monotonic()
+        due_in = self._last_leftover_cancel + self.backend.query_interval[1] - time.monotonic()
         try:
             self._service.run_later(max(0.0, due_in), self._cancel_noticed_leftovers)
         except RuntimeError:  # no new thread at interpreter shutdown: their batch's end cancels them
