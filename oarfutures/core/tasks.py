@@ -29,6 +29,7 @@ logger = logging.getLogger("oarfutures")
 logger.addHandler(logging.NullHandler())  # a library prints nothing unless its user configures logging
 
 LOG_TAIL_BYTES = 2000
+LEFTOVERS = "leftover job(s) (their tasks were stolen)"  # the own jobs of stolen tasks, as the logs name them
 
 
 class Phase(enum.Enum):
@@ -303,14 +304,14 @@ class TaskTable:
                 parts.append(f"[{os.path.basename(path)}]\n{text}")
         return "\n".join(parts)
 
-    def _note_leftovers(self, batch: str, job_ids: list[str]) -> None:
-        """The own jobs of tasks another job stole (lock held): nothing is left for them to run. Stealers take the
+    def _note_leftover(self, batch: str, job_id: str) -> None:
+        """The own job of a task another job stole (lock held): nothing is left for it to run. Stealers take the
         tasks the scheduler would start last, but a long call can keep a batch open while a stealer that is done
         frees its place: its array's leftovers would then start one by one, each only to exit. So they are
         cancelled as they are noticed, not when the batch ends: the first at once, then in one command per longest
         query interval at most (Slurm: 5 s; 1,000 calls of 1 s then need 14 commands instead of 62 at 1 s, with
         no more leftovers started)."""
-        self._leftovers.setdefault(batch, []).extend(job_ids)
+        self._leftovers.setdefault(batch, []).append(job_id)
         if self._leftover_cancel_due:
             return
         self._leftover_cancel_due = True
@@ -325,7 +326,7 @@ class TaskTable:
             self._leftover_cancel_due = False
             self._last_leftover_cancel = time.monotonic()
             leftovers, self._leftovers = self._leftovers, {}
-        self._cancel_jobs_left_over([job_id for job_ids in leftovers.values() for job_id in job_ids])
+        self._cancel_jobs([job_id for job_ids in leftovers.values() for job_id in job_ids], LEFTOVERS)
 
     def _cancel_leftovers(self, batch: str) -> None:
         """Every task of the batch is settled: the leftovers not cancelled yet go now, in one command."""
@@ -333,18 +334,18 @@ class TaskTable:
             leftovers = self._leftovers.pop(batch, [])
             if leftovers:
                 self._last_leftover_cancel = time.monotonic()
-        self._cancel_jobs_left_over(leftovers)
+        self._cancel_jobs(leftovers, LEFTOVERS)
 
-    def _cancel_jobs_left_over(self, job_ids: list[str]) -> None:
-        """One cancel for all (Slurm: ranges of each array). Those that started already exited at once, since
-        their claims are taken; a failed cancel costs no more than that."""
+    def _cancel_jobs(self, job_ids: list[str], what: str = "job(s)") -> None:
+        """One cancel for all (Slurm: ranges of each array). A failure is logged, not raised: their calls are
+        claimed, so at worst the jobs start and exit at once."""
         if not job_ids:
             return
         try:
             self.backend.cancel(job_ids)
-            logger.info("cancelled %d leftover job(s) (their tasks were stolen)", len(job_ids))
+            logger.info("cancelled %d %s", len(job_ids), what)
         except Exception as exc:
-            logger.warning("oarfutures: cancelling %d leftover job(s) failed: %s", len(job_ids), exc)
+            logger.warning("oarfutures: cancelling %d %s failed: %s", len(job_ids), what, exc)
 
 
 def settle_guarded(settle: Callable[[JobFuture, Any], None], future: JobFuture, value: Any) -> None:

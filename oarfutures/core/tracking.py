@@ -316,7 +316,7 @@ class TaskTracker(TaskTable):
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
         """Follow the job that stole a task instead of the task's own job (from now on its state is the task's:
         running, or over without a result, which fails the task naming that job); the own job is left over and
-        cancelled soon (``_note_leftovers``). ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
+        cancelled soon (``_note_leftover``). ``stolen``: (task id, stealing job id) pairs; ``delivering``: the task
         whose result names its stealer, being delivered (so settling, and perhaps attached without a job)."""
         if not stolen:
             return
@@ -335,7 +335,7 @@ class TaskTracker(TaskTable):
                 task.submitted_at = time.monotonic()
                 self._ended.discard(task)
                 if task.own_job_id:
-                    self._note_leftovers(task.batch, [task.own_job_id])
+                    self._note_leftover(task.batch, task.own_job_id)
                 for future in task.futures:
                     future.job_ids.append(job_id)
                 changed = True
@@ -437,12 +437,7 @@ class TaskTracker(TaskTable):
                 if task.job_id is not None:
                     to_cancel.append(task.job_id)
                 self._retire_locked(task)
-        if to_cancel:
-            try:
-                self.backend.cancel(to_cancel)
-                logger.info("cancelled %d job(s)", len(to_cancel))
-            except Exception as exc:  # their calls are claimed: at worst the jobs start and exit at once
-                logger.warning("oarfutures: cancelling %d job(s) failed: %s", len(to_cancel), exc)
+        self._cancel_jobs(to_cancel)
         self._on_service_thread(self._after_retire)
 
 
