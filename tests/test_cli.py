@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import pickle
 import shutil
 import subprocess
@@ -156,6 +157,18 @@ def test_logs_of_a_task_that_does_not_exist_fails_with_a_message(local, folder):
     batch = future.task_id.rpartition("_")[0]
     done = cli("logs", folder, f"{batch}_7", check=False)
     assert done.returncode != 0 and "has 1 task(s)" in done.stderr
+
+
+def test_logs_refuses_a_task_id_that_would_read_files_outside_the_folder(local, folder):
+    # beside the folder: a record and a log that "../../elsewhere/x_0" would find from jobs/ and logs/
+    outside = pathlib.Path(folder).parent / "elsewhere"
+    outside.mkdir()
+    (outside / "x_0.out").write_text("not the folder's\n")
+    record = {"batch": "../../elsewhere/x", "backend": "local", "calls": [1], "job_ids": {}, "complete": True}
+    (outside / "x.json").write_text(json.dumps(record))
+    done = cli("logs", folder, "../../elsewhere/x_0", check=False)
+    assert "not the folder's" not in done.stdout
+    assert done.returncode != 0 and "is not a task id" in done.stderr
 
 
 def test_logs_of_a_checkpointed_local_task_hold_every_run(folder):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from oarfutures import OarPoolExecutor, SlurmPoolExecutor
+from oarfutures import LocalPoolExecutor, OarPoolExecutor, SlurmPoolExecutor
 from oarfutures.backends import params
 from oarfutures.backends.base import BatchSubmission
 
@@ -174,6 +174,122 @@ def test_oarsub_is_told_the_job_folder_as_its_directory_and_the_log_paths_relati
     # OAR refuses -O/-E paths holding other characters than [A-Za-z0-9_./%\\ -]: the folder stays out of them
     assert arguments[arguments.index("-O") + 1] == "logs/%jobid%.out"
     assert arguments[arguments.index("-E") + 1] == "logs/%jobid%.err"
+
+
+# ------------------------------------------------------------------- options smuggled in through a value
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x --output=/elsewhere/%j.out",  # sbatch reads every #SBATCH word as an option of its own
+        "x\t--array=0-999",
+        "gpu#&ib",  # an unescaped '#' starts a comment: the rest would be cut silently
+        "it's",  # an unmatched quote stops sbatch, naming no parameter
+        'a"b',
+        "a\\b",
+        "x\u2028--array=0-9",
+    ],
+)
+def test_a_slurm_additional_parameter_value_must_be_one_sbatch_word(folder, value):
+    with pytest.raises(ValueError, match=r"additional_parameters\['comment'\]"):
+        SlurmPoolExecutor(folder=folder, additional_parameters={"comment": value})
+    assert nothing_written(folder)
+
+
+def test_a_one_letter_slurm_option_refuses_a_value_sbatch_would_read_as_an_option(folder):
+    # -H takes no value: "#SBATCH -H --output=..." would be two options
+    with pytest.raises(ValueError, match=r"additional_parameters\['H'\].*read one starting with '-' as an option"):
+        SlurmPoolExecutor(folder=folder, additional_parameters={"H": "--output=/elsewhere/%j.out"})
+    assert nothing_written(folder)
+    script = slurm_script(folder, additional_parameters={"nice": -5, "C": "v100&ib"})
+    assert "#SBATCH --nice=-5\n" in script and "#SBATCH -C v100&ib\n" in script
+
+
+def test_a_hash_in_a_slurm_option_value_is_refused_rather_than_cut(folder):
+    with pytest.raises(ValueError, match=r"constraint='v100#\|a100'.*'#'"):
+        SlurmPoolExecutor(folder=folder, constraint="v100#|a100")
+
+
+@pytest.mark.parametrize("key", ["hold", "ho", "k", "use_job_key", "USE-JOB-KEY"])
+def test_an_oarsub_flag_refuses_a_value_which_oarsub_would_read_as_more_options(folder, key):
+    with pytest.raises(ValueError, match=rf"additional_parameters\['{key}'\].*takes no value, give True"):
+        OarPoolExecutor(folder=folder, additional_parameters={key: "-d/"})
+    assert nothing_written(folder)
+
+
+def test_an_oarsub_flag_given_true_is_one_argument_and_an_option_needing_a_value_refuses_true(folder):
+    _, arguments = oar_rendering(folder, additional_parameters={"hold": True, "notify": "mail:me@x.org"})
+    assert arguments[arguments.index("--hold") + 1] == "--notify"
+    assert arguments[arguments.index("--notify") + 1] == "mail:me@x.org"
+    for key in ("notify", "r", "anterior"):
+        with pytest.raises(ValueError, match=rf"additional_parameters\['{key}'\].*needs a value"):
+            OarPoolExecutor(folder=folder, additional_parameters={key: True})
+
+
+@pytest.mark.parametrize("key", ["t", "type"])
+def test_an_oar_job_type_given_as_an_additional_parameter_is_checked_as_job_types_are(folder, key):
+    # OAR's admission rules paste the value of inner= into SQL
+    with pytest.raises(ValueError, match=rf"additional_parameters\['{key}'\]"):
+        OarPoolExecutor(folder=folder, additional_parameters={key: "inner=1 OR 1=1"})
+    _, arguments = oar_rendering(folder, additional_parameters={key: "besteffort"})
+    assert arguments[arguments.index(f"-{key}" if key == "t" else "--type") + 1] == "besteffort"
+
+
+def test_the_oar_memory_property_must_be_a_property_name(folder):
+    with pytest.raises(ValueError, match="memory_property='1=1--'"):
+        OarPoolExecutor(folder=folder, mem_gb=64, memory_property="1=1--")
+    _, arguments = oar_rendering(folder, mem_gb=2, memory_property="mem_mb")
+    assert arguments[arguments.index("-p") + 1] == "mem_mb >= 2048"
+
+
+# ------------------------------------------------------------------- values that would only fail later
+@pytest.mark.parametrize(
+    "executor, parameters, named",
+    [
+        (SlurmPoolExecutor, {"nodes": None}, "nodes"),
+        (SlurmPoolExecutor, {"tasks_per_node": None}, "tasks_per_node"),
+        (SlurmPoolExecutor, {"cpus_per_task": None}, "cpus_per_task"),
+        (SlurmPoolExecutor, {"checkpoint_seconds": None}, "checkpoint_seconds"),
+        (SlurmPoolExecutor, {"max_array_size": 0}, "max_array_size"),
+        (SlurmPoolExecutor, {"max_array_size": "10"}, "max_array_size"),
+        (OarPoolExecutor, {"nodes": None}, "nodes"),
+        (OarPoolExecutor, {"checkpoint_seconds": None}, "checkpoint_seconds"),
+        (LocalPoolExecutor, {"tasks_per_node": None}, "tasks_per_node"),
+        (LocalPoolExecutor, {"max_resubmissions": -1}, "max_resubmissions"),
+        (LocalPoolExecutor, {"warn_pickle_bytes": "x"}, "warn_pickle_bytes"),
+    ],
+)
+def test_a_value_with_no_meaning_is_refused_naming_it_rather_than_failing_later(folder, executor, parameters, named):
+    with pytest.raises(ValueError, match=named):
+        executor(folder=folder, **parameters)
+    assert nothing_written(folder)
+
+
+@pytest.mark.parametrize("executor", [*EXECUTORS, LocalPoolExecutor])
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("folder", 3, TypeError),
+        ("folder", b"/tmp/x", TypeError),
+        ("python", 3, TypeError),
+        ("python", b"python3", TypeError),
+        ("python", "/usr/bin/py\x00thon3", ValueError),
+        ("python", "python3\nrm -rf ~", ValueError),
+    ],
+)
+def test_a_folder_or_interpreter_that_is_not_a_text_path_is_refused_naming_it(folder, executor, name, value, error):
+    arguments = {"folder": folder, name: value}
+    with pytest.raises(error, match=f"{name}"):
+        executor(**arguments)
+    assert nothing_written(folder)
+
+
+def test_the_local_folder_refuses_control_characters_and_takes_what_a_script_could_not_hold(tmp_path):
+    with pytest.raises(ValueError, match="folder="):
+        LocalPoolExecutor(folder=str(tmp_path / "a\nb"))
+    assert not os.path.exists(tmp_path / "a\nb")
+    # no job script reads a local folder: quotes are fine there
+    with LocalPoolExecutor(1, folder=tmp_path / 'o\'brien "runs"') as executor:
+        assert executor.submit(abs, -3).result(timeout=60) == 3
 
 
 # ---------------------------------------------------------------------------------------------- real clusters

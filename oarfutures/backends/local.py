@@ -93,8 +93,8 @@ class LocalBackend(Backend):
     #: the generic parameters are accepted (a script runs unchanged here) and have no effect on this machine
     CHECKERS: ClassVar[dict[str, params.Checker]] = {
         "walltime": params.walltime_seconds,
-        "nodes": params.positive_int,
-        "tasks_per_node": params.positive_int,
+        "nodes": params.required_positive_int,
+        "tasks_per_node": params.required_positive_int,
         "cpus_per_task": params.positive_int,
         "gpus_per_node": params.positive_int,
         "mem_gb": params.positive_number,

@@ -63,7 +63,7 @@ PARAMETERS: dict[str, Any] = {
 CHECKERS: dict[str, params.Checker] = {
     "queue": params.token,
     "walltime": params.walltime_seconds,
-    "nodes": params.positive_int,
+    "nodes": params.required_positive_int,
     "cores": params.positive_int,
     "gpus_per_node": params.positive_int,
     "resources": params.optional_line,
@@ -73,11 +73,11 @@ CHECKERS: dict[str, params.Checker] = {
     "job_types": params.as_tuple,
     "setup": params.setup_lines,
     "additional_parameters": lambda name, value: extra_options(name, value),
-    "checkpoint_seconds": params.positive_int,
-    "tasks_per_node": params.positive_int,
+    "checkpoint_seconds": params.required_positive_int,
+    "tasks_per_node": params.required_positive_int,
     "cpus_per_task": params.positive_int,
     "mem_gb": params.positive_number,
-    "memory_property": params.token,
+    "memory_property": params.identifier,
     "steal_seconds": params.non_negative_number,
 }
 
@@ -126,12 +126,62 @@ SHORT_OPTIONS = {
 }
 
 
+#: oarsub's other options (OAR 2.5's ``GetOptions`` table): the two that take no value, and those that need one
+FLAG_OPTIONS = ("hold", "use-job-key")
+VALUE_OPTIONS = (
+    "type",
+    "reservation",
+    "stagein",
+    "stagein-md5sum",
+    "notify",
+    "anterior",
+    "resubmit",
+    "import-job-key-inline-priv",
+    "import-job-key-from-file",
+    "export-job-key-to-file",
+)
+OTHER_SHORT_OPTIONS = {
+    "t": "type",
+    "r": "reservation",
+    "s": "stagein",
+    "a": "anterior",
+    "k": "use-job-key",
+    "i": "import-job-key-from-file",
+    "e": "export-job-key-to-file",
+}
+
+
 def extra_options(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
+    """``additional_parameters`` checked as any scheduler's, none of the options oarfutures sets itself, and each
+    value given as its option expects.
+
+    A value becomes an ``oarsub`` argument of its own after its option. After a flag, oarsub would read it as
+    further options (``{"hold": "-d/"}`` is ``--hold -d /``) or as the command; a flag given True followed by an
+    option that needs a value takes our next argument for it. Job types (``t``, as Grid'5000 writes
+    ``besteffort``) are checked as ``job_types=`` checks them: OAR's admission rules paste them into SQL.
+    """
     options = params.extra_options(name, value)
-    for key in options:
+    for key, item in options.items():
         params.reserved_option(name, key, RESERVED_OPTIONS, SHORT_OPTIONS)
+        option = _oarsub_option(key)
+        if option in FLAG_OPTIONS and item is not True:
+            raise ValueError(f"{name}[{key!r}]={item!r}: --{option} takes no value, give True")
+        if option in VALUE_OPTIONS and item is True:
+            raise ValueError(f"{name}[{key!r}]: --{option} needs a value")
+        if option == "type":
+            params.token(f"{name}[{key!r}]", item)
     return options
+
+
+def _oarsub_option(key: str) -> str | None:
+    """The oarsub option (of ``FLAG_OPTIONS`` and ``VALUE_OPTIONS``) a key names, as Getopt::Long reads it: a
+    one-letter key is a short option; a longer one its name or an unambiguous prefix, in any case."""
+    if len(key) == 1:
+        return OTHER_SHORT_OPTIONS.get(key)
+    option = key.replace("_", "-").lower()
+    names = FLAG_OPTIONS + VALUE_OPTIONS
+    matches = [n for n in names if n == option] or [n for n in names if n.startswith(option)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def validate(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from oarfutures import registry
 TOKEN = re.compile(r"[A-Za-z0-9_.:+@%/,=\-\[\]]+")  # always fullmatch: "$" would let a trailing newline through
 OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 FORBIDDEN_IN_LINE = ("\n", "\r", "\x00")
 #: what a job folder may not hold: control characters end a directive line; sbatch reads '"' as a quote; OAR
 #: writes the log paths and the launching directory into single-quoted Perl and bash strings ("'" and "\\")
@@ -185,10 +187,29 @@ def optional_line(name: str, value: Any) -> str | None:
 
 
 def positive_int(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
+    """A count that may be left unset (None: the scheduler's default, e.g. ``gpus_per_node``)."""
+    return None if value is None else required_positive_int(name, value)
+
+
+def required_positive_int(name: str, value: Any) -> int:
+    """A count that has no unset meaning (``nodes``, ``checkpoint_seconds``): None is refused here, naming it,
+    rather than failing at the first submission as ``None * 1`` or being written as ``--nodes=None``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """A count where 0 means none (``max_resubmissions``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def identifier(name: str, value: Any) -> str:
+    """A name pasted into an expression of the scheduler's (OAR's ``memory_property``): letters, digits, '_'."""
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{name}={value!r} is not a property name: letters, digits and '_', not starting with a digit")
     return value
 
 
@@ -285,6 +306,19 @@ def reserved_option(
             raise ValueError(f"{name} {key!r} (--{reserved_name}) is not accepted: {advice}")
 
 
+def path_text(name: str, path: Any) -> str:
+    """A path given as text or ``os.PathLike``, as text; bytes, other objects and control characters (a NUL,
+    a newline: no script line or file name should hold one) are refused naming the parameter."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, got {type(path).__name__} {path!r}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a text path, got {text!r}")
+    if CONTROL_CHARACTER.search(text):
+        raise ValueError(f"{name}={text!r} must not hold control characters (newline, NUL...)")
+    return text
+
+
 def job_folder(name: str, path: str | os.PathLike[str]) -> str:
     """The absolute job folder, refused if a ``#SBATCH``/``#OAR`` line or a log path cannot hold it.
 
@@ -292,12 +326,7 @@ def job_folder(name: str, path: str | os.PathLike[str]) -> str:
     characters (a newline ends the directive line), '"' (sbatch's quote character), "'" and backslash (OAR pastes
     the paths into single-quoted Perl and bash) are not.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path, got {type(path).__name__} {path!r}")
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise TypeError(f"{name} must be a text path, got {text!r}")
-    text = os.path.abspath(text)  # a relative path is as good as the current folder it is joined to
+    text = os.path.abspath(path_text(name, path))  # a relative path is as good as the current folder it is joined to
     if FORBIDDEN_IN_FOLDER.search(text):
         raise ValueError(
             f"{name}={text!r} cannot be written into a job script: no control characters, quotes or backslashes"
@@ -322,7 +351,10 @@ SBATCH_OPTIONS = (
     "mem_per_gpu",
     "mem_per_cpu",
 )
-SBATCH_VALUE = re.compile(r"[^\s\"'\\\x00-\x1f\x7f]+")  # sbatch splits a directive at blanks and reads quotes
+#: sbatch splits its directives at blanks into one list of words, reads quotes and backslashes, and takes an
+#: unescaped '#' for the start of a comment
+SBATCH_VALUE = re.compile(r"[^\s\"'\\#\x00-\x1f\x7f]+")
+SBATCH_VALUE_RULE = "one word, no blanks, quotes, backslashes, '#' or control codes"
 
 
 def sbatch_value(name: str, value: Any) -> bool | str | None:
@@ -337,7 +369,7 @@ def sbatch_value(name: str, value: Any) -> bool | str | None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, a positive integer or True, got {type(value).__name__} {value!r}")
     if not SBATCH_VALUE.fullmatch(value):
-        raise ValueError(f"{name}={value!r} is not allowed: one word, no blanks, quotes, backslashes or control codes")
+        raise ValueError(f"{name}={value!r} is not allowed: {SBATCH_VALUE_RULE}")
     return value
 
 

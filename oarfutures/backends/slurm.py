@@ -51,9 +51,9 @@ CHECKERS: dict[str, params.Checker] = {
     **dict.fromkeys(params.SBATCH_OPTIONS, params.sbatch_value),
     "partition": params.token,
     "walltime": params.walltime_seconds,
-    "nodes": params.positive_int,
-    "tasks_per_node": params.positive_int,
-    "cpus_per_task": params.positive_int,
+    "nodes": params.required_positive_int,
+    "tasks_per_node": params.required_positive_int,
+    "cpus_per_task": params.required_positive_int,
     "mem": params.token,
     "mem_gb": params.positive_number,
     "gpus_per_node": params.positive_int,
@@ -62,7 +62,7 @@ CHECKERS: dict[str, params.Checker] = {
     "name": params.token,
     "setup": params.setup_lines,
     "additional_parameters": lambda name, value: extra_options(name, value),
-    "checkpoint_seconds": params.positive_int,
+    "checkpoint_seconds": params.required_positive_int,
     "steal_seconds": params.non_negative_number,
 }
 
@@ -117,10 +117,22 @@ QUERY_VARIABLES = {"SLURM_BITSTR_LEN": "0"}
 
 
 def extra_options(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``additional_parameters`` checked as any scheduler's, and none of the options oarfutures sets itself."""
+    """``additional_parameters`` checked as any scheduler's, none of the options oarfutures sets itself, and each
+    value one word of sbatch's: it reads all ``#SBATCH`` lines as one list of words, so a value holding a blank
+    (``"x --output=/elsewhere"``), or a one-letter option's value starting with '-' (``-H`` takes none, and the
+    next word is read as an option), would give sbatch options of its own after ours."""
     options = params.extra_options(name, value)
-    for key in options:
+    for key, item in options.items():
         params.reserved_option(name, key, RESERVED_OPTIONS, SHORT_OPTIONS, PREFIX_OPTIONS)
+        if item is True:
+            continue
+        if not params.SBATCH_VALUE.fullmatch(item):
+            raise ValueError(f"{name}[{key!r}]={item!r} is not allowed: {params.SBATCH_VALUE_RULE}")
+        if len(key) == 1 and item.startswith("-"):
+            raise ValueError(
+                f"{name}[{key!r}]={item!r}: the value of a one-letter option is a word of its own, and sbatch would "
+                f"read one starting with '-' as an option (give the long option name, as in {{'nice': '-5'}})"
+            )
     return options
 
 
@@ -199,7 +211,7 @@ class SlurmBackend(Backend):
     def __init__(self, folder: str, parameters: Mapping[str, Any], max_array_size: int | None = None) -> None:
         self.folder = params.job_folder("folder", folder)
         self.parameters = {**PARAMETERS, **validate(parameters)}
-        self._max_array_size = max_array_size
+        self._max_array_size = params.positive_int("max_array_size", max_array_size)
         self._accounting: bool | None = None
         self._walltimes: dict[str | None, str] = {}  # partition -> its jobs' default walltime (see walltime_of)
         self.environment = {**commands.clean_environment(NESTED_JOB_PREFIXES, KEEP_VARIABLES), **QUERY_VARIABLES}

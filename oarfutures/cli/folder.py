@@ -27,7 +27,7 @@ def open_folder(path: str) -> str:
 
 def split_task_id(task: str) -> tuple[str, int]:
     batch, _, index = task.rpartition("_")
-    if not batch or not index.isdigit():
+    if not layout.is_batch_id(batch) or not (index.isascii() and index.isdigit()):
         raise CliError(f"{task!r} is not a task id: expected <batch>_<index> (BATCH and TASK of status, joined by '_')")
     return batch, int(index)
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from oarfutures.backends import params
 from oarfutures.backends.base import Backend
 from oarfutures.protocol import variables
 
@@ -52,8 +53,8 @@ class CoreSettings:
             python=interpreter_path(python, must_run_here=not backend.jobs_outlive_client),
             keep_files=keep_files,
             result_grace=_grace(backend.result_grace if result_grace is None else result_grace),
-            warn_pickle_bytes=warn_pickle_bytes,
-            max_resubmissions=max_resubmissions,
+            warn_pickle_bytes=params.non_negative_int("warn_pickle_bytes", warn_pickle_bytes),
+            max_resubmissions=params.non_negative_int("max_resubmissions", max_resubmissions),
         )
 
 
@@ -61,7 +62,7 @@ def folder_path(folder: str | None, kind: str) -> str:
     """The absolute job folder, not created yet; by default a new one under $OARFUTURES_FOLDER or ~/.oarfutures."""
     if folder is None:
         folder = os.path.join(default_base(), f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}")
-    return os.path.abspath(os.fspath(folder))
+    return os.path.abspath(params.path_text("folder", folder))
 
 
 def default_base() -> str:
@@ -75,6 +76,7 @@ def interpreter_path(python: str | None, must_run_here: bool = False) -> str:
     executable file on this machine (the local backend); a cluster's may exist on its nodes only."""
     if python is None:
         return sys.executable
+    python = params.path_text("python", python)
     found = shutil.which(python) if os.sep not in python else python
     if found is None:
         raise ValueError(f"python={python!r} is not an interpreter found on PATH")

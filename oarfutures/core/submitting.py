@@ -141,7 +141,7 @@ class BatchSubmitter(TaskTracker):
         if not accepted:
             self._check_open()
         self.backend.expect_batch(self.python)
-        batch = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"
+        batch = layout.new_batch_id()
         batchfiles.write_batch(self.folder, batch, functions, tasks, self.warn_pickle_bytes, self.max_resubmissions)
         checkpointable = any(batchfiles.is_checkpointable(f) for f in functions)
         calls_per_task = [batchfiles.calls_in(calls) for calls in tasks]

@@ -37,11 +37,28 @@ exit status (``signals``). This module imports nothing heavy: the worker starts 
 import errno
 import os
 import stat
+import time
 
 TASKS, RESULTS, JOBS, LOGS, CLAIMS = "tasks", "results", "jobs", "logs", "claims"
 DELIVERED = os.path.join(RESULTS, "delivered")
 RANKS = os.path.join(RESULTS, "ranks")
 RESULT_SUFFIX = ".pkl"
+
+
+def new_batch_id() -> str:
+    """``<date>-<time>-<8 hex digits>``: batches sort by submission time, and no two in a folder share an id."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"
+
+
+def is_batch_id(text: str) -> bool:
+    """Whether ``text`` has the form ``new_batch_id`` gives: a batch named on a command line becomes part of file
+    paths, where ``../x`` would climb out of the folder."""
+    parts = text.split("-")
+    if len(parts) != 3 or not text.isascii():
+        return False
+    date, clock, random = parts
+    hex_digits = random and all(c in "0123456789abcdef" for c in random)
+    return len(date) == 8 and date.isdigit() and len(clock) == 6 and clock.isdigit() and bool(hex_digits)
 
 
 def task_id(batch: str, index: int) -> str:
