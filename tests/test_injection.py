@@ -246,6 +246,8 @@ def test_the_oar_memory_property_must_be_a_property_name(folder):
     "executor, parameters, named",
     [
         (SlurmPoolExecutor, {"nodes": None}, "nodes"),
+        (SlurmPoolExecutor, {"nodes": True}, "nodes"),  # equal to the default 1, but not a number of nodes
+        (OarPoolExecutor, {"checkpoint_seconds": 90.0}, "checkpoint_seconds"),
         (SlurmPoolExecutor, {"tasks_per_node": None}, "tasks_per_node"),
         (SlurmPoolExecutor, {"cpus_per_task": None}, "cpus_per_task"),
         (SlurmPoolExecutor, {"checkpoint_seconds": None}, "checkpoint_seconds"),

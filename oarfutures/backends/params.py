@@ -124,7 +124,8 @@ def changed_from_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any])
 
 
 def _same(value: Any, default: Any) -> bool:
-    return value is default or value == default
+    """The default itself, or an equal value of its type: ``True == 1``, but ``nodes=True`` is a mistake to name."""
+    return value is default or (type(value) is type(default) and value == default)
 
 
 def check_all(values: Mapping[str, Any], checkers: Mapping[str, Checker], what: str) -> dict[str, Any]:
