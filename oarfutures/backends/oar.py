@@ -156,9 +156,9 @@ def extra_options(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     value given as its option expects.
 
     A value becomes an ``oarsub`` argument of its own after its option. After a flag, oarsub would read it as
-    further options (``{"hold": "-d/"}`` is ``--hold -d /``) or as the command; a flag given True followed by an
-    option that needs a value takes our next argument for it. Job types (``t``, as Grid'5000 writes
-    ``besteffort``) are checked as ``job_types=`` checks them: OAR's admission rules paste them into SQL.
+    further options (``{"hold": "-d/"}`` is ``--hold -d /``) or as the command; and an option that needs a value,
+    given True, would take our next argument for its value. Job types (``t``, as Grid'5000 writes ``besteffort``)
+    are checked as ``job_types=`` checks them: OAR's admission rules paste them into SQL.
     """
     options = params.extra_options(name, value)
     for key, item in options.items():

@@ -57,8 +57,8 @@ def is_batch_id(text: str) -> bool:
     if len(parts) != 3 or not text.isascii():
         return False
     date, clock, random = parts
-    hex_digits = random and all(c in "0123456789abcdef" for c in random)
-    return len(date) == 8 and date.isdigit() and len(clock) == 6 and clock.isdigit() and bool(hex_digits)
+    digits = len(date) == 8 and date.isdigit() and len(clock) == 6 and clock.isdigit()
+    return digits and random != "" and all(c in "0123456789abcdef" for c in random)
 
 
 def task_id(batch: str, index: int) -> str:
