@@ -43,6 +43,14 @@ def exit_hard(code):
     os._exit(code)
 
 
+def exit_hard_when(marker, code):
+    """Kills its worker (``os._exit``) once ``marker`` exists (at most 60 s): a death at a moment the test picks."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os._exit(code)
+
+
 def segfault():
     import ctypes
 

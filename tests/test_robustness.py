@@ -309,9 +309,9 @@ def test_a_callback_waiting_on_another_executor_stops_no_future(tmp_path):
         assert seen == ["b"]
 
 
-def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_service_thread(folder):
+def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_callbacks_thread(folder):
     """The local backend settles a call's future in the slot of the worker that ran it (no thread hop per call), but
-    runs none of its callbacks there: they go to the executor's service thread. A callback that blocks then
+    runs none of its callbacks there: they go to the executor's callbacks thread. A callback that blocks then
     holds up later callbacks only, not the worker, nor the results of the calls after it."""
     release = threading.Event()
     ran_in = []
@@ -326,9 +326,106 @@ def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_serv
         for marker in (go_first, go_last):
             open(marker, "w").close()
         assert [f.result(timeout=20) for f in later] == [0, 1, 4, 9] and last.result(timeout=20) == "last"
-        assert ran_in == ["oarfutures-service-local"]  # the later callback waits for the blocked one
+        assert ran_in == ["oarfutures-callbacks-local"]  # the later callback waits for the blocked one
         release.set()
         wait_for(lambda: "last" in ran_in, timeout=20, what="the later callback")
+
+
+@pytest.mark.parametrize("first_call", ["returns", "dies"])
+def test_calls_submitted_while_a_callback_blocks_go_out_and_get_their_results(folder, first_call):
+    """Submissions gathered behind a busy pool go out from the service thread, which must not be the thread that a
+    blocked callback holds: whether the slot settled its future (a result) or the service thread did (a worker
+    that died)."""
+    go, release, blocked = os.path.join(folder, "go"), threading.Event(), threading.Event()
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        if first_call == "returns":
+            first = executor.submit(tasks.print_then_wait, "first", go)
+        else:
+            first = executor.submit(tasks.exit_hard_when, go, 3)
+        first.add_done_callback(lambda _: (blocked.set(), release.wait(60)))
+        open(go, "w").close()
+        assert blocked.wait(30)
+        try:
+            busy = [executor.submit(tasks.sleep_and_return, 0.3, None) for _ in range(2)]  # later submits gather
+            later = [executor.submit(tasks.square, n) for n in range(40)]
+            assert [f.result(timeout=30) for f in later] == [n * n for n in range(40)]
+            assert [f.result(timeout=30) for f in busy] == [None, None]
+            assert not release.is_set()  # (all of it while the callback still blocked)
+        finally:
+            release.set()
+
+
+def _failure_seen_by_a_callback(folder, wait_in_callback):
+    """A callback runs ``wait_in_callback(dying)`` (after making that call's worker die) and returns what it
+    raised: the failure must be settled meanwhile, on the thread that settles futures, not behind the callback."""
+    go_first, go_die = os.path.join(folder, "go-first"), os.path.join(folder, "go-die")
+    seen = []
+    executor = LocalPoolExecutor(2, folder=folder)
+    dying = executor.submit(tasks.exit_hard_when, go_die, 7)
+    first = executor.submit(tasks.print_then_wait, "first", go_first)
+
+    def wait_for_dying(_):
+        open(go_die, "w").close()
+        try:
+            seen.append(wait_in_callback(executor, dying))
+        except BaseException as exc:
+            seen.append(exc)
+
+    first.add_done_callback(wait_for_dying)
+    open(go_first, "w").close()
+    try:
+        wait_for(lambda: seen, timeout=90, what="the callback to end")
+    finally:
+        executor.shutdown(wait=True)
+    return seen[0], dying
+
+
+def test_a_callback_waiting_for_a_call_whose_worker_dies_gets_its_failure(folder):
+    seen, dying = _failure_seen_by_a_callback(folder, lambda executor, dying: dying.result(timeout=45))
+    assert isinstance(seen, JobFailedError), seen
+    assert dying.exception() is seen
+
+
+def test_a_callback_can_shut_its_executor_down_while_a_worker_dies(folder):
+    def shut_down(executor, dying):
+        executor.shutdown(wait=True)
+        return "returned"
+
+    seen, dying = _failure_seen_by_a_callback(folder, shut_down)
+    assert seen == "returned"
+    assert isinstance(dying.exception(timeout=0), JobFailedError)
+
+
+COLLECTED_MAP = """
+    import gc, operator, sys, time
+    from oarfutures import LocalPoolExecutor
+
+    class Holder:
+        pass
+
+    executor = LocalPoolExecutor(1, folder=sys.argv[1])
+    holder = Holder()
+    holder.me = holder  # a reference cycle: only the garbage collector frees it
+    holder.results = executor.map(time.sleep, [0, 30, 30, 30])
+    next(holder.results)  # started: closing it cancels the calls not returned
+    del holder
+    with executor._lock:  # a collection may run in any thread, also one of ours that holds the executor's lock
+        gc.collect()
+    deadline = time.monotonic() + 20  # (calls of 30 s: none can leave the queue by ending first)
+    while executor.status()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(executor.status())
+    executor.abort("test over")
+    executor.shutdown(wait=True)
+"""
+
+
+def test_a_map_iterator_freed_by_the_garbage_collector_cancels_its_calls_without_deadlock(tmp_path):
+    """Its ``finally`` cancels what it did not return; run by a collection in a thread that holds the executor's
+    lock, taking that lock again deadlocked the whole process (every executor waits on the poller)."""
+    done = run_client(tmp_path / "client.py", COLLECTED_MAP, tmp_path / "jobs", timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "'pending': 0" in done.stdout, done.stdout
 
 
 def test_a_callback_raising_system_exit_stops_no_future(local):

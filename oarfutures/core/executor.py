@@ -7,8 +7,8 @@
     submit/map --> batch files ----------------------------------------------------------------------> worker:
                +-> backend.submit (one array per call)                                                 claims,
                                  one scandir of results/ per tick ---> read result, settle futures <-- runs,
-                                 one backend.query per group, on a      (callbacks), cancel jobs,      writes
-                                 thread of its own, less often          submit the next wave           results/
+                                 one backend.query per group, on a      (callbacks: another thread),   writes
+                                 thread of its own, less often          cancel jobs, next wave         results/
     [executor, submitting]       [poller -> tracking]                   [tracking, tasks, submitting]
 
 ``JobExecutor`` is one class in four layers, one module each, every one using only those below it:
@@ -40,16 +40,18 @@ Lock order (outer first; never take an outer lock while holding an inner one):
     future._transition  ->  executor._submit_lock  ->  executor._tidy_lock  ->  executor._lock
                         ->  poller, record, backend locks
 
-No user callback runs under any of them: futures settle on the service thread (a local backend's: on the slot that
-relayed the call, with their callbacks handed to the service thread) with no package lock held, and ``futures.py``
-defers callbacks until a future's own transition lock is released.
+No user callback runs under any of them, nor on a thread that settles futures: futures settle on the service
+thread (a local backend's: on the slot that relayed the call) with no package lock held, their callbacks run on the
+executor's callbacks thread, and ``futures.py`` defers callbacks until a future's own transition lock is released.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -146,7 +148,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         options: dict,
     ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _results_in_order(self._map_futures(fn, iterables, chunksize, options), deadline)
+        return _results_in_order(self._map_futures(fn, iterables, chunksize, options), deadline, self._cancel_soon)
 
     def _map_futures(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], chunksize: int, options: dict
@@ -281,16 +283,36 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         }
 
 
-def _results_in_order(futures: list[JobFuture], deadline: float | None) -> Iterator[Any]:
-    """Yield results in submission order; on early close, error or timeout, cancel what was not returned."""
+def _results_in_order(
+    futures: list[JobFuture], deadline: float | None, cancel_soon: Callable[[list[JobFuture]], None]
+) -> Iterator[Any]:
+    """Yield results in submission order; on early close, error or timeout, cancel what was not returned.
+
+    An iterator dropped in a reference cycle is closed by the garbage collector, in whichever thread allocated
+    at the wrong moment, perhaps one of ours holding this executor's lock, which ``cancel()`` takes: from there
+    it only asks for the cancels (``cancel_soon``), which take no lock."""
     futures.reverse()
     try:
         while futures:
             # yielded straight from the call: a suspended generator must not keep the last result alive
             yield _result_or_cancel(futures.pop(), deadline)
     finally:
-        for future in futures:
-            future.cancel()
+        if futures and getattr(_collection, "running", False):
+            cancel_soon(futures)
+        else:
+            for future in futures:
+                future.cancel()
+
+
+#: ``running``: this thread is in a garbage collection (set by ``_note_collection``)
+_collection = threading.local()
+
+
+def _note_collection(phase: str, info: dict[str, Any]) -> None:
+    _collection.running = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
 
 
 def _result_or_cancel(future: JobFuture, deadline: float | None) -> Any:

@@ -15,8 +15,8 @@ Two rules keep this deadlock-free (the package's lock order is written in ``exec
   are deferred until the lock is released, in the same thread. A callback may therefore cancel or wait on other
   futures, or ``submit`` more work (joblib and dask do).
 
-A thread that must not run user code at all (a local backend's slot, which settles the futures of the job its
-worker just ended: ``callbacks_run_by``) hands the callbacks of what it settles to the executor's service thread.
+The executor's own threads never run user code (``callbacks_run_by``): its service thread and a local backend's
+slots hand the callbacks of what they settle to the executor's callbacks thread (see ``service``).
 """
 
 from __future__ import annotations

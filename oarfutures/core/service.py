@@ -2,9 +2,10 @@
 
 Settling a future runs the user's callbacks, and cancelling or submitting runs a scheduler command that may hang
 for minutes. Neither may run on the process's single poller thread: one executor's slow ``scancel`` or a callback
-that waits on a result would stall every executor of the process. Each executor therefore hands such work to its
-own ``ServiceThread``; the worst a user's callback can do is stall the executor it belongs to, as with
-``ProcessPoolExecutor``'s manager thread.
+that waits on a result would stall every executor of the process. Each executor therefore has two of these: one
+for its own work (settling futures, cancelling, submitting), and one that runs nothing but its futures' callbacks
+(``callbacks_runner``). A callback may block, or wait for calls of its own executor (shut it down, wait for a
+result, submit and wait): the work that settles those goes on meanwhile, and only later callbacks wait.
 
 The thread starts on demand and ends when it has been idle for a moment, so an idle executor holds no thread. It
 also runs work that is due later (``run_later``: the end of a ``submit`` gathering window), which a timer thread per
@@ -23,6 +24,7 @@ import time
 from typing import Any, Callable
 
 from oarfutures import threadpolicy
+from oarfutures.core.futures import callbacks_run_by
 
 logger = logging.getLogger("oarfutures")
 
@@ -30,8 +32,11 @@ IDLE_SECONDS = 2.0
 
 
 class ServiceThread:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, callbacks_runner: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """``callbacks_runner``: who runs the callbacks of the futures this thread's jobs settle (see
+        ``futures.callbacks_run_by``); None: this thread, in the job that settles them."""
         self._name = name
+        self._callbacks_runner = callbacks_runner
         self._jobs: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         #: (when, order, job, args): jobs that become due at a time, in a heap (order: the earlier of two equal times)
         self._later: list[tuple[float, int, Callable[..., Any], tuple]] = []
@@ -74,6 +79,13 @@ class ServiceThread:
 
     def _loop(self) -> None:
         threadpolicy.inherited()  # (a local slot thread, a relay, may start this one: callbacks run here)
+        if self._callbacks_runner is not None:
+            with callbacks_run_by(self._callbacks_runner):
+                self._serve()
+        else:
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._ready:
                 if not self._next_due():
@@ -111,6 +123,6 @@ class ServiceThread:
         ``subprocess`` forks to exec a worker, where queued work (moving result files) must never run. Work due
         later is the parent's (the end of its gathering windows: the child's executor starts with none open).
         """
-        child = ServiceThread(self._name)
+        child = ServiceThread(self._name, self._callbacks_runner)
         child._jobs.extend(self._jobs)
         return child

@@ -147,7 +147,8 @@ class TaskTable:
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # one wave at a time, so the running cap is counted right
         self._tidy_lock = threading.Lock()  # taken before _lock: finished batches are being tidied
-        self._service = ServiceThread(f"oarfutures-service-{backend.name}")
+        self._callbacks = ServiceThread(f"oarfutures-callbacks-{backend.name}")
+        self._service = ServiceThread(f"oarfutures-service-{backend.name}", self._run_callbacks)
         self._tasks: dict[str, Task] = {}
         self._waiting: collections.deque[collections.deque[Task]] = (
             collections.deque()
@@ -162,6 +163,8 @@ class TaskTable:
         self._collecting = threading.local()  # the calls of an open batch() block, per thread
         self._gatherer = Gatherer()  # submit() calls waiting for a submission with the same options to end
         self._cancelled: set[Task] = set()  # tasks whose futures were all cancelled: their jobs go
+        #: futures to cancel, asked for by a garbage collection (see _cancel_soon)
+        self._cancel_after_collection: collections.deque[list[JobFuture]] = collections.deque()
         self._ended: set[Task] = set()  # tasks whose job is over while their result is not in yet
         self._failed_ids: dict[str, float] = {}  # task ids failed for lack of a result: a late one is put away
         self._leftovers: dict[str, list[str]] = {}  # per batch, the own jobs of stolen tasks, not cancelled yet
@@ -180,6 +183,7 @@ class TaskTable:
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._tidy_lock = threading.Lock()
+        self._callbacks = self._callbacks.copy_for_child()
         self._service = self._service.copy_for_child()
         # the parent submits what it gathered; the child's copy must not go out a second time
         self._gatherer = Gatherer()
@@ -236,6 +240,21 @@ class TaskTable:
             self._service.run(job, *args)
         except RuntimeError:
             job(*args)
+
+    def _cancel_soon(self, futures: list[JobFuture]) -> None:
+        """Cancel these futures soon: the poller's next scan hands them to the service thread. For a finalizer run
+        by the garbage collector, which may run in a thread that holds any of our locks: it takes none (a deque's
+        append is atomic)."""
+        self._cancel_after_collection.append(futures)
+
+    def _run_callbacks(self, invoke: Callable[[], None]) -> None:
+        """Run the callbacks of a future that one of our threads settled (``invoke`` runs them) on the callbacks
+        thread, never where futures are settled: a callback that blocks, or waits for this executor's calls, must
+        not stop their results. At interpreter shutdown, when no thread can start any more, here and now."""
+        try:
+            self._callbacks.run(invoke)
+        except RuntimeError:
+            invoke()
 
     def _tidy_finished(self) -> None:
         with self._tidy_lock:  # held until tidied: shutdown(wait=True) returns only after that

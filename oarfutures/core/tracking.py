@@ -36,7 +36,10 @@ class TaskTracker(TaskTable):
     # ------------------------------------------------------------------ called by the poller thread
     def poll_files(self, now: float) -> bool:
         """One directory scan: hand every live task whose result file is there to the service thread; then
-        fail the tasks whose job has been over for their grace period without a result."""
+        fail the tasks whose job has been over for their grace period without a result. First, the cancels a
+        garbage collection asked for (``_cancel_soon``) go to the service thread too."""
+        while self._cancel_after_collection:
+            self._service.run(_cancel_all, self._cancel_after_collection.popleft())
         results_dir = os.path.join(self.folder, layout.RESULTS)
         with os.scandir(results_dir) as entries:
             listed = [e.name for e in entries]
@@ -238,9 +241,9 @@ class TaskTracker(TaskTable):
     def job_ended(self, job_id: str) -> None:
         """A backend that sees its jobs end (the local one) says so at once, from its own thread (no lock held): a
         result already there is delivered now, in that thread, without waiting for the poller's next scan nor
-        waking the service thread for each call; only the futures' callbacks, and bookkeeping that may wait, go
-        to the service thread. A job that ended without a result is the poller's to judge (it asks the backend,
-        and starts the grace period)."""
+        waking the service thread for each call; only the futures' callbacks (to the callbacks thread) and
+        bookkeeping that may wait (to the service thread) leave it. A job that ended without a result is the
+        poller's to judge (it asks the backend, and starts the grace period)."""
         with self._lock:
             task = self._by_job.get(job_id)
         if task is None or not os.path.exists(layout.result_path(self.folder, task.batch, task.index)):
@@ -250,7 +253,7 @@ class TaskTracker(TaskTable):
             if task.settling:  # the poller's scan found it first
                 return
             task.settling = True
-        with callbacks_run_by(self._on_service_thread):
+        with callbacks_run_by(self._run_callbacks):
             self._deliver(task)
 
     # ------------------------------------------------------------------ settling (service thread)
@@ -439,6 +442,11 @@ class TaskTracker(TaskTable):
                 self._retire_locked(task)
         self._cancel_jobs(to_cancel)
         self._on_service_thread(self._after_retire)
+
+
+def _cancel_all(futures: list[JobFuture]) -> None:
+    for future in futures:
+        future.cancel()
 
 
 def _no_result_reason(status: JobStatus | None, last_seen: JobStatus | None) -> str:
