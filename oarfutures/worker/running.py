@@ -5,6 +5,7 @@ a result (format: ``protocol.results``). A one-shot job process (``python -m oar
 local worker (``worker.resident``) both run tasks through ``run_task``.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -157,14 +158,19 @@ class TaskRun:
         else:
             temp, fd = spare
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.destination)
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, self.destination)
+        except BaseException:  # a full disk, say: no half-written file stays behind (the job fails with why)
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+            raise
 
 
 def _failure(task_id, job_id, reason):
