@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import TimeoutError
 
 import pytest
@@ -329,6 +330,20 @@ def test_a_blocking_callback_stops_no_local_call_nor_future_and_runs_on_the_call
         assert ran_in == ["oarfutures-callbacks-local"]  # the later callback waits for the blocked one
         release.set()
         wait_for(lambda: "last" in ran_in, timeout=20, what="the later callback")
+
+
+def test_every_callback_has_run_when_shutdown_returns(folder):
+    """As with ProcessPoolExecutor: results gathered by callbacks are all there after the ``with`` block."""
+    seen = []
+
+    def note(future):
+        time.sleep(0.02)  # (slower than the calls: callbacks queue up behind each other)
+        seen.append(future.result())
+
+    with LocalPoolExecutor(2, folder=folder) as executor:
+        for n in range(20):
+            executor.submit(tasks.square, n).add_done_callback(note)
+    assert sorted(seen) == [n * n for n in range(20)]
 
 
 @pytest.mark.parametrize("first_call", ["returns", "dies"])

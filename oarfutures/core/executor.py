@@ -231,10 +231,12 @@ class JobExecutor(BatchSubmitter, cf.Executor):
         if wait:
             cf.wait(live)
         self._close_if_idle()
-        # the futures are settled; their files are tidied right after: wait for that, not forever (and not at all
-        # from a callback, where the tidying would wait for us)
+        # the futures are settled; their files are tidied right after, and their callbacks run: wait for that, as
+        # ProcessPoolExecutor's shutdown does, not forever (and not for the thread we are on)
         if wait and not self._service.on_this_thread() and not self._closed_event.wait(TIDY_WAIT):
             logger.warning("oarfutures: %s still tidying %d task(s) at shutdown", self.folder, len(self._tasks))
+        if wait and not self._callbacks.on_this_thread() and not self._callbacks.wait_until_idle(TIDY_WAIT):
+            logger.warning("oarfutures: %s: a callback still runs at shutdown", self.folder)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         """Leaving the block by an exception (KeyboardInterrupt included) cancels every unfinished job first."""

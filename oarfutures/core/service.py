@@ -77,6 +77,19 @@ class ServiceThread:
     def on_this_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Return once what was handed over before this call has run; False if that took over ``timeout``
+        seconds. At once if the thread is not running: it only ends once it has nothing left to do."""
+        with self._ready:
+            if self._thread is None or not self._thread.is_alive():
+                return True
+        ran = threading.Event()
+        try:
+            self.run(ran.set)
+        except RuntimeError:  # at interpreter shutdown: no thread to wait for
+            return True
+        return ran.wait(timeout)
+
     def _loop(self) -> None:
         threadpolicy.inherited()  # (a local slot thread, a relay, may start this one: callbacks run here)
         if self._callbacks_runner is not None:
