@@ -361,6 +361,23 @@ def test_a_call_handed_to_a_worker_that_dies_before_taking_it_runs_once_on_a_new
     assert handed == requeued == [after.job_id] and tasks.runs_of(runs, "after") == 1
 
 
+@pytest.mark.parametrize("next_call", ["at once", "once it is reaped"])
+def test_a_worker_killed_while_idle_costs_the_next_call_nothing(folder, tmp_path, next_call):
+    """A worker killed between two calls (from outside: an admin, the OOM killer) never took the next one: that
+    call runs once, on a new worker, rather than failing with the dead worker's broken pipe or its signal; whether
+    it comes before the client learns of the death (the fork server reports it) or after."""
+    runs = str(tmp_path / "runs")
+    with LocalPoolExecutor(1, folder=folder) as executor:
+        pid, _ = executor.submit(tasks.pid_and_task_id).result(timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        if next_call == "once it is reaped":
+            wait_for(lambda: not alive(pid), timeout=30, what="the idle worker to die")
+        assert executor.submit(tasks.note_run, runs, "next").result(timeout=60) == "next"
+        assert executor.submit(tasks.pid_and_task_id).result(timeout=60)[0] != pid
+    assert tasks.runs_of(runs, "next") == 1
+    assert not [name for name in os.listdir(os.path.join(folder, "results")) if name.startswith("worker-")]
+
+
 def test_a_call_cancelled_after_it_was_handed_to_its_worker_never_runs(folder, tmp_path, monkeypatch):
     """The cancel lands while the call is handed over (in the worker's pipe, not taken yet): its claim is taken,
     so the worker declines it; the worker goes on with the next one."""

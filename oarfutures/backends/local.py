@@ -50,7 +50,8 @@ def _after_fork_in_child() -> None:
 
 
 class _NotTaken(Exception):
-    """A job handed to a worker ahead of its turn, whose worker died before taking it."""
+    """A job whose worker died before taking it: handed to it ahead of its turn, or sent to a worker that had run a
+    call and died since (killed while idle). It never ran: it goes back to the queue, for a new worker."""
 
 
 def _claim_for_cancel(job: _Job) -> bool:
@@ -243,13 +244,23 @@ class LocalBackend(Backend):
                 try:
                     if handed is None and (resident is None or not resident.ready_for(job.python)):
                         if resident is not None:
+                            died = resident.process.poll() is not None  # (killed while idle: nobody removed its files)
                             resident.close()
+                            if died:
+                                self._remove_files_of(resident, job.folder)
                         resident = Resident(self._server_for(job.python))
                     assert resident is not None
                     code = self._run(resident, job, tell_untold, hand_over, handed is not None)
-                except _NotTaken:  # handed to a worker that died before taking it: it goes back to the queue
+                except _NotTaken:
                     with self._lock:
+                        self._running.pop(job.job_id, None)
+                        if self._states.get(job.job_id) is RUNNING:  # (a cancel now skips it, as any queued job)
+                            self._states[job.job_id] = QUEUED
                         self._requeue(job)
+                    assert resident is not None
+                    resident.close()
+                    self._remove_files_of(resident, job.folder)
+                    resident = None  # (it may still look alive: its exit is reported by the fork server)
                     continue
                 except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
                     failure = f"the worker could not start: {exc}"
@@ -324,6 +335,10 @@ class LocalBackend(Backend):
             resident.listening = False
             try:
                 resident.send(self._request(job))
+            except OSError:
+                if resident.served:  # it died since its last call
+                    raise _NotTaken(job.job_id) from None
+                raise
             finally:
                 sent()
             with self._lock:
@@ -335,7 +350,8 @@ class LocalBackend(Backend):
         reply = resident.reply()
         if reply is not None and reply.startswith("refused "):
             raise OSError(reply[len("refused ") :])
-        if reply is None and handed:  # "started" comes before the claim: without it, the job never ran
+        # "started" comes before the claim: without it, the job never ran (unless the worker of a new one died)
+        if reply is None and (handed or resident.served) and not resident.killed:
             raise _NotTaken(job.job_id)
         if reply == "started":
             with self._lock:
@@ -353,16 +369,21 @@ class LocalBackend(Backend):
                 ended(job)
                 done = resident.reply()
             if done is not None:
+                resident.served = True
                 return int(done.split()[1])
         code = resident.process.wait()  # it died: a signal, os._exit() or the kill of a cancel
-        for spare in layout.spare_result_paths(job.folder, resident.process.pid):  # the empty files it kept ready
-            with contextlib.suppress(OSError):
-                os.remove(spare)
         for spool, log in zip(layout.spool_paths(job.folder, resident.process.pid), self._own_logs(job.job_id)):
             layout.publish_spool(spool, log)  # what the call printed before it died: its log tail names why
-            with contextlib.suppress(OSError):
-                os.remove(spool)
+        self._remove_files_of(resident, job.folder)
         return code
+
+    @staticmethod
+    def _remove_files_of(resident: Resident, folder: str) -> None:
+        """A dead worker's files: the empty result files it kept ready, and its spool files."""
+        pid = resident.process.pid
+        for path in [*layout.spare_result_paths(folder, pid), *layout.spool_paths(folder, pid)]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
     def _hand_over(self, resident: Resident, ending: _Job) -> _Job | None:
         """The worker's call returned and it writes the result now: send it the next queued job, which it then

@@ -20,6 +20,9 @@ class Resident:
         self.python = server.python
         self.listening = False  # its current task takes the checkpoint signal
         self.killed = False
+        #: it ran a call to its end: if it dies before taking the next one, that one never ran (a new worker runs
+        #: it); a new worker that dies before taking its first one fails it (it would die again: see backends.local)
+        self.served = False
         requests, self._requests = os.pipe()
         self._replies, replies = os.pipe()
         try:
