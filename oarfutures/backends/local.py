@@ -350,8 +350,9 @@ class LocalBackend(Backend):
         reply = resident.reply()
         if reply is not None and reply.startswith("refused "):
             raise OSError(reply[len("refused ") :])
-        # "started" comes before the claim: without it, the job never ran (unless the worker of a new one died)
-        if reply is None and (handed or resident.served) and not resident.killed:
+        # "started" comes before the claim: without it, the job never ran; it runs on a new worker, unless a cancel
+        # killed this one for it, or this one was new (a new one would die too)
+        if reply is None and (handed or (resident.served and not resident.killed)):
             raise _NotTaken(job.job_id)
         if reply == "started":
             with self._lock:
