@@ -371,8 +371,9 @@ def test_calls_submitted_while_a_callback_blocks_go_out_and_get_their_results(fo
 
 
 def _failure_seen_by_a_callback(folder, wait_in_callback):
-    """A callback runs ``wait_in_callback(dying)`` (after making that call's worker die) and returns what it
-    raised: the failure must be settled meanwhile, on the thread that settles futures, not behind the callback."""
+    """A callback runs ``wait_in_callback(executor, dying)`` after making that call's worker die; return what that
+    returned or raised: the failure must be settled meanwhile, by the thread that settles futures, not behind the
+    callback."""
     go_first, go_die = os.path.join(folder, "go-first"), os.path.join(folder, "go-die")
     seen = []
     executor = LocalPoolExecutor(2, folder=folder)
@@ -412,7 +413,7 @@ def test_a_callback_can_shut_its_executor_down_while_a_worker_dies(folder):
 
 
 COLLECTED_MAP = """
-    import gc, operator, sys, time
+    import gc, sys, time
     from oarfutures import LocalPoolExecutor
 
     class Holder:
