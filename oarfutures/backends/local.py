@@ -243,11 +243,8 @@ class LocalBackend(Backend):
                 code: int | None = None
                 try:
                     if handed is None and (resident is None or not resident.ready_for(job.python)):
-                        if resident is not None:
-                            died = resident.process.poll() is not None  # (killed while idle: nobody removed its files)
-                            resident.close()
-                            if died:
-                                self._remove_files_of(resident, job.folder)
+                        if resident is not None:  # (dead, it was killed while idle)
+                            self._close_worker(resident, job.folder, dead=resident.process.poll() is not None)
                         resident = Resident(self._server_for(job.python))
                     assert resident is not None
                     code = self._run(resident, job, tell_untold, hand_over, handed is not None)
@@ -258,8 +255,7 @@ class LocalBackend(Backend):
                             self._states[job.job_id] = QUEUED
                         self._requeue(job)
                     assert resident is not None
-                    resident.close()
-                    self._remove_files_of(resident, job.folder)
+                    self._close_worker(resident, job.folder, dead=True)
                     resident = None  # (it may still look alive: its exit is reported by the fork server)
                     continue
                 except Exception as exc:  # the worker could not start (interpreter gone, logs/ removed...)
@@ -377,6 +373,14 @@ class LocalBackend(Backend):
             layout.publish_spool(spool, log)  # what the call printed before it died: its log tail names why
         self._remove_files_of(resident, job.folder)
         return code
+
+    @classmethod
+    def _close_worker(cls, resident: Resident, folder: str, dead: bool) -> None:
+        """Close a worker this slot no longer uses; a dead one's files are removed too (it removes them itself as
+        it leaves, which a killed one did not)."""
+        resident.close()
+        if dead:
+            cls._remove_files_of(resident, folder)
 
     @staticmethod
     def _remove_files_of(resident: Resident, folder: str) -> None:

@@ -60,7 +60,7 @@ from typing import Any, Callable, Literal
 
 from oarfutures.backends.base import Backend
 from oarfutures.core import batchfiles, retention
-from oarfutures.core.futures import JobFuture, set_exception
+from oarfutures.core.futures import JobFuture, cancel_all, set_exception
 from oarfutures.core.settings import CoreSettings
 from oarfutures.core.submitting import BatchSubmitter
 from oarfutures.protocol import layout
@@ -226,8 +226,7 @@ class JobExecutor(BatchSubmitter, cf.Executor):
             live = [f for task in self._tasks.values() for f in task.futures]
         live += self._gatherer.pending_futures()  # accepted before the shutdown: they go out all the same
         if cancel_futures:
-            for future in live:
-                future.cancel()
+            cancel_all(live)
         if wait:
             cf.wait(live)
         self._close_if_idle()
@@ -302,8 +301,7 @@ def _results_in_order(
         if futures and getattr(_collection, "running", False):
             cancel_soon(futures)
         else:
-            for future in futures:
-                future.cancel()
+            cancel_all(futures)
 
 
 #: ``running``: this thread is in a garbage collection (set by ``_note_collection``)

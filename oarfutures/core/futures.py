@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable
 
@@ -119,6 +119,11 @@ def _transition(future: JobFuture) -> Iterator[None]:
                 future._deferred = False
     if run_callbacks:
         future._invoke_callbacks()
+
+
+def cancel_all(futures: Iterable[JobFuture]) -> None:
+    for future in futures:
+        future.cancel()
 
 
 def _notify_once(future: JobFuture) -> bool:

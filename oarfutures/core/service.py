@@ -54,6 +54,17 @@ class ServiceThread:
                 self._jobs.pop()
                 raise
 
+    def hand(self, job: Callable[..., Any], *args: Any) -> None:
+        """Run ``job(*args)`` on this thread: now if this is it, else handed over (``run``). At interpreter
+        shutdown, when no thread can start any more, here and now rather than never."""
+        if self.on_this_thread():
+            job(*args)
+            return
+        try:
+            self.run(job, *args)
+        except RuntimeError:
+            job(*args)
+
     def run_later(self, delay: float, job: Callable[..., Any], *args: Any) -> None:
         """Run ``job(*args)`` on this thread once ``delay`` seconds have passed, after what is due by then."""
         with self._ready:

@@ -227,19 +227,8 @@ class TaskTable:
         with self._lock:
             more = any(self._waiting)
         if more:
-            self._on_service_thread(self._submit_waiting)
+            self._service.hand(self._submit_waiting)
         self._close_if_idle()
-
-    def _on_service_thread(self, job: Callable[..., Any], *args: Any) -> None:
-        """Run ``job(*args)`` on the service thread: now if this is it, else handed over. At interpreter shutdown,
-        when no thread can start any more, here and now rather than never."""
-        if self._service.on_this_thread():
-            job(*args)
-            return
-        try:
-            self._service.run(job, *args)
-        except RuntimeError:
-            job(*args)
 
     def _cancel_soon(self, futures: list[JobFuture]) -> None:
         """Cancel these futures soon: the poller's next scan hands them to the service thread. For a finalizer run
@@ -250,11 +239,8 @@ class TaskTable:
     def _run_callbacks(self, invoke: Callable[[], None]) -> None:
         """Run the callbacks of a future that one of our threads settled (``invoke`` runs them) on the callbacks
         thread, never where futures are settled: a callback that blocks, or waits for this executor's calls, must
-        not stop their results. At interpreter shutdown, when no thread can start any more, here and now."""
-        try:
-            self._callbacks.run(invoke)
-        except RuntimeError:
-            invoke()
+        not stop their results. (A method, not the thread's own: a forked child replaces the thread.)"""
+        self._callbacks.hand(invoke)
 
     def _tidy_finished(self) -> None:
         with self._tidy_lock:  # held until tidied: shutdown(wait=True) returns only after that

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 
 from oarfutures.backends.base import JobState, JobStatus
-from oarfutures.core.futures import JobFuture, callbacks_run_by, mark_running, set_exception, set_result
+from oarfutures.core.futures import JobFuture, callbacks_run_by, cancel_all, mark_running, set_exception, set_result
 from oarfutures.core.poller import Poller, get_poller
 from oarfutures.core.tasks import Phase, Task, TaskTable, remove_file, settle_guarded
 from oarfutures.errors import JobFailedError
@@ -39,7 +39,7 @@ class TaskTracker(TaskTable):
         fail the tasks whose job has been over for their grace period without a result. First, the cancels a
         garbage collection asked for (``_cancel_soon``) go to the service thread too."""
         while self._cancel_after_collection:
-            self._service.run(_cancel_all, self._cancel_after_collection.popleft())
+            self._service.run(cancel_all, self._cancel_after_collection.popleft())
         results_dir = os.path.join(self.folder, layout.RESULTS)
         with os.scandir(results_dir) as entries:
             listed = [e.name for e in entries]
@@ -313,7 +313,7 @@ class TaskTracker(TaskTable):
             self._retire_locked(task)
             due = bool(self._finished_batches or any(self._waiting) or self._shutdown)
         if due:
-            self._on_service_thread(self._after_retire)
+            self._service.hand(self._after_retire)
 
     # ------------------------------------------------------------------ stolen tasks (see worker.stealing)
     def _note_stolen(self, stolen: list[tuple[str, str]], delivering: Task | None = None) -> None:
@@ -352,8 +352,7 @@ class TaskTracker(TaskTable):
     # ------------------------------------------------------------------ stopping everything
     def _stop_all(self, reason: str, cancel_futures: bool) -> None:
         """Cancel every unfinished job; futures not yet started are cancelled (``cancel_futures``) or fail."""
-        for future in self._gatherer.pending_futures():  # not submitted yet: cancelled, they never will be
-            future.cancel()
+        cancel_all(self._gatherer.pending_futures())  # not submitted yet: cancelled, they never will be
         with self._lock:
             tasks = [t for t in self._tasks.values() if not t.settling or t.aborting]
             for task in tasks:
@@ -441,12 +440,7 @@ class TaskTracker(TaskTable):
                     to_cancel.append(task.job_id)
                 self._retire_locked(task)
         self._cancel_jobs(to_cancel)
-        self._on_service_thread(self._after_retire)
-
-
-def _cancel_all(futures: list[JobFuture]) -> None:
-    for future in futures:
-        future.cancel()
+        self._service.hand(self._after_retire)
 
 
 def _no_result_reason(status: JobStatus | None, last_seen: JobStatus | None) -> str:
